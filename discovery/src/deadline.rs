@@ -1,0 +1,131 @@
+//! Deadline propagation.
+//!
+//! A server handler that calls another service should not outlive its own caller's
+//! deadline. The server side ([`DeadlineLayer`]) reads the inbound `grpc-timeout` and makes
+//! the deadline visible to the handler's task; the mesh channel reads it back
+//! ([`current_deadline`]) and sends the remaining time downstream as `grpc-timeout`, also
+//! enforcing it locally so a call never waits past it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+tokio::task_local! {
+    static DEADLINE: Instant;
+}
+
+/// The deadline of the inbound call being handled on this task, if any.
+pub fn current_deadline() -> Option<Instant> {
+    DEADLINE.try_with(|d| *d).ok()
+}
+
+/// Runs `fut` with `deadline` as the current deadline (the earlier one wins if a deadline
+/// is already in scope).
+pub async fn propagate_deadline<F: Future>(deadline: Instant, fut: F) -> F::Output {
+    let deadline = current_deadline().map_or(deadline, |d| d.min(deadline));
+    DEADLINE.scope(deadline, fut).await
+}
+
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Formats a duration for `grpc-timeout`, rounding up to whole milliseconds (at least 1).
+pub fn format_grpc_timeout(d: Duration) -> String {
+    let ms = d.as_micros().div_ceil(1000).clamp(1, 99_999_999);
+    format!("{ms}m")
+}
+
+/// Server-side layer: makes the inbound `grpc-timeout` the current deadline of the handler.
+#[derive(Debug, Clone, Default)]
+pub struct DeadlineLayer;
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = DeadlineService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadlineService<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for DeadlineService<S>
+where
+    S: Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let timeout = req
+            .headers()
+            .get(GRPC_TIMEOUT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let fut = self.inner.call(req);
+        match timeout {
+            Some(t) => Box::pin(DEADLINE.scope(Instant::now() + t, fut)),
+            None => Box::pin(fut),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_round_trip() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("123456789m"), None, "more than 8 digits");
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(format_grpc_timeout(Duration::from_micros(1500)), "2m");
+        assert_eq!(format_grpc_timeout(Duration::ZERO), "1m");
+    }
+
+    #[tokio::test]
+    async fn inner_scope_keeps_the_earlier_deadline() {
+        assert_eq!(current_deadline(), None);
+        let soon = Instant::now() + Duration::from_millis(50);
+        let later = soon + Duration::from_secs(5);
+        propagate_deadline(soon, async {
+            propagate_deadline(later, async {
+                assert_eq!(current_deadline(), Some(soon));
+            })
+            .await;
+        })
+        .await;
+    }
+}

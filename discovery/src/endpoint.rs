@@ -1,0 +1,183 @@
+//! One endpoint of a target service: its connection, load and health as the balancer sees
+//! them. Endpoints are kept across endpoint-set updates (matched by instance id), so an
+//! update does not drop connections or forget latency history.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use metrics::Counter;
+use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+
+use crate::balance::ewma::PeakEwma;
+use crate::instance::ServiceInstance;
+
+/// Latency assumed for an endpoint that has not answered yet: low enough that new
+/// endpoints get traffic, high enough that one slow first answer is not undercut.
+const DEFAULT_RTT: Duration = Duration::from_millis(5);
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub instance: ServiceInstance,
+    pub channel: Channel,
+    inflight: AtomicUsize,
+    ewma: Mutex<PeakEwma>,
+    /// Consecutive transport failures; drives the ejection back-off.
+    failures: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+    pub picks: Counter,
+    pub ejections: Counter,
+}
+
+#[derive(Debug, Clone)]
+pub struct EjectionConfig {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Endpoint {
+    pub fn new(
+        target: &str,
+        instance: ServiceInstance,
+        connect_timeout: Duration,
+    ) -> Result<Self, String> {
+        let uri = format!("http://{}", instance.address);
+        let channel = TonicEndpoint::from_shared(uri.clone())
+            .map_err(|e| format!("bad endpoint address {uri}: {e}"))?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let labels = [
+            ("target", target.to_string()),
+            ("endpoint", instance.address.clone()),
+        ];
+        Ok(Self {
+            picks: metrics::counter!("starling_client_picks_total", &labels),
+            ejections: metrics::counter!("starling_client_ejections_total", &labels),
+            channel,
+            inflight: AtomicUsize::new(0),
+            ewma: Mutex::new(PeakEwma::new(DEFAULT_RTT, EWMA_DECAY, Instant::now())),
+            failures: AtomicU32::new(0),
+            ejected_until: Mutex::new(None),
+            instance,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.instance.id
+    }
+
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| until > now)
+    }
+
+    /// p2c load: peak-EWMA latency scaled by the calls already outstanding.
+    pub fn load(&self) -> f64 {
+        let ewma = self
+            .ewma
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .estimate_ns();
+        ewma * (self.inflight.load(Ordering::Relaxed) + 1) as f64
+    }
+
+    pub fn start(&self) -> InFlight<'_> {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            endpoint: self,
+            started: Instant::now(),
+        }
+    }
+
+    /// A transport-level failure: take the endpoint out of rotation for a back-off period
+    /// that doubles with each consecutive failure.
+    pub fn eject(&self, cfg: &EjectionConfig) -> Duration {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(16);
+        let period = cfg.base.saturating_mul(1u32 << n).min(cfg.max);
+        *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + period);
+        self.ejections.increment(1);
+        period
+    }
+
+    fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+}
+
+/// An outstanding call; dropping it (answered, failed or cancelled) ends it.
+pub struct InFlight<'a> {
+    endpoint: &'a Endpoint,
+    started: Instant,
+}
+
+impl InFlight<'_> {
+    /// The endpoint answered: record the latency and clear any failure streak.
+    pub fn answered(self) {
+        let now = Instant::now();
+        self.endpoint
+            .ewma
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(now - self.started, now);
+        self.endpoint.succeeded();
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.endpoint.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ejection_backs_off_and_success_clears_it() {
+        let ep = Endpoint::new(
+            "t",
+            ServiceInstance::new("t", "127.0.0.1:1"),
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        let cfg = EjectionConfig {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(350),
+        };
+        assert!(!ep.is_ejected(Instant::now()));
+        assert_eq!(ep.eject(&cfg), Duration::from_millis(100));
+        assert_eq!(ep.eject(&cfg), Duration::from_millis(200));
+        assert_eq!(ep.eject(&cfg), Duration::from_millis(350), "capped");
+        assert!(ep.is_ejected(Instant::now()));
+        ep.start().answered();
+        assert!(!ep.is_ejected(Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn load_counts_outstanding_calls() {
+        let ep = Endpoint::new(
+            "t",
+            ServiceInstance::new("t", "127.0.0.1:1"),
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        let idle = ep.load();
+        let a = ep.start();
+        let b = ep.start();
+        assert!((ep.load() - 3.0 * idle).abs() < 1.0);
+        drop(a);
+        drop(b);
+        assert!((ep.load() - idle).abs() < 1.0);
+    }
+}

@@ -1,0 +1,422 @@
+//! The production registry on etcd v3.
+//!
+//! Registration: grant a lease, put the instance key under it, renew it every TTL/3. A lost
+//! lease (etcd down longer than the TTL, or restarted with its data wiped) shows up as a
+//! keep-alive answer with TTL 0 or as errors; the keeper then grants a new lease and puts
+//! the key again, so an instance never stays invisible after etcd comes back. (Several
+//! registries in the wild never re-register; that is the bug this avoids.)
+//!
+//! Watching: list the prefix, then watch from the listed revision + 1, so no event between
+//! the two is missed. A compacted revision, a cancelled watch or a broken stream all lead
+//! to a fresh list and diff, after a jittered back-off. While etcd is unreachable the last
+//! known set keeps being served. After a relist, instances that vanished are kept for a
+//! grace period rather than dropped at once: when etcd comes back empty, the live instances
+//! re-register within a few seconds, and dropping them in between would turn an etcd outage
+//! into a data-path outage. Watch DELETE events (a real deregistration or an expired lease)
+//! still apply immediately.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, WatchOptions,
+};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::instance::{EndpointSet, Keys, ServiceInstance};
+use crate::registry::{check_service_name, DiscoveryError, EndpointWatch, Registration, Registry};
+
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// Client URLs, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Key prefix root, so several meshes can share one etcd.
+    pub namespace: String,
+    /// How long a registration outlives its process when it dies without deregistering.
+    pub lease_ttl: Duration,
+    /// Per-request timeout towards etcd.
+    pub request_timeout: Duration,
+    /// How long instances missing from a relist are kept (see the module docs).
+    pub relist_grace: Duration,
+}
+
+impl EtcdConfig {
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Self {
+            endpoints,
+            namespace: "starling".into(),
+            lease_ttl: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(3),
+            relist_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct EtcdRegistry {
+    client: Client,
+    keys: Keys,
+    config: EtcdConfig,
+}
+
+impl std::fmt::Debug for EtcdRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdRegistry")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl EtcdRegistry {
+    /// Builds a client. No request is made here: etcd may be down when a process starts,
+    /// and the watchers and keepers connect (and reconnect) on their own.
+    pub async fn connect(config: EtcdConfig) -> Result<Self, DiscoveryError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(config.request_timeout)
+            .with_timeout(config.request_timeout)
+            // Detects a silently dead etcd connection (no RST) within seconds.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        let endpoints: Vec<String> = config
+            .endpoints
+            .iter()
+            .map(|e| {
+                if e.contains("://") {
+                    e.clone()
+                } else {
+                    format!("http://{e}")
+                }
+            })
+            .collect();
+        let client = Client::connect(endpoints, Some(options)).await?;
+        Ok(Self {
+            client,
+            keys: Keys::new(&config.namespace),
+            config,
+        })
+    }
+
+    /// The underlying client, for administrative operations (and tests that compact).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn config(&self) -> &EtcdConfig {
+        &self.config
+    }
+
+    fn ttl_secs(&self) -> i64 {
+        self.config.lease_ttl.as_secs().max(1) as i64
+    }
+}
+
+async fn grant_and_put(
+    client: &mut Client,
+    key: &str,
+    value: &str,
+    ttl: i64,
+) -> Result<i64, etcd_client::Error> {
+    let lease = client.lease_grant(ttl, None).await?.id();
+    client
+        .put(key, value, Some(PutOptions::new().with_lease(lease)))
+        .await?;
+    Ok(lease)
+}
+
+#[async_trait]
+impl Registry for EtcdRegistry {
+    async fn register(
+        &self,
+        service: &str,
+        instance: ServiceInstance,
+    ) -> Result<Registration, DiscoveryError> {
+        check_service_name(service)?;
+        let key = self.keys.instance_key(service, &instance.id);
+        let value = serde_json::to_string(&instance).map_err(|e| DiscoveryError::InvalidEntry {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut client = self.client.clone();
+        let ttl = self.ttl_secs();
+        let lease = grant_and_put(&mut client, &key, &value, ttl).await?;
+        info!(%key, lease, ttl, address = %instance.address, "registered");
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let keeper = tokio::spawn(keep_registered(
+            client,
+            key,
+            value,
+            ttl,
+            lease,
+            self.config.request_timeout,
+            stop_rx,
+        ));
+        Ok(Registration::new(instance, stop_tx, keeper))
+    }
+
+    async fn list(&self, service: &str) -> Result<EndpointSet, DiscoveryError> {
+        check_service_name(service)?;
+        let (set, _) = list(&mut self.client.clone(), &self.keys, service).await?;
+        Ok(set)
+    }
+
+    fn watch(&self, service: &str) -> EndpointWatch {
+        let (tx, rx) = watch::channel(Arc::new(EndpointSet::new()));
+        if check_service_name(service).is_ok() {
+            tokio::spawn(watch_service(
+                self.client.clone(),
+                self.keys.clone(),
+                service.to_string(),
+                self.config.relist_grace,
+                tx,
+            ));
+        }
+        rx
+    }
+}
+
+/// Keeps one registration alive until `stop` fires, then revokes its lease.
+async fn keep_registered(
+    mut client: Client,
+    key: String,
+    value: String,
+    ttl: i64,
+    first_lease: i64,
+    request_timeout: Duration,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(300));
+    let mut backoff = Backoff::new(Duration::from_millis(200), period);
+    let mut lease = Some(first_lease);
+    'outer: loop {
+        let id = match lease {
+            Some(id) => id,
+            None => match grant_and_put(&mut client, &key, &value, ttl).await {
+                Ok(id) => {
+                    info!(%key, lease = id, "re-registered after losing the lease");
+                    lease = Some(id);
+                    id
+                }
+                Err(e) => {
+                    warn!(%key, error = %e, "cannot re-register yet");
+                    tokio::select! {
+                        _ = &mut stop => break 'outer,
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue 'outer,
+                    }
+                }
+            },
+        };
+        match client.lease_keep_alive(id).await {
+            Ok((mut keeper, mut responses)) => {
+                let mut tick = tokio::time::interval(period);
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => break 'outer,
+                        _ = tick.tick() => {}
+                    }
+                    if let Err(e) = keeper.keep_alive().await {
+                        warn!(%key, error = %e, "lease keep-alive failed to send");
+                        break;
+                    }
+                    match tokio::time::timeout(request_timeout, responses.message()).await {
+                        Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                            backoff.reset();
+                            debug!(%key, ttl = resp.ttl(), "lease renewed");
+                        }
+                        Ok(Ok(Some(_))) => {
+                            warn!(%key, lease = id, "lease expired or unknown to etcd; re-registering");
+                            lease = None;
+                            break;
+                        }
+                        Ok(Ok(None)) => {
+                            warn!(%key, "lease keep-alive stream closed");
+                            break;
+                        }
+                        Ok(Err(e)) => {
+                            warn!(%key, error = %e, "lease keep-alive failed");
+                            break;
+                        }
+                        Err(_) => {
+                            warn!(%key, "lease keep-alive timed out");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(%key, error = %e, "cannot open lease keep-alive"),
+        }
+        tokio::select! {
+            _ = &mut stop => break 'outer,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+    // Deregister: revoking the lease deletes the key, and watchers see a DELETE.
+    if let Some(id) = lease {
+        match tokio::time::timeout(request_timeout, client.lease_revoke(id)).await {
+            Ok(Ok(_)) => info!(%key, "deregistered"),
+            Ok(Err(e)) => warn!(%key, error = %e, "revoke failed; the lease will expire"),
+            Err(_) => warn!(%key, "revoke timed out; the lease will expire"),
+        }
+    }
+}
+
+fn parse(keys: &Keys, service: &str, kv: &KeyValue) -> Option<ServiceInstance> {
+    let key = String::from_utf8_lossy(kv.key());
+    let id = keys.instance_id(service, &key)?;
+    match serde_json::from_slice::<ServiceInstance>(kv.value()) {
+        Ok(mut inst) => {
+            inst.id = id.to_string();
+            Some(inst)
+        }
+        Err(e) => {
+            warn!(%key, error = %e, "ignoring malformed registry entry");
+            None
+        }
+    }
+}
+
+async fn list(
+    client: &mut Client,
+    keys: &Keys,
+    service: &str,
+) -> Result<(EndpointSet, i64), DiscoveryError> {
+    let resp = client
+        .get(
+            keys.service_prefix(service),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await?;
+    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let set = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| parse(keys, service, kv).map(|i| (i.id.clone(), i)))
+        .collect();
+    Ok((set, revision))
+}
+
+/// Publishes `set` if it differs from what watchers have.
+fn publish(tx: &watch::Sender<Arc<EndpointSet>>, set: &EndpointSet) {
+    tx.send_if_modified(|current| {
+        if current.as_ref() == set {
+            false
+        } else {
+            *current = Arc::new(set.clone());
+            true
+        }
+    });
+}
+
+async fn watch_service(
+    mut client: Client,
+    keys: Keys,
+    service: String,
+    relist_grace: Duration,
+    tx: watch::Sender<Arc<EndpointSet>>,
+) {
+    let prefix = keys.service_prefix(&service);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut set = EndpointSet::new();
+    // Instances missing from a relist, kept until their deadline unless they come back.
+    let mut stale: HashMap<String, Instant> = HashMap::new();
+    let mut first_list = true;
+    loop {
+        match list(&mut client, &keys, &service).await {
+            Ok((listed, revision)) => {
+                let now = Instant::now();
+                for id in set.keys() {
+                    if !listed.contains_key(id) && !first_list {
+                        stale.entry(id.clone()).or_insert(now + relist_grace);
+                    }
+                }
+                stale.retain(|id, _| !listed.contains_key(id));
+                set.retain(|id, _| stale.contains_key(id));
+                set.extend(listed);
+                first_list = false;
+                publish(&tx, &set);
+                debug!(%service, revision, endpoints = set.len(), stale = stale.len(), "listed");
+
+                let opts = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1)
+                    .with_progress_notify();
+                match client.watch(prefix.as_str(), Some(opts)).await {
+                    Ok(mut stream) => loop {
+                        let next_purge = stale.values().min().copied();
+                        let purge = async {
+                            match next_purge {
+                                Some(at) => tokio::time::sleep_until(at).await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        tokio::select! {
+                            _ = tx.closed() => return,
+                            _ = purge => {
+                                let now = Instant::now();
+                                stale.retain(|id, deadline| {
+                                    let keep = *deadline > now;
+                                    if !keep {
+                                        info!(%service, instance = %id, "dropping instance that did not re-register");
+                                        set.remove(id);
+                                    }
+                                    keep
+                                });
+                                publish(&tx, &set);
+                            }
+                            msg = stream.message() => match msg {
+                                Ok(Some(resp)) => {
+                                    if resp.canceled() || resp.compact_revision() > 0 {
+                                        warn!(%service, compact_revision = resp.compact_revision(),
+                                            reason = resp.cancel_reason(), "watch cancelled; relisting");
+                                        break;
+                                    }
+                                    backoff.reset();
+                                    for event in resp.events() {
+                                        let Some(kv) = event.kv() else { continue };
+                                        match event.event_type() {
+                                            EventType::Put => {
+                                                if let Some(inst) = parse(&keys, &service, kv) {
+                                                    stale.remove(&inst.id);
+                                                    set.insert(inst.id.clone(), inst);
+                                                }
+                                            }
+                                            EventType::Delete => {
+                                                let key = String::from_utf8_lossy(kv.key());
+                                                if let Some(id) = keys.instance_id(&service, &key) {
+                                                    stale.remove(id);
+                                                    set.remove(id);
+                                                }
+                                            }
+                                        }
+                                    }
+                                    publish(&tx, &set);
+                                }
+                                Ok(None) => {
+                                    warn!(%service, "watch stream ended; relisting");
+                                    break;
+                                }
+                                Err(e) => {
+                                    warn!(%service, error = %e, "watch failed; relisting");
+                                    break;
+                                }
+                            }
+                        }
+                    },
+                    Err(e) => warn!(%service, error = %e, "cannot open watch"),
+                }
+            }
+            Err(e) => {
+                warn!(%service, error = %e, endpoints = set.len(),
+                    "cannot list; serving the last known endpoints");
+            }
+        }
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Service discovery and client-side balancing for the Starling mesh.
+//!
+//! * [`Registry`]: register an instance under a lease, list and watch a service; backed by
+//!   etcd ([`EtcdRegistry`]) or by memory ([`MemoryRegistry`]) for the embedded mode.
+//! * [`Mesh`]: hands out a [`MeshChannel`] per target service. A `MeshChannel` is a tower
+//!   `Service` over HTTP/2 requests, so generated tonic clients take it as their transport
+//!   (`TweetServiceClient::new(mesh.channel("tweet"))`) and never see endpoints.
+//!
+//! The request path through a `MeshChannel`, outermost first (see `channel.rs`):
+//! deadline (grpc-timeout, propagated from the inbound call) -> retry on another endpoint
+//! for idempotent methods -> balancer (round-robin, consistent-hash or p2c over peak EWMA,
+//! skipping ejected endpoints) -> per-endpoint tonic `Channel`.
+
+mod backoff;
+mod balance;
+mod channel;
+pub mod contract;
+mod deadline;
+mod endpoint;
+mod etcd;
+mod instance;
+mod memory;
+mod registry;
+mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use backoff::Backoff;
+pub use balance::{ring::HashRing, Policy};
+pub use channel::{Mesh, MeshChannel, MeshConfig, TargetConfig};
+pub use deadline::{current_deadline, propagate_deadline, DeadlineLayer};
+pub use etcd::{EtcdConfig, EtcdRegistry};
+pub use instance::{new_instance_id, EndpointSet, Keys, ServiceInstance};
+pub use memory::MemoryRegistry;
+pub use registry::{DiscoveryError, EndpointWatch, Registration, Registry};
+
+/// Waits until the watched set satisfies `pred`, for at most `timeout`. Returns the set that
+/// satisfied it. This is how callers await a condition instead of sleeping.
+pub async fn wait_for(
+    watch: &mut EndpointWatch,
+    timeout: Duration,
+    mut pred: impl FnMut(&EndpointSet) -> bool,
+) -> Result<Arc<EndpointSet>, DiscoveryError> {
+    let fut = async {
+        loop {
+            {
+                let set = watch.borrow_and_update();
+                if pred(&set) {
+                    return Ok(set.clone());
+                }
+            }
+            if watch.changed().await.is_err() {
+                // The producer is gone: the set can no longer change.
+                let set = watch.borrow().clone();
+                return if pred(&set) {
+                    Ok(set)
+                } else {
+                    Err(DiscoveryError::Timeout(timeout))
+                };
+            }
+        }
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| DiscoveryError::Timeout(timeout))?
+}

@@ -1,0 +1,74 @@
+//! The in-process registry behind `starling up`: the same contract as etcd, without a
+//! server. Registrations vanish when deregistered or when their handle is dropped, the
+//! in-process equivalent of a lease ending with its owner.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::{oneshot, watch};
+
+use crate::instance::{EndpointSet, ServiceInstance};
+use crate::registry::{check_service_name, DiscoveryError, EndpointWatch, Registration, Registry};
+
+#[derive(Debug, Clone, Default)]
+pub struct MemoryRegistry {
+    services: Arc<Mutex<HashMap<String, watch::Sender<Arc<EndpointSet>>>>>,
+}
+
+impl MemoryRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn sender(&self, service: &str) -> watch::Sender<Arc<EndpointSet>> {
+        let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        services
+            .entry(service.to_string())
+            .or_insert_with(|| watch::channel(Arc::new(EndpointSet::new())).0)
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn register(
+        &self,
+        service: &str,
+        instance: ServiceInstance,
+    ) -> Result<Registration, DiscoveryError> {
+        check_service_name(service)?;
+        let tx = self.sender(service);
+        let id = instance.id.clone();
+        tx.send_modify(|set| {
+            Arc::make_mut(set).insert(id.clone(), instance.clone());
+        });
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let keeper = tokio::spawn(async move {
+            let _ = stop_rx.await;
+            tx.send_modify(|set| {
+                Arc::make_mut(set).remove(&id);
+            });
+        });
+        Ok(Registration::new(instance, stop_tx, keeper))
+    }
+
+    async fn list(&self, service: &str) -> Result<EndpointSet, DiscoveryError> {
+        check_service_name(service)?;
+        Ok(self.sender(service).borrow().as_ref().clone())
+    }
+
+    fn watch(&self, service: &str) -> EndpointWatch {
+        self.sender(service).subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_registry_passes_the_contract() {
+        crate::contract::run_all(&MemoryRegistry::new()).await;
+    }
+}

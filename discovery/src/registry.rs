@@ -1,0 +1,106 @@
+//! The registry contract: register an instance under a lease, list a service, watch it.
+//!
+//! Two implementations sit behind this trait: [`crate::EtcdRegistry`] for production and
+//! [`crate::MemoryRegistry`] for the one-process embedded mode and fast tests. Both are
+//! checked by the same suite in [`crate::contract`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::instance::{EndpointSet, ServiceInstance};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("invalid registry entry at {key}: {reason}")]
+    InvalidEntry { key: String, reason: String },
+    #[error("invalid service name {0:?}: use [a-z0-9_-]+")]
+    InvalidServiceName(String),
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// A live view of one service's instances. `borrow()` is always the last known set: while
+/// the registry is unreachable it keeps serving the old one rather than going empty,
+/// because the registry is a control plane and must never take the data path down.
+pub type EndpointWatch = watch::Receiver<Arc<EndpointSet>>;
+
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Registers `instance` under `service` and keeps it registered (renewing the lease and
+    /// re-registering after a lost lease) until the returned handle is deregistered.
+    async fn register(
+        &self,
+        service: &str,
+        instance: ServiceInstance,
+    ) -> Result<Registration, DiscoveryError>;
+
+    /// The instances of `service` right now.
+    async fn list(&self, service: &str) -> Result<EndpointSet, DiscoveryError>;
+
+    /// A view of `service` kept current in the background for as long as a receiver lives.
+    fn watch(&self, service: &str) -> EndpointWatch;
+}
+
+pub(crate) fn check_service_name(service: &str) -> Result<(), DiscoveryError> {
+    let ok = !service.is_empty()
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(DiscoveryError::InvalidServiceName(service.to_string()))
+    }
+}
+
+/// Handle to a live registration. Dropping it stops the keeper, which deregisters in the
+/// background; call [`Registration::deregister`] to wait until the key is gone.
+#[derive(Debug)]
+pub struct Registration {
+    instance: ServiceInstance,
+    stop: Option<oneshot::Sender<()>>,
+    keeper: Option<JoinHandle<()>>,
+}
+
+impl Registration {
+    /// `keeper` must remove the registration when `stop` fires (or its sender is dropped).
+    pub(crate) fn new(
+        instance: ServiceInstance,
+        stop: oneshot::Sender<()>,
+        keeper: JoinHandle<()>,
+    ) -> Self {
+        Self {
+            instance,
+            stop: Some(stop),
+            keeper: Some(keeper),
+        }
+    }
+
+    pub fn instance(&self) -> &ServiceInstance {
+        &self.instance
+    }
+
+    /// Removes the instance from the registry and waits until that is done (or has been
+    /// given up on because the registry is unreachable; the lease then expires by itself).
+    pub async fn deregister(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.await;
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Retry policy: a call is retried on another endpoint only when its method is declared
+//! idempotent in the `.proto` file and the failure says the endpoint, not the request, was
+//! the problem. A shared budget caps retries at a fraction of traffic so that an outage
+//! does not turn into a retry storm.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use rand::Rng;
+use tonic::body::Body;
+use tower::retry::budget::{Budget, TpsBudget};
+
+use crate::channel::MeshError;
+
+/// The request body, kept so the request can be sent again. Only idempotent unary calls
+/// carry it (see `channel.rs`).
+#[derive(Debug, Clone)]
+pub struct BufferedBody(pub Bytes);
+
+#[derive(Clone)]
+pub struct RetryPolicy {
+    attempts_left: usize,
+    budget: Arc<TpsBudget>,
+}
+
+impl RetryPolicy {
+    pub fn new(max_attempts: usize, budget: Arc<TpsBudget>) -> Self {
+        Self {
+            attempts_left: max_attempts.saturating_sub(1),
+            budget,
+        }
+    }
+
+    pub fn default_budget() -> Arc<TpsBudget> {
+        // At least 10 retries per second, plus 20% of the calls.
+        Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2))
+    }
+}
+
+pub fn rebuild(req: &http::Request<Body>, buffered: &BufferedBody) -> http::Request<Body> {
+    let mut out = http::Request::new(Body::new(Full::new(buffered.0.clone())));
+    *out.method_mut() = req.method().clone();
+    *out.uri_mut() = req.uri().clone();
+    *out.version_mut() = req.version();
+    *out.headers_mut() = req.headers().clone();
+    out.extensions_mut().insert(buffered.clone());
+    out
+}
+
+type Res = Result<http::Response<Body>, tower::BoxError>;
+
+impl tower::retry::Policy<http::Request<Body>, http::Response<Body>, tower::BoxError>
+    for RetryPolicy
+{
+    type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    fn retry(&mut self, req: &mut http::Request<Body>, result: &mut Res) -> Option<Self::Future> {
+        let retryable = match result {
+            Ok(_) => {
+                self.budget.deposit();
+                false
+            }
+            Err(e) => e.downcast_ref::<MeshError>().is_some_and(|m| m.retryable),
+        };
+        if !retryable || self.attempts_left == 0 || req.extensions().get::<BufferedBody>().is_none()
+        {
+            return None;
+        }
+        if !self.budget.withdraw() {
+            tracing::debug!(path = req.uri().path(), "retry budget exhausted");
+            return None;
+        }
+        self.attempts_left -= 1;
+        // A little jitter so that callers failing together do not retry together.
+        let pause = Duration::from_micros(rand::rng().random_range(0..2_000));
+        Some(Box::pin(tokio::time::sleep(pause)))
+    }
+
+    fn clone_request(&mut self, req: &http::Request<Body>) -> Option<http::Request<Body>> {
+        let buffered = req.extensions().get::<BufferedBody>()?;
+        Some(rebuild(req, buffered))
+    }
+}

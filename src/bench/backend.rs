@@ -1,0 +1,94 @@
+//! A minimal gRPC backend for benchmarks and balancer tests: grpc.health.v1 `Check`, an
+//! adjustable artificial delay (to play a slow instance) and the instance header, so a
+//! caller can see which backend answered.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tower::ServiceBuilder;
+
+/// Response header carrying the backend's id (same name as real instances use).
+pub use starling_runtime::server::INSTANCE_HEADER;
+
+pub struct TestBackend {
+    pub addr: SocketAddr,
+    pub id: String,
+    delay_us: Arc<AtomicU64>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl TestBackend {
+    /// Starts a backend on a free loopback port.
+    pub async fn start(id: &str, delay: Duration) -> std::io::Result<Self> {
+        let incoming = TcpIncoming::bind("127.0.0.1:0".parse().expect("valid address"))?
+            .with_nodelay(Some(true));
+        let addr = incoming.local_addr()?;
+        let delay_us = Arc::new(AtomicU64::new(delay.as_micros() as u64));
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let header: http::HeaderValue = id
+            .parse()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))?;
+        let d = delay_us.clone();
+        let layers = ServiceBuilder::new()
+            .map_response(move |mut r: http::Response<tonic::body::Body>| {
+                r.headers_mut().insert(INSTANCE_HEADER, header.clone());
+                r
+            })
+            .map_future(move |fut| {
+                let us = d.load(Ordering::Relaxed);
+                async move {
+                    if us > 0 {
+                        tokio::time::sleep(Duration::from_micros(us)).await;
+                    }
+                    fut.await
+                }
+            })
+            .into_inner();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .layer(layers)
+            .add_service(health)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            });
+        let task = tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::warn!(error = %e, "test backend stopped with an error");
+            }
+        });
+        Ok(Self {
+            addr,
+            id: id.to_string(),
+            delay_us,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_us
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Stops accepting and waits for in-flight calls.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        if self.stop.is_some() {
+            self.task.abort();
+        }
+    }
+}

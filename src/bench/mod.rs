@@ -1,0 +1,13 @@
+//! `starling bench ...`: benchmarks that measure the mesh against a baseline in the same
+//! run, on loopback only, and stop by themselves.
+
+pub mod backend;
+pub mod balancer;
+
+use crate::cli::BenchCommand;
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Balancer(args) => balancer::run(args).await,
+    }
+}

@@ -1,0 +1,188 @@
+//! Command-line interface. Every flag has an environment-variable equivalent (`STARLING_*`),
+//! so the same settings work in a shell, a systemd unit or docker-compose.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use starling_discovery::{EtcdConfig, MeshConfig, Policy};
+use starling_runtime::ServiceKind;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "starling",
+    version,
+    about = "Starling: a gRPC service mesh (etcd discovery, client-side balancing) with a Twitter-like reference app",
+    long_about = "Starling: a gRPC service mesh (etcd discovery, client-side balancing) with a Twitter-like reference app.\n\n\
+        Quick start: `starling up` runs every service in this process with nothing installed.\n\
+        Production: run `starling serve <service> --etcd http://HOST:2379` per instance."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one instance of a service, registered in etcd under a leased key.
+    Serve(ServeArgs),
+    /// Run every service (optionally several replicas each) in this process, on the embedded
+    /// in-memory registry unless --etcd is given.
+    Up(UpArgs),
+    /// Benchmarks (loopback only).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// How this process discovers and calls other services.
+#[derive(Debug, Clone, Args)]
+pub struct MeshArgs {
+    /// Key prefix in etcd: instances live under /<namespace>/services/<service>/<id>.
+    #[arg(long, env = "STARLING_NAMESPACE", default_value = "starling")]
+    pub namespace: String,
+    /// Seconds a registration outlives a crashed instance.
+    #[arg(long, env = "STARLING_LEASE_TTL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_ttl: u64,
+    /// Balancing policy per target service, e.g. `timeline=consistent_hash:x-user-id,tweet=p2c_ewma`.
+    /// Policies: round_robin, p2c_ewma, consistent_hash[:<header>]. Unlisted targets use round_robin.
+    #[arg(long = "policy", env = "STARLING_POLICY", value_delimiter = ',', value_parser = parse_target_policy)]
+    pub policies: Vec<(String, Policy)>,
+    /// Deadline for outgoing calls when the caller sets none, in milliseconds.
+    #[arg(long, env = "STARLING_CALL_TIMEOUT_MS", default_value_t = 10_000)]
+    pub call_timeout_ms: u64,
+    /// How long a call waits for a target with no endpoint before failing UNAVAILABLE, in ms.
+    #[arg(long, env = "STARLING_NO_ENDPOINT_TIMEOUT_MS", default_value_t = 2_000)]
+    pub no_endpoint_timeout_ms: u64,
+}
+
+fn parse_target_policy(s: &str) -> Result<(String, Policy), String> {
+    let (service, policy) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected <service>=<policy>, got {s:?}"))?;
+    let kind: ServiceKind = service.parse()?;
+    Ok((kind.name().to_string(), policy.parse()?))
+}
+
+impl MeshArgs {
+    pub fn mesh_config(&self) -> MeshConfig {
+        let mut config = MeshConfig::new(starling_proto::idempotent_methods());
+        config.call_timeout = Duration::from_millis(self.call_timeout_ms);
+        config.no_endpoint_timeout = Duration::from_millis(self.no_endpoint_timeout_ms);
+        for (service, policy) in &self.policies {
+            config = config.with_policy(service, policy.clone());
+        }
+        config
+    }
+
+    pub fn etcd_config(&self, endpoints: Vec<String>) -> EtcdConfig {
+        let mut config = EtcdConfig::new(endpoints);
+        config.namespace = self.namespace.clone();
+        config.lease_ttl = Duration::from_secs(self.lease_ttl);
+        config.relist_grace = Duration::from_secs(self.lease_ttl * 2);
+        config
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// tweet, follower, timeline, tagger or recommendation.
+    pub service: ServiceKind,
+    /// Address to listen on; port 0 picks a free port (the real one is registered).
+    #[arg(long, env = "STARLING_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// host:port other instances should dial, if not the listen address (port 0 = the bound port).
+    #[arg(long, env = "STARLING_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// etcd client URLs, comma-separated.
+    #[arg(long, env = "STARLING_ETCD", value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long, env = "STARLING_METRICS")]
+    pub metrics: Option<SocketAddr>,
+    /// Zone label stored with the registration.
+    #[arg(long, env = "STARLING_ZONE", default_value = "")]
+    pub zone: String,
+    /// Relative share of traffic for this instance.
+    #[arg(long, env = "STARLING_WEIGHT", default_value_t = 1)]
+    pub weight: u32,
+    /// On shutdown, time between deregistering and closing the listener, in ms.
+    #[arg(long, env = "STARLING_DRAIN_MS", default_value_t = 1_000)]
+    pub drain_ms: u64,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Instances of each service.
+    #[arg(long, env = "STARLING_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub replicas: u16,
+    /// Interface the services listen on (each on a free port).
+    #[arg(long, env = "STARLING_HOST", default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Use this etcd (comma-separated URLs) instead of the embedded registry.
+    #[arg(long, env = "STARLING_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long, env = "STARLING_METRICS")]
+    pub metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Unary calls at fixed concurrency through a direct tonic Channel, tonic's
+    /// balance_channel and the mesh channel with each policy; then with one slow backend.
+    Balancer(BalancerBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BalancerBenchArgs {
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Seconds per measured configuration.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Extra latency of the slow backend in the second scenario, in ms.
+    #[arg(long, default_value_t = 20)]
+    pub slow_ms: u64,
+    /// Rounds of the uniform scenario (configurations are interleaved per round so that
+    /// machine noise hits them alike); the best round of each is reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn target_policies_parse() {
+        assert_eq!(
+            parse_target_policy("timeline=consistent_hash:x-user-id").unwrap(),
+            (
+                "timeline".to_string(),
+                Policy::ConsistentHash {
+                    header: "x-user-id".into()
+                }
+            )
+        );
+        assert!(parse_target_policy("nope=round_robin")
+            .unwrap_err()
+            .contains("unknown service"));
+        assert!(parse_target_policy("tweet")
+            .unwrap_err()
+            .contains("<service>=<policy>"));
+        assert!(parse_target_policy("tweet=fastest")
+            .unwrap_err()
+            .contains("unknown policy"));
+    }
+}

@@ -1,0 +1,18 @@
+//! The `starling` program: command line ([`cli`]), the service table ([`services`]), the
+//! embedded all-in-one mode ([`up`]), one instance against etcd ([`serve`]) and the
+//! benchmarks ([`bench`]).
+
+pub mod bench;
+pub mod cli;
+pub mod serve;
+pub mod services;
+pub mod up;
+
+/// Runs a parsed command line to completion.
+pub async fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    match cli.command {
+        cli::Command::Serve(args) => serve::run(args).await,
+        cli::Command::Up(args) => up::run(args).await,
+        cli::Command::Bench(cmd) => bench::run(cmd).await,
+    }
+}
