@@ -46,7 +46,7 @@ async fn etcd_registry_passes_the_contract() {
 
 #[tokio::test]
 async fn round_robin_spreads_300_calls_over_three_processes() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(etcd) = Etcd::start().await else {
         return;
     };
@@ -83,7 +83,7 @@ async fn round_robin_spreads_300_calls_over_three_processes() {
 
 #[tokio::test]
 async fn consistent_hash_is_sticky_and_moves_only_the_leavers_keys() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(etcd) = Etcd::start().await else {
         return;
     };
@@ -171,7 +171,7 @@ async fn consistent_hash_is_sticky_and_moves_only_the_leavers_keys() {
 
 #[tokio::test]
 async fn p2c_ewma_sends_a_slow_instance_a_much_smaller_share() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(etcd) = Etcd::start().await else {
         return;
     };
@@ -244,7 +244,7 @@ async fn p2c_ewma_sends_a_slow_instance_a_much_smaller_share() {
 
 #[tokio::test]
 async fn kill_9_under_load_fails_no_idempotent_call_and_the_key_expires() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(etcd) = Etcd::start().await else {
         return;
     };
@@ -298,7 +298,7 @@ async fn kill_9_under_load_fails_no_idempotent_call_and_the_key_expires() {
 
 #[tokio::test]
 async fn rolling_restart_under_load_fails_no_call() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(etcd) = Etcd::start().await else {
         return;
     };
@@ -336,7 +336,7 @@ async fn rolling_restart_under_load_fails_no_call() {
 
 #[tokio::test]
 async fn etcd_outage_and_wipe_keep_traffic_flowing_and_instances_reregister() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(mut etcd) = Etcd::start().await else {
         return;
     };

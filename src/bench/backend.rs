@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -19,6 +19,7 @@ pub struct TestBackend {
     pub addr: SocketAddr,
     pub id: String,
     delay_us: Arc<AtomicU64>,
+    last_grpc_timeout: Arc<Mutex<Option<String>>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -35,7 +36,17 @@ impl TestBackend {
             .parse()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))?;
         let d = delay_us.clone();
+        let last_grpc_timeout = Arc::new(Mutex::new(None));
+        let seen = last_grpc_timeout.clone();
         let layers = ServiceBuilder::new()
+            .map_request(move |r: http::Request<tonic::body::Body>| {
+                let t = r
+                    .headers()
+                    .get("grpc-timeout")
+                    .and_then(|v| v.to_str().ok());
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = t.map(str::to_string);
+                r
+            })
             .map_response(move |mut r: http::Response<tonic::body::Body>| {
                 r.headers_mut().insert(INSTANCE_HEADER, header.clone());
                 r
@@ -66,6 +77,7 @@ impl TestBackend {
             addr,
             id: id.to_string(),
             delay_us,
+            last_grpc_timeout,
             stop: Some(stop),
             task,
         })
@@ -74,6 +86,14 @@ impl TestBackend {
     pub fn set_delay(&self, delay: Duration) {
         self.delay_us
             .store(delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The `grpc-timeout` header of the last call received, if it had one.
+    pub fn last_grpc_timeout(&self) -> Option<String> {
+        self.last_grpc_timeout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Stops accepting and waits for in-flight calls.

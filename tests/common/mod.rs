@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use starling_discovery::{EtcdConfig, EtcdRegistry, MeshChannel};
@@ -25,10 +25,11 @@ pub fn ci() -> bool {
     matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
 }
 
-/// Timing-sensitive tests take this so they do not compete for the 2 cores.
-pub fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// Timing-sensitive tests hold this for their whole run so they do not compete for the
+/// 2 cores. (An async mutex: each test has its own runtime, and the guard spans awaits.)
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 pub fn find_binary(name: &str) -> Option<PathBuf> {

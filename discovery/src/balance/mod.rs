@@ -6,9 +6,10 @@ pub mod ring;
 use std::str::FromStr;
 
 /// How a target service's calls are spread over its endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Policy {
     /// Each healthy endpoint in turn.
+    #[default]
     RoundRobin,
     /// The endpoint that owns the hash of this request header on a consistent-hash ring
     /// (for example the user id), so a user's calls land on the same instance and its caches.
@@ -17,12 +18,6 @@ pub enum Policy {
     /// Power of two choices: of two random healthy endpoints, the one with the lower
     /// peak-EWMA latency times outstanding calls.
     P2cEwma,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy::RoundRobin
-    }
 }
 
 /// The metadata header consistent hashing reads when none is configured.

@@ -1,0 +1,77 @@
+//! The shared backends that `scripts/test.sh` starts (etcd, Redis, a Kafka-protocol broker)
+//! are up and speak their protocols. Under CI=true a missing one fails the run.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::ci;
+
+fn shared(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if ci() => panic!("{var} is not set: CI must run the tests through scripts/test.sh"),
+        _ => {
+            eprintln!("SKIPPED: {var} not set (scripts/test.sh starts the shared backends)");
+            None
+        }
+    }
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+#[tokio::test]
+async fn shared_etcd_passes_the_registry_contract() {
+    let Some(url) = shared("STARLING_TEST_ETCD") else {
+        return;
+    };
+    let mut config = starling_discovery::EtcdConfig::new(vec![url]);
+    config.namespace = format!("contract-{:08x}", rand::random::<u32>());
+    let registry = starling_discovery::EtcdRegistry::connect(config)
+        .await
+        .unwrap();
+    starling_discovery::contract::run_all(&registry).await;
+}
+
+#[test]
+fn shared_redis_answers_ping() {
+    let Some(url) = shared("STARLING_TEST_REDIS") else {
+        return;
+    };
+    let addr = url.trim_start_matches("redis://");
+    let mut s = connect(addr);
+    s.write_all(b"PING\r\n").unwrap();
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"+PONG\r\n");
+}
+
+#[test]
+fn shared_broker_speaks_the_kafka_protocol() {
+    let Some(addr) = shared("STARLING_TEST_KAFKA") else {
+        return;
+    };
+    let mut s = connect(&addr);
+    // ApiVersions v0: api_key 18, version 0, correlation id 7, client id "starling-ci".
+    let client_id = b"starling-ci";
+    let mut body = Vec::new();
+    body.extend_from_slice(&18i16.to_be_bytes());
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&7i32.to_be_bytes());
+    body.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
+    body.extend_from_slice(client_id);
+    s.write_all(&(body.len() as i32).to_be_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let mut header = [0u8; 10];
+    s.read_exact(&mut header).unwrap();
+    let correlation = i32::from_be_bytes(header[4..8].try_into().unwrap());
+    let error_code = i16::from_be_bytes(header[8..10].try_into().unwrap());
+    assert_eq!(correlation, 7);
+    assert_eq!(error_code, 0, "ApiVersions must succeed");
+}

@@ -1,0 +1,251 @@
+//! The `starling` command as a user meets it: help, errors for bad input, and `starling up`
+//! serving health checks, reflection (checked with the real grpcurl) and metrics.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use starling_proto::tagger::v1::{tagger_service_client::TaggerServiceClient, ListTagsRequest};
+use starling_proto::tweet::v1::{tweet_service_client::TweetServiceClient, GetTweetRequest};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+fn starling(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_starling"))
+        .args(args)
+        .env_remove("STARLING_ETCD")
+        .output()
+        .expect("run starling")
+}
+
+#[test]
+fn help_names_every_command_and_its_environment_variables() {
+    let out = starling(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["serve", "up", "bench"] {
+        assert!(text.contains(word), "{word} missing from --help:\n{text}");
+    }
+    let out = starling(&["serve", "--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "STARLING_ETCD",
+        "STARLING_LISTEN",
+        "STARLING_NAMESPACE",
+        "STARLING_LEASE_TTL",
+        "STARLING_METRICS",
+        "--advertise",
+    ] {
+        assert!(
+            text.contains(word),
+            "{word} missing from serve --help:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_gets_a_precise_error() {
+    let out = starling(&["serve", "tagger"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--etcd"),
+        "{out:?}"
+    );
+
+    let out = starling(&["serve", "tweets", "--etcd", "http://127.0.0.1:1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown service"),
+        "{out:?}"
+    );
+
+    let out = starling(&["up", "--policy", "tweet=fastest"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown policy"),
+        "{out:?}"
+    );
+
+    let out = starling(&["up", "--replicas", "0"]);
+    assert!(!out.status.success());
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[tokio::test]
+async fn up_serves_every_service_with_health_reflection_and_metrics() {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .args(["up", "--replicas", "2", "--metrics", &metrics_addr])
+        .env("STARLING_LOG", "warn")
+        .env_remove("STARLING_ETCD")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start starling up");
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("instances up");
+            out.push(line);
+            if done {
+                break;
+            }
+        }
+        out
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
+        .await
+        .expect("up announced")
+        .unwrap();
+    // "starling: <service> <addr>  (<grpc name>)"
+    let addr_of = |service: &str| -> String {
+        lines
+            .iter()
+            .find(|l| l.split_whitespace().nth(1) == Some(service))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_else(|| panic!("{service} missing from {lines:?}"))
+            .to_string()
+    };
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("(starling.")).count(),
+        10,
+        "{lines:?}"
+    );
+
+    // Health: every service reports SERVING under its gRPC name.
+    for (service, grpc) in [
+        ("tweet", "starling.tweet.v1.TweetService"),
+        ("follower", "starling.follower.v1.FollowerService"),
+        ("timeline", "starling.timeline.v1.TimelineService"),
+        ("tagger", "starling.tagger.v1.TaggerService"),
+        (
+            "recommendation",
+            "starling.recommendation.v1.RecommendationService",
+        ),
+    ] {
+        let url = format!("http://{}", addr_of(service));
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel);
+        let resp = health
+            .check(HealthCheckRequest {
+                service: grpc.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(resp.get_ref().status(), ServingStatus::Serving, "{service}");
+    }
+
+    let tagger = format!("http://{}", addr_of("tagger"));
+    let tags = TaggerServiceClient::connect(tagger)
+        .await
+        .unwrap()
+        .list_tags(ListTagsRequest {})
+        .await
+        .unwrap();
+    assert_eq!(tags.get_ref().tags.len(), 50);
+    let tweet = format!("http://{}", addr_of("tweet"));
+    let err = TweetServiceClient::connect(tweet)
+        .await
+        .unwrap()
+        .get_tweet(GetTweetRequest { id: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unimplemented,
+        "handlers arrive with the application issue"
+    );
+
+    // Metrics: the calls above are counted per method and code.
+    let metrics = http_get(&metrics_addr, "/metrics");
+    assert!(metrics.contains("200 OK"), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("starling_server_requests_total")
+                && l.contains("/starling.tagger.v1.TaggerService/ListTags")
+                && l.contains("code=\"0\"")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("code=\"12\""),
+        "the UNIMPLEMENTED call is counted with its code"
+    );
+    assert!(metrics.contains("starling_server_request_duration_seconds_bucket"));
+
+    // Reflection, through grpcurl 1.8.6 (which speaks only v1alpha).
+    if let Some(grpcurl) = require_binary("grpcurl") {
+        let addr = addr_of("timeline");
+        let out = Command::new(&grpcurl)
+            .args(["-plaintext", &addr, "list"])
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        for s in [
+            "starling.timeline.v1.TimelineService",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(
+                listed.contains(s),
+                "{s} missing from grpcurl list:\n{listed}"
+            );
+        }
+        let out = Command::new(&grpcurl)
+            .args(["-plaintext", &addr, "describe", "starling.tweet.v1.Tweet"])
+            .output()
+            .unwrap();
+        let described = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            described.contains("google.protobuf.Timestamp created_at"),
+            "{described}"
+        );
+        let out = Command::new(&grpcurl)
+            .args([
+                "-plaintext",
+                "-d",
+                "{}",
+                &addr_of("tagger"),
+                "starling.tagger.v1.TaggerService/ListTags",
+            ])
+            .output()
+            .unwrap();
+        let called = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && called.contains("bookworms"),
+            "{out:?}"
+        );
+    }
+
+    // SIGTERM: every instance deregisters, drains and the process exits cleanly.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -1,0 +1,193 @@
+//! The mesh channel's own behaviour, on the in-memory registry (fast, no backend needed):
+//! deadlines and their propagation, retries only for idempotent methods, ejection of a
+//! dead endpoint, and a bounded wait when a target has no endpoint.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use starling::bench::backend::TestBackend;
+use starling_discovery::{
+    propagate_deadline, MemoryRegistry, Mesh, MeshChannel, MeshConfig, Registration, Registry,
+    ServiceInstance,
+};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const CHECK: &str = "/grpc.health.v1.Health/Check";
+
+async fn register(registry: &MemoryRegistry, id: &str, addr: &str) -> Registration {
+    let mut inst = ServiceInstance::new("svc", addr);
+    inst.id = id.to_string();
+    registry.register("svc", inst).await.unwrap()
+}
+
+fn mesh(registry: &MemoryRegistry, idempotent: bool) -> (Mesh, MeshChannel) {
+    let mut methods = HashSet::new();
+    if idempotent {
+        methods.insert(CHECK.to_string());
+    }
+    let mut config = MeshConfig::new(methods);
+    config.no_endpoint_timeout = Duration::from_millis(200);
+    let mesh = Mesh::new(Arc::new(registry.clone()), config);
+    let ch = mesh.channel("svc");
+    (mesh, ch)
+}
+
+/// An address nothing listens on: a dead endpoint that is still registered.
+fn dead_address() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn caller_deadline_is_enforced_and_sent_downstream() {
+    let registry = MemoryRegistry::new();
+    let backend = TestBackend::start("slow", Duration::from_millis(500))
+        .await
+        .unwrap();
+    let _r = register(&registry, "slow", &backend.addr.to_string()).await;
+    let (_m, ch) = mesh(&registry, true);
+    let mut client = HealthClient::new(ch);
+    let mut req = tonic::Request::new(HealthCheckRequest::default());
+    req.set_timeout(Duration::from_millis(100));
+    let started = Instant::now();
+    let err = client
+        .check(req)
+        .await
+        .expect_err("slower than the deadline");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    let sent = backend
+        .last_grpc_timeout()
+        .expect("grpc-timeout reached the backend");
+    let ms: u64 = sent.trim_end_matches('m').parse().unwrap();
+    assert!(ms <= 100, "sent {sent}");
+}
+
+#[tokio::test]
+async fn inbound_deadline_propagates_to_outgoing_calls() {
+    let registry = MemoryRegistry::new();
+    let backend = TestBackend::start("b", Duration::ZERO).await.unwrap();
+    let _r = register(&registry, "b", &backend.addr.to_string()).await;
+    let (_m, ch) = mesh(&registry, true);
+    let mut client = HealthClient::new(ch.clone());
+    // As if handling an inbound call with 250 ms left: the outgoing call carries no timeout
+    // of its own, yet must inherit it.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(250);
+    propagate_deadline(deadline, async {
+        client
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("fast call");
+    })
+    .await;
+    let sent = backend.last_grpc_timeout().expect("grpc-timeout sent");
+    let ms: u64 = sent.trim_end_matches('m').parse().unwrap();
+    assert!(ms <= 250 && ms > 100, "sent {sent}");
+
+    backend.set_delay(Duration::from_millis(400));
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+    let err = propagate_deadline(deadline, client.check(HealthCheckRequest::default()))
+        .await
+        .expect_err("inherited deadline cuts the call");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+    assert!(started.elapsed() < Duration::from_millis(350));
+}
+
+#[tokio::test]
+async fn idempotent_calls_retry_past_a_dead_endpoint_which_gets_ejected() {
+    // Install the process's recorder before the mesh creates its per-endpoint counters.
+    let metrics = starling_runtime::metrics::handle();
+    let registry = MemoryRegistry::new();
+    let live = TestBackend::start("live", Duration::ZERO).await.unwrap();
+    let _a = register(&registry, "live", &live.addr.to_string()).await;
+    let _b = register(&registry, "dead", &dead_address()).await;
+    let (_m, ch) = mesh(&registry, true);
+    assert!(
+        ch.wait_for_endpoints(Duration::from_secs(2), |e| e.len() == 2)
+            .await
+    );
+    let mut client = HealthClient::new(ch);
+    let mut answered_by_live = 0;
+    for _ in 0..100 {
+        let resp = client
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("retried on the live endpoint");
+        if resp
+            .metadata()
+            .get("starling-instance")
+            .map(|v| v.to_str().unwrap())
+            == Some("live")
+        {
+            answered_by_live += 1;
+        }
+    }
+    assert_eq!(answered_by_live, 100);
+    let metrics = metrics.render();
+    let ejections: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("starling_client_ejections_total") && l.contains("target=\"svc\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    // Ejected once, then re-probed only after each back-off: far fewer than the 50 picks
+    // round-robin would have sent it.
+    assert!(
+        (1.0..=5.0).contains(&ejections),
+        "ejections {ejections}\n{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn non_idempotent_calls_are_not_retried() {
+    let registry = MemoryRegistry::new();
+    let live = TestBackend::start("live", Duration::ZERO).await.unwrap();
+    let _a = register(&registry, "live", &live.addr.to_string()).await;
+    let _b = register(&registry, "dead", &dead_address()).await;
+    let (_m, ch) = mesh(&registry, false);
+    assert!(
+        ch.wait_for_endpoints(Duration::from_secs(2), |e| e.len() == 2)
+            .await
+    );
+    let mut client = HealthClient::new(ch);
+    let mut unavailable = 0;
+    for _ in 0..4 {
+        if let Err(e) = client.check(HealthCheckRequest::default()).await {
+            assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+            assert!(e.message().contains("failed"), "{}", e.message());
+            unavailable += 1;
+        }
+    }
+    assert!(
+        unavailable >= 1,
+        "a call that may not be repeated must surface the failure"
+    );
+}
+
+#[tokio::test]
+async fn a_target_without_endpoints_fails_fast_and_recovers_when_one_registers() {
+    let registry = MemoryRegistry::new();
+    let (_m, ch) = mesh(&registry, true);
+    let mut client = HealthClient::new(ch);
+    let started = Instant::now();
+    let err = client
+        .check(HealthCheckRequest::default())
+        .await
+        .expect_err("no endpoint");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(started.elapsed() < Duration::from_millis(800));
+    let backend = TestBackend::start("late", Duration::ZERO).await.unwrap();
+    let _r = register(&registry, "late", &backend.addr.to_string()).await;
+    client
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("works once registered");
+}
