@@ -442,19 +442,23 @@ impl Target {
 
     fn pick(&self, snap: &Snapshot, headers: &http::HeaderMap) -> Arc<Endpoint> {
         let now = Instant::now();
-        let healthy: Vec<&Arc<Endpoint>> = snap
-            .endpoints
-            .iter()
-            .filter(|e| !e.is_ejected(now))
-            .collect();
-        // With every endpoint ejected, trying one beats failing outright.
-        let candidates: Vec<&Arc<Endpoint>> = if healthy.is_empty() {
-            snap.endpoints.iter().collect()
-        } else {
-            healthy
+        let all = &snap.endpoints;
+        let healthy = all.iter().filter(|e| !e.is_ejected(now)).count();
+        // With every endpoint ejected, trying one beats failing outright. Candidates are
+        // indexed without collecting them: this runs on every call.
+        let panic_mode = healthy == 0;
+        let n = if panic_mode { all.len() } else { healthy };
+        let nth = |k: usize| -> &Arc<Endpoint> {
+            if panic_mode {
+                &all[k]
+            } else {
+                all.iter()
+                    .filter(|e| !e.is_ejected(now))
+                    .nth(k)
+                    .unwrap_or(&all[0])
+            }
         };
-        let round_robin =
-            || candidates[self.next.fetch_add(1, Ordering::Relaxed) % candidates.len()].clone();
+        let round_robin = || nth(self.next.fetch_add(1, Ordering::Relaxed) % n).clone();
         match &self.policy {
             Policy::RoundRobin => round_robin(),
             Policy::ConsistentHash { header } => {
@@ -462,22 +466,23 @@ impl Target {
                     return round_robin();
                 };
                 let hash = HashRing::hash_key(key.as_bytes());
-                let usable = |id: &str| candidates.iter().any(|c| c.id() == id);
+                let usable = |id: &str| {
+                    panic_mode || snap.by_id.get(id).is_some_and(|&i| !all[i].is_ejected(now))
+                };
                 snap.ring
                     .owner_where(hash, usable)
                     .and_then(|id| snap.by_id.get(id))
-                    .map(|&i| snap.endpoints[i].clone())
+                    .map(|&i| all[i].clone())
                     .unwrap_or_else(round_robin)
             }
             Policy::P2cEwma => {
-                let n = candidates.len();
                 if n == 1 {
-                    return candidates[0].clone();
+                    return nth(0).clone();
                 }
                 let mut rng = rand::rng();
                 let a = rng.random_range(0..n);
                 let b = (a + rng.random_range(1..n)) % n;
-                let (ea, eb) = (candidates[a], candidates[b]);
+                let (ea, eb) = (nth(a), nth(b));
                 if ea.load() <= eb.load() {
                     ea.clone()
                 } else {

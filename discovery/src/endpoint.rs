@@ -2,8 +2,8 @@
 //! them. Endpoints are kept across endpoint-set updates (matched by instance id), so an
 //! update does not drop connections or forget latency history.
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use metrics::Counter;
@@ -25,9 +25,22 @@ pub struct Endpoint {
     ewma: Mutex<PeakEwma>,
     /// Consecutive transport failures; drives the ejection back-off.
     failures: AtomicU32,
-    ejected_until: Mutex<Option<Instant>>,
+    /// Nanoseconds since [`epoch`] until which the endpoint is ejected; 0 = never was.
+    /// An atomic, because every pick reads it for every endpoint.
+    ejected_until: AtomicU64,
     pub picks: Counter,
     pub ejections: Counter,
+}
+
+/// A process-wide origin, so instants fit in an `AtomicU64`.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn since_epoch(t: Instant) -> u64 {
+    // +1 so that no real instant maps to 0 ("not ejected").
+    t.saturating_duration_since(epoch()).as_nanos() as u64 + 1
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +74,7 @@ impl Endpoint {
             inflight: AtomicUsize::new(0),
             ewma: Mutex::new(PeakEwma::new(DEFAULT_RTT, EWMA_DECAY, Instant::now())),
             failures: AtomicU32::new(0),
-            ejected_until: Mutex::new(None),
+            ejected_until: AtomicU64::new(0),
             instance,
         })
     }
@@ -71,10 +84,7 @@ impl Endpoint {
     }
 
     pub fn is_ejected(&self, now: Instant) -> bool {
-        self.ejected_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|until| until > now)
+        self.ejected_until.load(Ordering::Relaxed) > since_epoch(now)
     }
 
     /// p2c load: peak-EWMA latency scaled by the calls already outstanding.
@@ -100,8 +110,8 @@ impl Endpoint {
     pub fn eject(&self, cfg: &EjectionConfig) -> Duration {
         let n = self.failures.fetch_add(1, Ordering::Relaxed).min(16);
         let period = cfg.base.saturating_mul(1u32 << n).min(cfg.max);
-        *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Instant::now() + period);
+        self.ejected_until
+            .store(since_epoch(Instant::now() + period), Ordering::Relaxed);
         self.ejections.increment(1);
         period
     }
@@ -109,7 +119,7 @@ impl Endpoint {
     fn succeeded(&self) {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
-            *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            self.ejected_until.store(0, Ordering::Relaxed);
         }
     }
 }
