@@ -491,3 +491,32 @@ async fn no_instance_at_all_fails_unavailable_within_the_bound() {
         "took {took:?}"
     );
 }
+
+#[tokio::test]
+async fn a_deleted_key_with_a_live_lease_is_put_back() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let registry = etcd.registry("reput", LEASE_TTL).await;
+    let reg = registry
+        .register("svc", ServiceInstance::new("svc", "127.0.0.1:1101"))
+        .await
+        .unwrap();
+    let id = reg.instance().id.clone();
+    let mut watch = registry.watch("svc");
+    starling_discovery::wait_for(&mut watch, Duration::from_secs(5), |s| s.contains_key(&id))
+        .await
+        .unwrap();
+    // An operator's `etcdctl del`: the lease is still alive, so only the keeper can notice.
+    let key = format!("/reput/services/svc/{id}");
+    registry.client().delete(key.as_str(), None).await.unwrap();
+    starling_discovery::wait_for(&mut watch, Duration::from_secs(5), |s| !s.contains_key(&id))
+        .await
+        .unwrap();
+    starling_discovery::wait_for(&mut watch, LEASE_TTL + Duration::from_secs(2), |s| {
+        s.contains_key(&id)
+    })
+    .await
+    .expect("the keeper puts the key back within a renewal period");
+    reg.deregister().await;
+}

@@ -78,7 +78,8 @@ pub struct MeshConfig {
     /// Policy for targets without an entry in `targets`.
     pub default_policy: Policy,
     pub targets: HashMap<String, TargetConfig>,
-    /// Deadline applied when neither the caller nor an inbound call sets one.
+    /// Deadline applied when neither the caller (`grpc-timeout`) nor the inbound call being
+    /// served sets one; an explicit deadline, longer or shorter, is kept as it is.
     pub call_timeout: Duration,
     /// How long a call waits for the first endpoint of a target before UNAVAILABLE.
     pub no_endpoint_timeout: Duration,
@@ -340,33 +341,23 @@ impl Service<http::Request<Body>> for MeshChannel {
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let config = &self.target.config;
         let now = tokio::time::Instant::now();
-        // 1. Deadline.
-        let mut deadline = now + config.call_timeout;
-        if let Some(t) = req
+        // 1. Deadline: the earlier of the caller's and the inbound call's, or the default.
+        let explicit = req
             .headers()
             .get(GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
-        {
-            deadline = deadline.min(now + t);
-        }
-        if let Some(inbound) = current_deadline() {
-            deadline = deadline.min(inbound);
-        }
+            .map(|t| now + t);
+        let deadline = match (explicit, current_deadline()) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(d), None) | (None, Some(d)) => d,
+            (None, None) => now + config.call_timeout,
+        };
+        req.extensions_mut().insert(CallDeadline(deadline));
         let idempotent = config.idempotent_methods.contains(req.uri().path());
         let stack = self.stack.clone();
         let service = self.target.service.clone();
         Box::pin(async move {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if remaining.is_zero() {
-                return Err(fail(
-                    Status::deadline_exceeded(format!("deadline passed before calling {service}")),
-                    false,
-                ));
-            }
-            if let Ok(v) = format_grpc_timeout(remaining).parse() {
-                req.headers_mut().insert(GRPC_TIMEOUT, v);
-            }
             let attempt = async move {
                 // 2. Buffer idempotent requests so that the retry layer can resend them.
                 let req = if idempotent {
@@ -391,6 +382,10 @@ impl Service<http::Request<Body>> for MeshChannel {
         })
     }
 }
+
+/// When the call must be over; each attempt sends what is left of it as `grpc-timeout`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallDeadline(pub tokio::time::Instant);
 
 /// Step 4: pick an endpoint and send the request to it.
 #[derive(Clone)]
@@ -492,8 +487,28 @@ impl Target {
         }
     }
 
-    async fn dispatch(&self, req: http::Request<Body>) -> Result<http::Response<Body>, BoxError> {
+    async fn dispatch(
+        &self,
+        mut req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, BoxError> {
         let snap = self.snapshot().await?;
+        // What is left of the deadline now, not when the call started: a retry after a
+        // slow first attempt must not promise the next hop the full budget again.
+        if let Some(CallDeadline(deadline)) = req.extensions().get::<CallDeadline>().copied() {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(fail(
+                    Status::deadline_exceeded(format!(
+                        "deadline passed before calling {}",
+                        self.service
+                    )),
+                    false,
+                ));
+            }
+            if let Ok(v) = format_grpc_timeout(remaining).parse() {
+                req.headers_mut().insert(GRPC_TIMEOUT, v);
+            }
+        }
         let endpoint = self.pick(&snap, req.headers());
         endpoint.picks.increment(1);
         let flight = endpoint.start();
@@ -504,14 +519,17 @@ impl Target {
         };
         match result {
             Ok(resp) => {
-                flight.answered();
-                // A trailers-only UNAVAILABLE (a server shedding load or shutting down):
-                // the endpoint works, but another one may serve this call.
+                // A trailers-only UNAVAILABLE: the instance is shedding load or shutting
+                // down. Not a fast success (that would make p2c favour it): take it out of
+                // rotation briefly so the retry goes elsewhere.
                 if let Some(status) = Status::from_header_map(resp.headers()) {
                     if status.code() == tonic::Code::Unavailable {
+                        drop(flight);
+                        endpoint.eject(&self.config.ejection);
                         return Err(fail(status, true));
                     }
                 }
+                flight.answered();
                 Ok(resp)
             }
             Err(e) => {

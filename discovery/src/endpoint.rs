@@ -93,7 +93,7 @@ impl Endpoint {
             .ewma
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .estimate_ns();
+            .estimate_ns(Instant::now());
         ewma * (self.inflight.load(Ordering::Relaxed) + 1) as f64
     }
 
@@ -106,12 +106,20 @@ impl Endpoint {
     }
 
     /// A transport-level failure: take the endpoint out of rotation for a back-off period
-    /// that doubles with each consecutive failure.
+    /// that doubles with each consecutive incident. Calls that fail together (one broken
+    /// connection fails every call on it) are one incident: an endpoint already ejected is
+    /// not ejected again, so one reset does not jump straight to the longest period.
     pub fn eject(&self, cfg: &EjectionConfig) -> Duration {
+        let now = Instant::now();
+        let current = self.ejected_until.load(Ordering::Relaxed);
+        let now_ns = since_epoch(now);
+        if current > now_ns {
+            return Duration::from_nanos(current - now_ns);
+        }
         let n = self.failures.fetch_add(1, Ordering::Relaxed).min(16);
         let period = cfg.base.saturating_mul(1u32 << n).min(cfg.max);
         self.ejected_until
-            .store(since_epoch(Instant::now() + period), Ordering::Relaxed);
+            .fetch_max(since_epoch(now + period), Ordering::Relaxed);
         self.ejections.increment(1);
         period
     }
@@ -167,7 +175,16 @@ mod tests {
         };
         assert!(!ep.is_ejected(Instant::now()));
         assert_eq!(ep.eject(&cfg), Duration::from_millis(100));
-        assert_eq!(ep.eject(&cfg), Duration::from_millis(200));
+        // Failures during the ejection belong to the same incident.
+        assert!(ep.eject(&cfg) <= Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(110));
+        assert!(!ep.is_ejected(Instant::now()));
+        assert_eq!(
+            ep.eject(&cfg),
+            Duration::from_millis(200),
+            "next incident doubles"
+        );
+        std::thread::sleep(Duration::from_millis(210));
         assert_eq!(ep.eject(&cfg), Duration::from_millis(350), "capped");
         assert!(ep.is_ejected(Instant::now()));
         ep.start().answered();
@@ -185,9 +202,9 @@ mod tests {
         let idle = ep.load();
         let a = ep.start();
         let b = ep.start();
-        assert!((ep.load() - 3.0 * idle).abs() < 1.0);
+        assert!((ep.load() / (3.0 * idle) - 1.0).abs() < 1e-3);
         drop(a);
         drop(b);
-        assert!((ep.load() - idle).abs() < 1.0);
+        assert!((ep.load() / idle - 1.0).abs() < 1e-3);
     }
 }

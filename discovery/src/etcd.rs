@@ -240,6 +240,29 @@ async fn keep_registered(
                         Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
                             backoff.reset();
                             debug!(%key, ttl = resp.ttl(), "lease renewed");
+                            // The lease lives, but the key may not (an operator's `etcdctl
+                            // del`, a partial restore): put it back under the same lease.
+                            let present = client
+                                .get(key.as_str(), Some(GetOptions::new().with_keys_only()))
+                                .await
+                                .map(|r| !r.kvs().is_empty());
+                            if let Ok(false) = present {
+                                let put = client
+                                    .put(
+                                        key.as_str(),
+                                        value.as_str(),
+                                        Some(PutOptions::new().with_lease(id)),
+                                    )
+                                    .await;
+                                match put {
+                                    Ok(_) => {
+                                        info!(%key, "registration key was missing; put it back")
+                                    }
+                                    Err(e) => {
+                                        warn!(%key, error = %e, "cannot put the missing key back")
+                                    }
+                                }
+                            }
                         }
                         Ok(Ok(Some(_))) => {
                             warn!(%key, lease = id, "lease expired or unknown to etcd; re-registering");
@@ -355,7 +378,9 @@ async fn watch_service(
                         stale.entry(id.clone()).or_insert(now + relist_grace);
                     }
                 }
-                stale.retain(|id, _| !listed.contains_key(id));
+                // Drop what has been missing for longer than the grace here too, not only
+                // while a watch is open (opening the watch may keep failing).
+                stale.retain(|id, deadline| !listed.contains_key(id) && *deadline > now);
                 set.retain(|id, _| stale.contains_key(id));
                 set.extend(listed);
                 first_list = false;

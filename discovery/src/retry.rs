@@ -47,6 +47,8 @@ pub fn rebuild(req: &http::Request<Body>, buffered: &BufferedBody) -> http::Requ
     *out.uri_mut() = req.uri().clone();
     *out.version_mut() = req.version();
     *out.headers_mut() = req.headers().clone();
+    // Keep the call's context (its deadline, tonic's method info) on every attempt.
+    *out.extensions_mut() = req.extensions().clone();
     out.extensions_mut().insert(buffered.clone());
     out
 }

@@ -2,7 +2,10 @@
 //!
 //! A slower sample than the estimate replaces it at once (the "peak"), so an endpoint that
 //! turns slow is avoided immediately; faster samples pull it down gradually with a decay
-//! that depends on the time since the last sample, not on the sample count.
+//! that depends on the time since the last sample, not on the sample count. Reading the
+//! estimate also decays it towards zero: an endpoint that answered slowly once, and is
+//! therefore no longer picked, must become worth a new try after a while instead of being
+//! shunned for ever (it is never sampled again otherwise).
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +37,13 @@ impl PeakEwma {
         self.last = now;
     }
 
-    pub fn estimate_ns(&self) -> f64 {
+    /// The estimate at `now`, decayed for the time since the last sample or read.
+    pub fn estimate_ns(&mut self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last).as_nanos() as f64;
+        if elapsed > 0.0 {
+            self.estimate_ns *= (-elapsed / self.decay_ns).exp();
+            self.last = now;
+        }
         self.estimate_ns
     }
 }
@@ -49,12 +58,12 @@ mod tests {
         let mut e = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(1), t0);
         e.observe(Duration::from_millis(20), t0);
         assert_eq!(
-            e.estimate_ns(),
+            e.estimate_ns(t0),
             20_000_000.0,
             "a slow sample is taken at once"
         );
         e.observe(Duration::from_millis(1), t0 + Duration::from_millis(100));
-        let after_one = e.estimate_ns();
+        let after_one = e.estimate_ns(t0 + Duration::from_millis(100));
         assert!(
             after_one < 20_000_000.0 && after_one > 10_000_000.0,
             "{after_one}"
@@ -64,6 +73,18 @@ mod tests {
             t += Duration::from_millis(100);
             e.observe(Duration::from_millis(1), t);
         }
-        assert!(e.estimate_ns() < 1_500_000.0, "{}", e.estimate_ns());
+        let end = e.estimate_ns(t);
+        assert!(end < 1_500_000.0, "{end}");
+    }
+
+    #[test]
+    fn an_unsampled_estimate_decays_so_a_shunned_endpoint_gets_retried() {
+        let t0 = Instant::now();
+        let mut e = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(1), t0);
+        e.observe(Duration::from_secs(2), t0);
+        let later = e.estimate_ns(t0 + Duration::from_secs(10));
+        assert!(later < 1_000_000.0, "{later}");
+        // Reading twice does not decay twice for the same interval.
+        assert_eq!(e.estimate_ns(t0 + Duration::from_secs(10)), later);
     }
 }

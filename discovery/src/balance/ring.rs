@@ -18,6 +18,10 @@ pub struct HashRing {
 /// Enough points that each of a handful of endpoints gets a share within a few percent.
 pub const DEFAULT_POINTS_PER_WEIGHT: u32 = 160;
 
+/// Weights come from the registry, i.e. from outside the process: a typo of `1000000`
+/// must not make every client build a ring of 160 million points.
+pub const MAX_WEIGHT: u32 = 100;
+
 impl HashRing {
     /// `members` are (instance id, weight) pairs.
     pub fn new<'a>(
@@ -28,7 +32,7 @@ impl HashRing {
         for (id, weight) in members {
             let idx = ring.members.len();
             ring.members.push(id.to_string());
-            for n in 0..points_per_weight.saturating_mul(weight.max(1)) {
+            for n in 0..points_per_weight.saturating_mul(weight.clamp(1, MAX_WEIGHT)) {
                 ring.points
                     .push((xxh3_64(format!("{id}#{n}").as_bytes()), idx));
             }
@@ -151,6 +155,15 @@ mod tests {
         }
         assert_eq!(r.owner_where(1, |_| false), None);
         assert_eq!(HashRing::default().owner(1), None);
+    }
+
+    #[test]
+    fn absurd_weights_are_capped() {
+        let r = HashRing::new([("a", u32::MAX)], DEFAULT_POINTS_PER_WEIGHT);
+        assert_eq!(
+            r.points.len(),
+            (DEFAULT_POINTS_PER_WEIGHT * MAX_WEIGHT) as usize
+        );
     }
 
     #[test]

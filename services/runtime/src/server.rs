@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub zone: String,
     pub weight: u32,
     pub drain_delay: Duration,
+    /// After the listener closes, how long in-flight calls and open streams (a health
+    /// Watch, say) may take before the server is stopped anyway.
+    pub shutdown_grace: Duration,
 }
 
 impl ServerConfig {
@@ -50,6 +53,7 @@ impl ServerConfig {
             zone: String::new(),
             weight: 1,
             drain_delay: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -63,6 +67,7 @@ pub struct RunningService {
     health: tonic_health::server::HealthReporter,
     registration: Registration,
     drain_delay: Duration,
+    shutdown_grace: Duration,
     stop: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -163,6 +168,7 @@ pub async fn start(
         health,
         registration,
         drain_delay: config.drain_delay,
+        shutdown_grace: config.shutdown_grace,
         stop,
         server,
     })
@@ -170,7 +176,7 @@ pub async fn start(
 
 impl RunningService {
     /// Graceful stop (see the module docs). Returns once in-flight calls have finished.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         let kind = self.kind;
         self.health
             .set_service_status(kind.grpc_name(), ServingStatus::NotServing)
@@ -181,8 +187,18 @@ impl RunningService {
         self.registration.deregister().await;
         info!(service = %kind, instance = %self.instance.id, drain = ?self.drain_delay, "deregistered; draining");
         tokio::time::sleep(self.drain_delay).await;
+        // Ends open health Watch streams, which would otherwise hold the shutdown open.
+        self.health.clear_service_status(kind.grpc_name()).await;
+        self.health.clear_service_status("").await;
         let _ = self.stop.send(());
-        self.server.await.context("server task")??;
+        match tokio::time::timeout(self.shutdown_grace, &mut self.server).await {
+            Ok(joined) => joined.context("server task")??,
+            Err(_) => {
+                warn!(service = %kind, grace = ?self.shutdown_grace,
+                    "in-flight calls did not finish in time; closing them");
+                self.server.abort();
+            }
+        }
         info!(service = %kind, instance = %self.instance.id, "stopped");
         Ok(())
     }
