@@ -75,3 +75,27 @@ fn shared_broker_speaks_the_kafka_protocol() {
     assert_eq!(correlation, 7);
     assert_eq!(error_code, 0, "ApiVersions must succeed");
 }
+
+#[tokio::test]
+async fn redis_store_passes_the_store_contract() {
+    let Some(url) = shared("STARLING_TEST_REDIS") else {
+        return;
+    };
+    let prefix = format!("contract-{:08x}:", rand::random::<u32>());
+    let store = starling_runtime::store::RedisStore::connect(&url, &prefix, 4)
+        .await
+        .unwrap();
+    starling_runtime::store::contract::run_all(&store, "").await;
+}
+
+#[tokio::test]
+async fn kafka_bus_passes_the_bus_contract() {
+    let Some(brokers) = shared("STARLING_TEST_KAFKA") else {
+        return;
+    };
+    let bus = starling_runtime::events::KafkaBus::connect(&brokers)
+        .await
+        .unwrap();
+    let prefix = format!("contract-{:08x}", rand::random::<u32>());
+    starling_runtime::events::contract::run_all(&bus, &prefix).await;
+}

@@ -2,9 +2,11 @@
 //! bootstrap ([`server`]), metrics ([`metrics`]), the service catalogue ([`ServiceKind`]),
 //! logging set-up and signal handling ([`shutdown`]).
 
+pub mod events;
 pub mod metrics;
 pub mod server;
 pub mod shutdown;
+pub mod store;
 
 use std::sync::Arc;
 

@@ -1,0 +1,187 @@
+//! What every [`EventBus`] must do, as one suite run against [`super::MemoryBus`] (unit
+//! tests) and [`super::KafkaBus`] (against a real Kafka-protocol broker), plus the consumer
+//! loop's retry and dead-letter behaviour on top of it.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::consumer::{self, ConsumerConfig, HandleError, Handler};
+use super::topics::{dead_letter_topic, retry_topic};
+use super::{now_ms, EventBus, Message, Subscription};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn next(sub: &mut Box<dyn Subscription>) -> super::Delivery {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("a message within the wait")
+        .expect("receive")
+}
+
+/// `prefix` makes topic and group names unique to this run.
+pub async fn run_all<B: EventBus + Clone>(bus: &B, prefix: &str) {
+    round_trip_in_order_per_key(bus, prefix).await;
+    every_group_gets_every_message(bus, prefix).await;
+    poison_goes_to_dead_letters_and_later_messages_flow(bus, prefix).await;
+    transient_failure_is_retried_then_handled(bus, prefix).await;
+}
+
+pub async fn round_trip_in_order_per_key<B: EventBus>(bus: &B, p: &str) {
+    let topic = format!("{p}.order");
+    bus.create_topics(std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    let mut sub = bus
+        .subscribe(&format!("{p}-g1"), std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    let t0 = now_ms() - 5;
+    for i in 0..5u8 {
+        let mut m = Message::new(&topic, "alice", vec![i, 0, 255], t0 + i as i64);
+        m.attempt = u32::from(i % 2);
+        bus.publish(m).await.unwrap();
+    }
+    for i in 0..5u8 {
+        let d = next(&mut sub).await;
+        assert_eq!(d.message.topic, topic);
+        assert_eq!(d.message.key, "alice");
+        assert_eq!(d.message.payload, vec![i, 0, 255], "in order for one key");
+        assert_eq!(d.message.occurred_at_ms, t0 + i as i64);
+        assert_eq!(d.message.attempt, u32::from(i % 2));
+        sub.commit(&d).await.unwrap();
+    }
+}
+
+pub async fn every_group_gets_every_message<B: EventBus>(bus: &B, p: &str) {
+    let topic = format!("{p}.groups");
+    bus.create_topics(std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    let mut a = bus
+        .subscribe(&format!("{p}-ga"), std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    let mut b = bus
+        .subscribe(&format!("{p}-gb"), std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    bus.publish(Message::new(&topic, "k", b"x".to_vec(), now_ms()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut a).await.message.payload, b"x");
+    assert_eq!(next(&mut b).await.message.payload, b"x");
+}
+
+struct Picky {
+    seen: AtomicU32,
+    flaky_left: AtomicU32,
+}
+
+#[async_trait]
+impl Handler for Picky {
+    async fn handle(&self, m: &Message) -> Result<(), HandleError> {
+        match m.payload.as_slice() {
+            b"poison" => Err(HandleError::Poison("cannot decode".into())),
+            b"flaky" if self.flaky_left.load(Ordering::SeqCst) > 0 => {
+                self.flaky_left.fetch_sub(1, Ordering::SeqCst);
+                Err(HandleError::Transient("dependency down".into()))
+            }
+            _ => {
+                self.seen.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn run_consumer<B: EventBus + Clone>(
+    bus: &B,
+    topic: &str,
+    group: &str,
+    handler: Arc<Picky>,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    bus.create_topics(&[
+        topic.to_string(),
+        retry_topic(topic, group),
+        dead_letter_topic(topic, group),
+    ])
+    .await
+    .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut config = ConsumerConfig::new(topic, group);
+    config.retry_delay = Duration::from_millis(100);
+    let bus: Arc<dyn EventBus> = Arc::new(bus.clone());
+    let task = tokio::spawn(async move {
+        consumer::run(bus, config, handler, stopped).await.unwrap();
+    });
+    (stop, task)
+}
+
+pub async fn poison_goes_to_dead_letters_and_later_messages_flow<B: EventBus + Clone>(
+    bus: &B,
+    p: &str,
+) {
+    let topic = format!("{p}.poison");
+    let group = format!("{p}-consumer");
+    let handler = Arc::new(Picky {
+        seen: AtomicU32::new(0),
+        flaky_left: AtomicU32::new(0),
+    });
+    let (stop, task) = run_consumer(bus, &topic, &group, handler.clone()).await;
+    let mut dead = bus
+        .subscribe(
+            &format!("{p}-dlq-reader"),
+            &[dead_letter_topic(&topic, &group)],
+        )
+        .await
+        .unwrap();
+    bus.publish(Message::new(&topic, "k", b"poison".to_vec(), now_ms()))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        bus.publish(Message::new(&topic, "k", b"fine".to_vec(), now_ms()))
+            .await
+            .unwrap();
+    }
+    let d = next(&mut dead).await;
+    assert_eq!(d.message.payload, b"poison");
+    let ok = tokio::time::timeout(WAIT, async {
+        while handler.seen.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "messages after the poison one are handled");
+    stop.send_replace(true);
+    task.await.unwrap();
+}
+
+pub async fn transient_failure_is_retried_then_handled<B: EventBus + Clone>(bus: &B, p: &str) {
+    let topic = format!("{p}.flaky");
+    let group = format!("{p}-consumer");
+    // Fails 4 times: 3 in place, then once more after a round on the retry topic.
+    let handler = Arc::new(Picky {
+        seen: AtomicU32::new(0),
+        flaky_left: AtomicU32::new(4),
+    });
+    let (stop, task) = run_consumer(bus, &topic, &group, handler.clone()).await;
+    bus.publish(Message::new(&topic, "k", b"flaky".to_vec(), now_ms()))
+        .await
+        .unwrap();
+    let ok = tokio::time::timeout(WAIT, async {
+        while handler.seen.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "handled after a retry round");
+    assert_eq!(handler.flaky_left.load(Ordering::SeqCst), 0);
+    stop.send_replace(true);
+    task.await.unwrap();
+}

@@ -1,0 +1,108 @@
+//! Asynchronous events: the [`EventBus`] trait with a Kafka implementation ([`KafkaBus`],
+//! rdkafka) and an in-process one ([`MemoryBus`]) for the embedded mode, checked by one
+//! [`contract`] suite; the topic catalogue ([`topics`]); and the consumer loop every service
+//! uses ([`consumer`]): commit after success, retry topic, dead-letter topic, lag metric.
+//!
+//! Payloads are protobuf messages from `starling.events.v1`; the bus carries bytes plus the
+//! event's `occurred_at` (as a header, so lag is measured without decoding, and never from
+//! broker watermarks) and the retry round.
+
+pub mod consumer;
+pub mod contract;
+mod kafka;
+mod memory;
+pub mod topics;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+pub use kafka::KafkaBus;
+pub use memory::MemoryBus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("kafka: {0}")]
+    Kafka(String),
+    #[error("subscription closed")]
+    Closed,
+}
+
+/// One event on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    /// Partition key: events with one key stay in order.
+    pub key: String,
+    pub payload: Vec<u8>,
+    /// When the event happened, in milliseconds since the Unix epoch.
+    pub occurred_at_ms: i64,
+    /// Retry rounds already behind it (0 when first published).
+    pub attempt: u32,
+}
+
+impl Message {
+    pub fn new(topic: &str, key: &str, payload: Vec<u8>, occurred_at_ms: i64) -> Self {
+        Self {
+            topic: topic.to_string(),
+            key: key.to_string(),
+            payload,
+            occurred_at_ms,
+            attempt: 0,
+        }
+    }
+}
+
+/// A message handed to a consumer, with what is needed to commit it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Message,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Creates the topics that do not exist yet.
+    async fn create_topics(&self, topics: &[String]) -> Result<(), BusError>;
+    /// Publishes and waits until the broker has acknowledged it (all in-sync replicas).
+    async fn publish(&self, message: Message) -> Result<(), BusError>;
+    /// Joins `group` and consumes `topics` from the group's committed position (from the
+    /// earliest message if the group is new).
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn Subscription>, BusError>;
+}
+
+#[async_trait]
+pub trait Subscription: Send {
+    async fn next(&mut self) -> Result<Delivery, BusError>;
+    /// Records that `delivery` (and what came before it on its partition) is processed.
+    async fn commit(&mut self, delivery: &Delivery) -> Result<(), BusError>;
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `google.protobuf.Timestamp` for `ms` since the epoch.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// A fresh event id: unique without coordination.
+pub fn event_id() -> String {
+    format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
+}

@@ -1,0 +1,235 @@
+//! What every [`Store`] must do, as one suite run against [`super::MemoryStore`] (unit
+//! tests) and [`super::RedisStore`] (against a real Redis in the end-to-end tests).
+
+use super::{id_member, Lex, Store, StoreError, Write};
+
+/// Runs every check; `prefix` keeps the keys of one run apart from others.
+pub async fn run_all<S: Store>(store: &S, prefix: &str) {
+    bytes_and_mget(store, prefix).await;
+    lex_sets(store, prefix).await;
+    keep_last_caps_to_the_newest(store, prefix).await;
+    scored_sets(store, prefix).await;
+    hashes(store, prefix).await;
+    wrong_type_is_an_error(store, prefix).await;
+}
+
+pub async fn bytes_and_mget<S: Store>(s: &S, p: &str) {
+    let (a, b, missing) = (format!("{p}a"), format!("{p}b"), format!("{p}missing"));
+    s.apply(vec![
+        Write::Set {
+            key: a.clone(),
+            value: b"one".to_vec(),
+        },
+        Write::Set {
+            key: b.clone(),
+            value: vec![0, 255, 7],
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.get(&a).await.unwrap(), Some(b"one".to_vec()));
+    assert_eq!(s.get(&missing).await.unwrap(), None);
+    let got = s
+        .mget(&[b.clone(), missing.clone(), a.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![Some(vec![0, 255, 7]), None, Some(b"one".to_vec())]
+    );
+    assert!(s.mget(&[]).await.unwrap().is_empty());
+    s.apply(vec![Write::Del { key: a.clone() }]).await.unwrap();
+    assert_eq!(s.get(&a).await.unwrap(), None);
+}
+
+pub async fn lex_sets<S: Store>(s: &S, p: &str) {
+    let k = format!("{p}lex");
+    let ids = [5u64, 1 << 61, 17, 3, 1 << 40];
+    for id in ids {
+        assert!(s.zadd(&k, &id_member(id)).await.unwrap(), "new member");
+    }
+    assert!(
+        !s.zadd(&k, &id_member(17)).await.unwrap(),
+        "adding twice is idempotent"
+    );
+    assert_eq!(s.zcard(&k).await.unwrap(), 5);
+    assert!(s.zcontains(&k, &id_member(3)).await.unwrap());
+    assert!(!s.zcontains(&k, &id_member(4)).await.unwrap());
+
+    // Newest first, paged by cursor.
+    let page1 = s.zrange_lex(&k, Lex::Before(None), 2).await.unwrap();
+    assert_eq!(page1, vec![id_member(1 << 61), id_member(1 << 40)]);
+    let page2 = s
+        .zrange_lex(&k, Lex::Before(Some(&page1[1])), 2)
+        .await
+        .unwrap();
+    assert_eq!(page2, vec![id_member(17), id_member(5)]);
+    let page3 = s
+        .zrange_lex(&k, Lex::Before(Some(&page2[1])), 2)
+        .await
+        .unwrap();
+    assert_eq!(page3, vec![id_member(3)]);
+    // Oldest first.
+    let asc = s
+        .zrange_lex(&k, Lex::After(Some(&id_member(5))), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        asc,
+        vec![id_member(17), id_member(1 << 40), id_member(1 << 61)]
+    );
+    assert_eq!(
+        s.zrange_lex(&k, Lex::After(None), 1).await.unwrap(),
+        vec![id_member(3)]
+    );
+    // Plain names sort too (the follower lists).
+    let names = format!("{p}names");
+    for n in ["carol", "alice", "bob"] {
+        s.zadd(&names, n).await.unwrap();
+    }
+    assert_eq!(
+        s.zrange_lex(&names, Lex::After(Some("alice")), 10)
+            .await
+            .unwrap(),
+        vec!["bob", "carol"]
+    );
+
+    assert!(s.zrem(&k, &id_member(17)).await.unwrap());
+    assert!(!s.zrem(&k, &id_member(17)).await.unwrap());
+    assert_eq!(s.zcard(&k).await.unwrap(), 4);
+    assert_eq!(s.zcard(&format!("{p}nothing")).await.unwrap(), 0);
+    assert!(s
+        .zrange_lex(&format!("{p}nothing"), Lex::Before(None), 5)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn keep_last_caps_to_the_newest<S: Store>(s: &S, p: &str) {
+    let k = format!("{p}capped");
+    let mut writes = Vec::new();
+    for id in 1..=30u64 {
+        writes.push(Write::ZAdd {
+            key: k.clone(),
+            member: id_member(id),
+        });
+        writes.push(Write::ZKeepLast {
+            key: k.clone(),
+            keep: 10,
+        });
+    }
+    s.apply(writes).await.unwrap();
+    assert_eq!(s.zcard(&k).await.unwrap(), 10);
+    let newest = s.zrange_lex(&k, Lex::Before(None), 100).await.unwrap();
+    assert_eq!(newest.first(), Some(&id_member(30)));
+    assert_eq!(newest.last(), Some(&id_member(21)));
+    s.apply(vec![
+        Write::ZRem {
+            key: k.clone(),
+            member: id_member(30),
+        },
+        Write::ZKeepLast {
+            key: format!("{p}never-created"),
+            keep: 3,
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.zcard(&k).await.unwrap(), 9);
+}
+
+pub async fn scored_sets<S: Store>(s: &S, p: &str) {
+    let k = format!("{p}scores");
+    s.apply(vec![
+        Write::ZIncr {
+            key: k.clone(),
+            member: "a".into(),
+            delta: 1.5,
+        },
+        Write::ZIncr {
+            key: k.clone(),
+            member: "b".into(),
+            delta: 4.0,
+        },
+        Write::ZIncr {
+            key: k.clone(),
+            member: "c".into(),
+            delta: 2.0,
+        },
+        Write::ZIncr {
+            key: k.clone(),
+            member: "a".into(),
+            delta: 1.5,
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.ztop(&k, 2).await.unwrap(),
+        vec![("b".to_string(), 4.0), ("a".to_string(), 3.0)]
+    );
+    s.apply(vec![Write::ZKeepTop {
+        key: k.clone(),
+        keep: 2,
+    }])
+    .await
+    .unwrap();
+    assert_eq!(s.zcard(&k).await.unwrap(), 2);
+    assert!(
+        !s.zcontains(&k, "c").await.unwrap(),
+        "the lowest score is dropped"
+    );
+    assert!(s.ztop(&k, 0).await.unwrap().is_empty());
+}
+
+pub async fn hashes<S: Store>(s: &S, p: &str) {
+    let k = format!("{p}hash");
+    s.apply(vec![
+        Write::HSet {
+            key: k.clone(),
+            field: "x".into(),
+            value: b"1".to_vec(),
+        },
+        Write::HSet {
+            key: k.clone(),
+            field: "y".into(),
+            value: b"2".to_vec(),
+        },
+        Write::HSet {
+            key: k.clone(),
+            field: "x".into(),
+            value: b"3".to_vec(),
+        },
+    ])
+    .await
+    .unwrap();
+    let mut all = s.hgetall(&k).await.unwrap();
+    all.sort();
+    assert_eq!(
+        all,
+        vec![
+            ("x".to_string(), b"3".to_vec()),
+            ("y".to_string(), b"2".to_vec())
+        ]
+    );
+    assert!(s.hgetall(&format!("{p}nohash")).await.unwrap().is_empty());
+}
+
+pub async fn wrong_type_is_an_error<S: Store>(s: &S, p: &str) {
+    let k = format!("{p}typed");
+    s.apply(vec![Write::Set {
+        key: k.clone(),
+        value: b"v".to_vec(),
+    }])
+    .await
+    .unwrap();
+    let e = s
+        .zadd(&k, "m")
+        .await
+        .expect_err("a string is not a sorted set");
+    assert!(matches!(e, StoreError::WrongType(_)), "{e}");
+    // MGET treats other types as absent, as Redis does.
+    let lex = format!("{p}typed-lex");
+    s.zadd(&lex, "m").await.unwrap();
+    assert_eq!(s.mget(&[lex]).await.unwrap(), vec![None]);
+}
