@@ -37,7 +37,8 @@ pub enum Command {
 /// How this process discovers and calls other services.
 #[derive(Debug, Clone, Args)]
 pub struct MeshArgs {
-    /// Key prefix in etcd: instances live under /<namespace>/services/<service>/<id>.
+    /// Isolates deployments sharing backends: etcd keys live under /<namespace>/, Redis keys
+    /// start with <namespace>:, Kafka topics and groups with <namespace>.
     #[arg(long, env = "STARLING_NAMESPACE", default_value = "starling")]
     pub namespace: String,
     /// Seconds a registration outlives a crashed instance.
@@ -83,6 +84,27 @@ impl MeshArgs {
     }
 }
 
+/// Storage and events: real backends when given, embedded in-memory ones otherwise.
+#[derive(Debug, Clone, Args)]
+pub struct BackendArgs {
+    /// Redis URL (e.g. redis://127.0.0.1:6379) for storage; embedded store when absent.
+    #[arg(long, env = "STARLING_REDIS")]
+    pub redis: Option<String>,
+    /// Redis connections per process.
+    #[arg(long, env = "STARLING_REDIS_POOL", default_value_t = 16)]
+    pub redis_pool: usize,
+    /// Kafka bootstrap servers (e.g. 127.0.0.1:9092) for events; embedded bus when absent.
+    #[arg(long, env = "STARLING_KAFKA")]
+    pub kafka: Option<String>,
+    /// Authors with more followers than this are merged into timelines at read time
+    /// instead of being fanned out.
+    #[arg(long, env = "STARLING_CELEBRITY_THRESHOLD", default_value_t = 100_000)]
+    pub celebrity_threshold: u64,
+    /// Followers per fan-out page (one checkpoint per page).
+    #[arg(long, env = "STARLING_FANOUT_PAGE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub fanout_page: u32,
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// tweet, follower, timeline, tagger or recommendation.
@@ -110,6 +132,8 @@ pub struct ServeArgs {
     pub drain_ms: u64,
     #[command(flatten)]
     pub mesh: MeshArgs,
+    #[command(flatten)]
+    pub backends: BackendArgs,
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +152,8 @@ pub struct UpArgs {
     pub metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub mesh: MeshArgs,
+    #[command(flatten)]
+    pub backends: BackendArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +161,43 @@ pub enum BenchCommand {
     /// Unary calls at fixed concurrency through a direct tonic Channel, tonic's
     /// balance_channel and the mesh channel with each policy; then with one slow backend.
     Balancer(BalancerBenchArgs),
+    /// The seed article's naive fan-out loop against the real fan-out, on one Redis.
+    Fanout(FanoutBenchArgs),
+    /// Tweets posted at a steady rate through the whole system; delay until every
+    /// follower's timeline shows them.
+    E2e(E2eBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FanoutBenchArgs {
+    /// Redis to use; by default a throw-away redis-server is started on a free port.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Follower counts to measure.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,10000,100000,1000000"
+    )]
+    pub sizes: Vec<usize>,
+    /// Skip the naive loop above this many followers (it runs ~25 s at a million).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub naive_max: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct E2eBenchArgs {
+    #[command(flatten)]
+    pub backends: BackendArgs,
+    /// Tweets per second.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Seconds of posting.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Followers of the posting author.
+    #[arg(long, default_value_t = 200)]
+    pub followers: usize,
 }
 
 #[derive(Debug, Clone, Args)]

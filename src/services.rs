@@ -1,15 +1,87 @@
-//! Which crate serves which service: the one table that connects `ServiceKind` to the
-//! handlers in `services/<name>/`.
+//! Which crate serves which service, and the backends they share: the one place that
+//! connects `ServiceKind` to `services/<name>/` and chooses real or embedded backends.
 
-use starling_runtime::{ServiceContext, ServiceKind};
-use tonic::service::Routes;
+use std::sync::Arc;
 
-pub fn routes(kind: ServiceKind, ctx: &ServiceContext) -> Routes {
-    match kind {
-        ServiceKind::Tweet => starling_tweet::routes(ctx),
-        ServiceKind::Follower => starling_follower::routes(ctx),
-        ServiceKind::Timeline => starling_timeline::routes(ctx),
-        ServiceKind::Tagger => starling_tagger::routes(ctx),
-        ServiceKind::Recommendation => starling_recommendation::routes(ctx),
-    }
+use anyhow::Context as _;
+use starling_discovery::{EtcdRegistry, MemoryRegistry, Mesh, Registry};
+use starling_runtime::events::{topics, EventBus, KafkaBus, MemoryBus};
+use starling_runtime::store::{MemoryStore, RedisStore, Store};
+use starling_runtime::{AppSettings, ServiceContext, ServiceKind, ServiceParts};
+
+use crate::cli::{BackendArgs, MeshArgs};
+
+pub async fn build(kind: ServiceKind, ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
+    let parts = match kind {
+        ServiceKind::Tweet => starling_tweet::build(ctx).await,
+        ServiceKind::Follower => starling_follower::build(ctx).await,
+        ServiceKind::Timeline => starling_timeline::build(ctx).await,
+        ServiceKind::Tagger => starling_tagger::build(ctx).await,
+        ServiceKind::Recommendation => starling_recommendation::build(ctx).await,
+    };
+    parts.with_context(|| format!("starting the {kind} service"))
+}
+
+/// Connects each backend: the real one when its flag is given, the in-memory one otherwise.
+pub async fn context(
+    backends: &BackendArgs,
+    mesh: &MeshArgs,
+    etcd: &[String],
+) -> anyhow::Result<ServiceContext> {
+    let registry: Arc<dyn Registry> = if etcd.is_empty() {
+        Arc::new(MemoryRegistry::new())
+    } else {
+        Arc::new(EtcdRegistry::connect(mesh.etcd_config(etcd.to_vec())).await?)
+    };
+    let store: Arc<dyn Store> = match &backends.redis {
+        Some(url) => Arc::new(
+            RedisStore::connect(url, &format!("{}:", mesh.namespace), backends.redis_pool)
+                .await
+                .context("connecting to redis")?,
+        ),
+        None => Arc::new(MemoryStore::new()),
+    };
+    let bus: Arc<dyn EventBus> = match &backends.kafka {
+        Some(brokers) => Arc::new(
+            KafkaBus::connect(brokers, &mesh.namespace)
+                .await
+                .context("connecting to kafka")?,
+        ),
+        None => Arc::new(MemoryBus::new()),
+    };
+    bus.create_topics(&topics::all_topics())
+        .await
+        .context("creating topics")?;
+    let settings = AppSettings {
+        celebrity_threshold: backends.celebrity_threshold,
+        fanout_page: backends.fanout_page,
+        ..AppSettings::default()
+    };
+    Ok(ServiceContext {
+        mesh: Arc::new(Mesh::new(registry.clone(), mesh.mesh_config())),
+        registry,
+        store,
+        bus,
+        settings: Arc::new(settings),
+    })
+}
+
+/// A one-line description of the backends in use, for the start-up banner.
+pub fn describe(backends: &BackendArgs, etcd: &[String]) -> String {
+    format!(
+        "registry: {}, store: {}, events: {}",
+        if etcd.is_empty() {
+            "embedded".to_string()
+        } else {
+            format!("etcd {}", etcd.join(","))
+        },
+        backends
+            .redis
+            .as_deref()
+            .map_or("embedded".to_string(), |r| format!("redis {r}")),
+        backends
+            .kafka
+            .as_deref()
+            .map_or("embedded".to_string(), |k| format!("kafka {k}")),
+    )
 }

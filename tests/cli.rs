@@ -169,11 +169,7 @@ async fn up_serves_every_service_with_health_reflection_and_metrics() {
         .get_tweet(GetTweetRequest { id: 1 })
         .await
         .unwrap_err();
-    assert_eq!(
-        err.code(),
-        tonic::Code::Unimplemented,
-        "handlers arrive with the application issue"
-    );
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
 
     // Metrics: the calls above are counted per method and code.
     let metrics = http_get(&metrics_addr, "/metrics");
@@ -187,8 +183,8 @@ async fn up_serves_every_service_with_health_reflection_and_metrics() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("code=\"12\""),
-        "the UNIMPLEMENTED call is counted with its code"
+        metrics.contains("code=\"5\""),
+        "the NOT_FOUND call is counted with its code"
     );
     assert!(metrics.contains("starling_server_request_duration_seconds_bucket"));
 

@@ -22,6 +22,35 @@ pub async fn run_all<R: Registry>(registry: &R) {
     dropped_registration_disappears(registry).await;
     services_are_isolated(registry).await;
     invalid_service_name_is_rejected(registry).await;
+    claims_are_exclusive_and_released(registry).await;
+}
+
+pub async fn claims_are_exclusive_and_released<R: Registry>(registry: &R) {
+    let pool = fresh_service("pool");
+    let a = registry.claim(&pool, 2).await.expect("first claim");
+    let b = registry.claim(&pool, 2).await.expect("second claim");
+    assert_ne!(a.id, b.id, "two live holders never share a number");
+    assert!(a.id < 2 && b.id < 2);
+    assert!(a.is_valid() && b.is_valid());
+    let err = registry
+        .claim(&pool, 2)
+        .await
+        .expect_err("the pool is full");
+    assert!(matches!(err, DiscoveryError::PoolExhausted(2, _)), "{err}");
+    let freed = a.id;
+    drop(a);
+    // Release happens in the background: wait for the number to come back.
+    let again = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(c) = registry.claim(&pool, 2).await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a released number can be claimed again");
+    assert_eq!(again.id, freed);
 }
 
 pub async fn registered_instance_is_listed_and_watched<R: Registry>(registry: &R) {

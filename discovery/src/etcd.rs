@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
+    TxnOp, WatchOptions,
 };
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -29,7 +30,9 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::instance::{EndpointSet, Keys, ServiceInstance};
-use crate::registry::{check_service_name, DiscoveryError, EndpointWatch, Registration, Registry};
+use crate::registry::{
+    check_service_name, Claim, DiscoveryError, EndpointWatch, Registration, Registry,
+};
 
 #[derive(Debug, Clone)]
 pub struct EtcdConfig {
@@ -167,6 +170,106 @@ impl Registry for EtcdRegistry {
     fn watch(&self, service: &str) -> EndpointWatch {
         self.spawn_watch(service, None)
     }
+
+    async fn claim(&self, pool: &str, max: u32) -> Result<Claim, DiscoveryError> {
+        check_service_name(pool)?;
+        let mut client = self.client.clone();
+        let ttl = self.ttl_secs();
+        let prefix = format!(
+            "/{}/claims/{pool}/",
+            self.config.namespace.trim_matches('/')
+        );
+        // Start at a random number so instances starting together rarely collide.
+        let start = rand::random::<u32>() % max.max(1);
+        for i in 0..max {
+            let id = (start + i) % max;
+            let key = format!("{prefix}{id}");
+            if let Some(lease) = try_claim(&mut client, &key, ttl).await? {
+                info!(%key, lease, "claimed");
+                let (valid_tx, valid_rx) = watch::channel(true);
+                let (stop_tx, stop_rx) = oneshot::channel();
+                tokio::spawn(keep_claim(
+                    client,
+                    key,
+                    ttl,
+                    lease,
+                    self.config.request_timeout,
+                    valid_tx,
+                    stop_rx,
+                ));
+                return Ok(Claim::new(id, valid_rx, stop_tx));
+            }
+        }
+        Err(DiscoveryError::PoolExhausted(max, pool.to_string()))
+    }
+}
+
+/// Creates `key` under a new lease if nobody holds it; the lease id on success.
+async fn try_claim(
+    client: &mut Client,
+    key: &str,
+    ttl: i64,
+) -> Result<Option<i64>, DiscoveryError> {
+    let lease = client.lease_grant(ttl, None).await?.id();
+    let txn = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key,
+            "",
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    if client.txn(txn).await?.succeeded() {
+        Ok(Some(lease))
+    } else {
+        let _ = client.lease_revoke(lease).await;
+        Ok(None)
+    }
+}
+
+/// Keeps a claim's lease alive. If the lease is lost, the claim is invalid until the same
+/// key can be created again (someone else may have taken the number meanwhile).
+async fn keep_claim(
+    mut client: Client,
+    key: String,
+    ttl: i64,
+    mut lease: i64,
+    request_timeout: Duration,
+    valid: watch::Sender<bool>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(300));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let renewed = async {
+            let (mut keeper, mut responses) = client.lease_keep_alive(lease).await.ok()?;
+            keeper.keep_alive().await.ok()?;
+            let resp = responses.message().await.ok()??;
+            Some(resp.ttl() > 0)
+        };
+        match tokio::time::timeout(request_timeout, renewed).await {
+            Ok(Some(true)) => {
+                valid.send_if_modified(|v| !std::mem::replace(v, true));
+            }
+            Ok(Some(false)) | Ok(None) | Err(_) => {
+                // Expired for sure only when etcd says so, but an unreachable etcd past the
+                // TTL means the same; either way stop trusting the claim until re-created.
+                if valid.send_if_modified(|v| std::mem::replace(v, false)) {
+                    warn!(%key, "claim may be lost; holding back until it is re-established");
+                }
+                if let Ok(Ok(Some(new))) =
+                    tokio::time::timeout(request_timeout, try_claim(&mut client, &key, ttl)).await
+                {
+                    info!(%key, lease = new, "claim re-established");
+                    lease = new;
+                    valid.send_replace(true);
+                }
+            }
+        }
+    }
+    let _ = tokio::time::timeout(request_timeout, client.lease_revoke(lease)).await;
 }
 
 impl EtcdRegistry {

@@ -33,7 +33,7 @@ pub use deadline::{current_deadline, propagate_deadline, DeadlineLayer};
 pub use etcd::{EtcdConfig, EtcdRegistry};
 pub use instance::{new_instance_id, EndpointSet, Keys, ServiceInstance};
 pub use memory::MemoryRegistry;
-pub use registry::{DiscoveryError, EndpointWatch, Registration, Registry};
+pub use registry::{Claim, DiscoveryError, EndpointWatch, Registration, Registry};
 
 /// Waits until the watched set satisfies `pred`, for at most `timeout`. Returns the set that
 /// satisfied it. This is how callers await a condition instead of sleeping.

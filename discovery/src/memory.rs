@@ -9,11 +9,14 @@ use async_trait::async_trait;
 use tokio::sync::{oneshot, watch};
 
 use crate::instance::{EndpointSet, ServiceInstance};
-use crate::registry::{check_service_name, DiscoveryError, EndpointWatch, Registration, Registry};
+use crate::registry::{
+    check_service_name, Claim, DiscoveryError, EndpointWatch, Registration, Registry,
+};
 
 #[derive(Debug, Clone, Default)]
 pub struct MemoryRegistry {
     services: Arc<Mutex<HashMap<String, watch::Sender<Arc<EndpointSet>>>>>,
+    claims: Arc<Mutex<HashMap<String, std::collections::HashSet<u32>>>>,
 }
 
 impl MemoryRegistry {
@@ -60,6 +63,32 @@ impl Registry for MemoryRegistry {
 
     fn watch(&self, service: &str) -> EndpointWatch {
         self.sender(service).subscribe()
+    }
+
+    async fn claim(&self, pool: &str, max: u32) -> Result<Claim, DiscoveryError> {
+        let id = {
+            let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+            let taken = claims.entry(pool.to_string()).or_default();
+            let id = (0..max)
+                .find(|n| !taken.contains(n))
+                .ok_or_else(|| DiscoveryError::PoolExhausted(max, pool.to_string()))?;
+            taken.insert(id);
+            id
+        };
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        // In one process a claim cannot be lost: valid until released.
+        let (valid_tx, valid_rx) = watch::channel(true);
+        let claims = self.claims.clone();
+        let pool = pool.to_string();
+        tokio::spawn(async move {
+            let _ = stop_rx.await;
+            drop(valid_tx);
+            let mut claims = claims.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(taken) = claims.get_mut(&pool) {
+                taken.remove(&id);
+            }
+        });
+        Ok(Claim::new(id, valid_rx, stop_tx))
     }
 }
 

@@ -22,6 +22,8 @@ pub enum DiscoveryError {
     InvalidServiceName(String),
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
+    #[error("all {0} numbers of pool {1:?} are taken")]
+    PoolExhausted(u32, String),
 }
 
 /// A live view of one service's instances. `borrow()` is always the last known set: while
@@ -44,6 +46,36 @@ pub trait Registry: Send + Sync + 'static {
 
     /// A view of `service` kept current in the background for as long as a receiver lives.
     fn watch(&self, service: &str) -> EndpointWatch;
+
+    /// Claims a number in `0..max` of the pool `pool` that no other live holder has (a
+    /// Snowflake worker id, say), held until the returned [`Claim`] is dropped. If the
+    /// claim is lost (etcd down past the lease TTL), [`Claim::is_valid`] turns false until
+    /// the same number could be claimed again.
+    async fn claim(&self, pool: &str, max: u32) -> Result<Claim, DiscoveryError>;
+}
+
+/// A number held exclusively; see [`Registry::claim`].
+#[derive(Debug)]
+pub struct Claim {
+    pub id: u32,
+    valid: watch::Receiver<bool>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Claim {
+    /// `valid` reports whether the claim is currently held; `stop` fires (or is dropped)
+    /// when the claim should be released.
+    pub(crate) fn new(id: u32, valid: watch::Receiver<bool>, stop: oneshot::Sender<()>) -> Self {
+        Self {
+            id,
+            valid,
+            _stop: stop,
+        }
+    }
+
+    pub fn is_valid(&self) -> bool {
+        *self.valid.borrow()
+    }
 }
 
 pub(crate) fn check_service_name(service: &str) -> Result<(), DiscoveryError> {

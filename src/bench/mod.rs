@@ -3,11 +3,15 @@
 
 pub mod backend;
 pub mod balancer;
+pub mod e2e;
+pub mod fanout;
 
 use crate::cli::BenchCommand;
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Balancer(args) => balancer::run(args).await,
+        BenchCommand::Fanout(args) => fanout::run(args).await,
+        BenchCommand::E2e(args) => e2e::run(args).await,
     }
 }

@@ -51,6 +51,24 @@ pub fn require_binary(name: &str) -> Option<PathBuf> {
     }
 }
 
+/// A backend started by `scripts/test.sh` (its address from `var`), or `None` (skip) off
+/// CI; a panic under CI.
+pub fn shared(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if ci() => panic!("{var} is not set: CI must run the tests through scripts/test.sh"),
+        _ => {
+            eprintln!("SKIPPED: {var} not set (scripts/test.sh starts the shared backends)");
+            None
+        }
+    }
+}
+
+/// A namespace no other test or earlier run uses (isolates etcd keys, Redis keys, topics).
+pub fn fresh_namespace(tag: &str) -> String {
+    format!("t{tag}{:08x}", rand::random::<u32>())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -189,21 +207,46 @@ pub const LEASE_TTL: Duration = Duration::from_secs(2);
 
 impl Instance {
     pub async fn serve(service: &str, etcd: &Etcd, namespace: &str) -> Instance {
+        Self::spawn(service, etcd, namespace, &[], Stdio::inherit(), "warn").await
+    }
+
+    /// `extra` arguments (e.g. `--redis`), and where the child's full log goes.
+    pub async fn serve_with(
+        service: &str,
+        etcd: &Etcd,
+        namespace: &str,
+        extra: &[&str],
+        stderr: Stdio,
+    ) -> Instance {
+        Self::spawn(service, etcd, namespace, extra, stderr, "info").await
+    }
+
+    async fn spawn(
+        service: &str,
+        etcd: &Etcd,
+        namespace: &str,
+        extra: &[&str],
+        stderr: Stdio,
+        level: &str,
+    ) -> Instance {
+        let url = etcd.url();
+        let ttl = LEASE_TTL.as_secs().to_string();
         let mut child = Command::new(env!("CARGO_BIN_EXE_starling"))
+            .args(["serve", service, "--listen", "127.0.0.1:0", "--etcd", &url])
             .args([
-                "serve",
-                service,
-                "--listen",
-                "127.0.0.1:0",
-                "--etcd",
-                &etcd.url(),
+                "--namespace",
+                namespace,
+                "--lease-ttl",
+                &ttl,
+                "--drain-ms",
+                "300",
             ])
-            .args(["--namespace", namespace])
-            .args(["--lease-ttl", &LEASE_TTL.as_secs().to_string()])
-            .args(["--drain-ms", "300"])
-            .env("STARLING_LOG", "warn")
+            .args(extra)
+            .env("STARLING_LOG", level)
+            .env_remove("STARLING_REDIS")
+            .env_remove("STARLING_KAFKA")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start starling serve");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -231,6 +274,10 @@ impl Instance {
             id: words[3].to_string(),
             address: words[6].to_string(),
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kill9(mut self) {

@@ -1,16 +1,25 @@
-//! The follower service.
+//! The follower service: the follow graph.
 //!
-//! Its handlers arrive with the application issue; until then every method answers
-//! UNIMPLEMENTED, while the instance already registers, balances, health-checks and
-//! reflects like any other.
+//! * [`handlers`]: the gRPC API (idempotent follow/unfollow publishing `FollowChanged`,
+//!   cursor-paged lists, counts);
+//! * [`storage`]: both directions of every edge in the store.
+//!
+//! It consumes no events.
 
 pub mod handlers;
+pub mod storage;
 
 use starling_proto::follower::v1::follower_service_server::FollowerServiceServer;
-use starling_runtime::ServiceContext;
+use starling_runtime::{ServiceContext, ServiceParts};
 use tonic::service::Routes;
 
-/// The gRPC routes of this service, for the runtime to serve.
-pub fn routes(_ctx: &ServiceContext) -> Routes {
-    Routes::new(FollowerServiceServer::new(handlers::FollowerHandler))
+pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
+    let storage = storage::FollowStorage::new(ctx.store.clone());
+    Ok(ServiceParts {
+        routes: Routes::new(FollowerServiceServer::new(handlers::FollowerHandler::new(
+            storage,
+            ctx.bus.clone(),
+        ))),
+        consumers: Vec::new(),
+    })
 }

@@ -1,18 +1,44 @@
-//! The recommendation service.
+//! The recommendation service: personal recommendations from tags and engagement.
 //!
-//! Its handlers arrive with the application issue; until then every method answers
-//! UNIMPLEMENTED, while the instance already registers, balances, health-checks and
-//! reflects like any other.
+//! * [`handlers`]: the gRPC API (RecordEngagement publishes, Recommend ranks and hydrates);
+//! * [`events`]: the TweetTagged and Engagement consumers that build the state;
+//! * [`storage`]: the keys (documented there) and store access;
+//! * [`scoring`]: the pure arithmetic: decay, forward-decayed popularity, ranking;
+//! * [`peers`]: the tweet and follower services, behind a trait so tests need no network.
 
+pub mod events;
 pub mod handlers;
+pub mod peers;
+pub mod scoring;
+pub mod storage;
+
+use std::sync::Arc;
 
 use starling_proto::recommendation::v1::recommendation_service_server::RecommendationServiceServer;
-use starling_runtime::ServiceContext;
+use starling_runtime::events::consumer::{ConsumerConfig, Handler};
+use starling_runtime::events::topics::{groups, ENGAGEMENT, TWEET_TAGGED};
+use starling_runtime::{ServiceContext, ServiceParts};
 use tonic::service::Routes;
 
-/// The gRPC routes of this service, for the runtime to serve.
-pub fn routes(_ctx: &ServiceContext) -> Routes {
-    Routes::new(RecommendationServiceServer::new(
-        handlers::RecommendationHandler,
-    ))
+/// Assembles the service: its routes and its two consumers.
+pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
+    let storage = storage::RecStorage::new(ctx.store.clone());
+    let peers: Arc<dyn peers::Peers> = Arc::new(peers::MeshPeers::new(&ctx.mesh));
+    let handler =
+        handlers::RecommendationHandler::new(storage.clone(), peers.clone(), ctx.bus.clone());
+    let tagged: Arc<dyn Handler> = Arc::new(events::TaggedHandler::new(storage.clone()));
+    let engagement: Arc<dyn Handler> = Arc::new(events::EngagementHandler::new(storage, peers));
+    Ok(ServiceParts {
+        routes: Routes::new(RecommendationServiceServer::new(handler)),
+        consumers: vec![
+            (
+                ConsumerConfig::new(TWEET_TAGGED, groups::RECOMMENDATION),
+                tagged,
+            ),
+            (
+                ConsumerConfig::new(ENGAGEMENT, groups::RECOMMENDATION),
+                engagement,
+            ),
+        ],
+    })
 }

@@ -3,6 +3,7 @@
 //! logging set-up and signal handling ([`shutdown`]).
 
 pub mod events;
+pub mod ids;
 pub mod metrics;
 pub mod server;
 pub mod shutdown;
@@ -10,7 +11,7 @@ pub mod store;
 
 use std::sync::Arc;
 
-use starling_discovery::Mesh;
+use starling_discovery::{Mesh, Registry};
 
 pub use server::{RunningService, ServerConfig};
 
@@ -74,10 +75,89 @@ impl std::fmt::Display for ServiceKind {
     }
 }
 
-/// What a service's handlers get from the runtime: the mesh, to call other services.
-#[derive(Debug, Clone)]
+/// What a service gets from the runtime: the mesh (to call other services), the store,
+/// the event bus, the registry (for claims) and the application settings.
+#[derive(Clone)]
 pub struct ServiceContext {
     pub mesh: Arc<Mesh>,
+    pub registry: Arc<dyn Registry>,
+    pub store: Arc<dyn store::Store>,
+    pub bus: Arc<dyn events::EventBus>,
+    pub settings: Arc<AppSettings>,
+}
+
+impl std::fmt::Debug for ServiceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceContext")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// Knobs of the reference application (see `starling up --help`).
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    /// Entries kept per home timeline.
+    pub timeline_cap: usize,
+    /// Authors with more followers than this are not fanned out but merged in at read time.
+    pub celebrity_threshold: u64,
+    /// Followers read per page during a fan-out (each page is one checkpoint).
+    pub fanout_page: u32,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        Self {
+            timeline_cap: 800,
+            celebrity_threshold: 100_000,
+            fanout_page: 10_000,
+        }
+    }
+}
+
+/// What a service crate hands the runtime: its gRPC routes and its event consumers.
+pub struct ServiceParts {
+    pub routes: tonic::service::Routes,
+    pub consumers: Vec<(
+        events::consumer::ConsumerConfig,
+        Arc<dyn events::consumer::Handler>,
+    )>,
+}
+
+/// Validates a user name: `[a-z0-9_]{1,32}`. The message names the field, so the error a
+/// client sees says what to fix.
+pub fn check_user(field: &str, name: &str) -> Result<(), tonic::Status> {
+    let ok = (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(tonic::Status::invalid_argument(format!(
+            "{field} must be a user name of 1 to 32 characters from a-z, 0-9 and _ (got {name:?})"
+        )))
+    }
+}
+
+/// Page size from a request: 0 means `default`; larger than `max` is capped.
+pub fn page_size(requested: u32, default: u32, max: u32) -> usize {
+    match requested {
+        0 => default as usize,
+        n => n.min(max) as usize,
+    }
+}
+
+/// Maps a storage failure to UNAVAILABLE (the client may retry), logging the cause.
+pub fn store_error(e: store::StoreError) -> tonic::Status {
+    tracing::error!(error = %e, "storage failure");
+    tonic::Status::unavailable(format!("storage unavailable: {e}"))
+}
+
+/// Maps a publish failure to UNAVAILABLE.
+pub fn bus_error(e: events::BusError) -> tonic::Status {
+    tracing::error!(error = %e, "event bus failure");
+    tonic::Status::unavailable(format!("event bus unavailable: {e}"))
 }
 
 /// Logs to stderr, filtered by `STARLING_LOG` (or `RUST_LOG`), default `info`.
@@ -96,6 +176,18 @@ pub fn init_logging() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_names_are_checked() {
+        assert!(check_user("author", "alice_01").is_ok());
+        for bad in ["", "Alice", "a b", "ü", &"a".repeat(33)] {
+            let e = check_user("author", bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().starts_with("author"), "{}", e.message());
+        }
+        assert_eq!(page_size(0, 20, 100), 20);
+        assert_eq!(page_size(500, 20, 100), 100);
+    }
 
     #[test]
     fn names_match_the_proto_catalogue() {

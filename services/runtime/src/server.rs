@@ -17,13 +17,13 @@ use starling_discovery::{DeadlineLayer, Registration, Registry, ServiceInstance}
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 use tracing::{info, warn};
 
+use crate::events::{consumer, EventBus};
 use crate::metrics::CallMetricsLayer;
-use crate::ServiceKind;
+use crate::{ServiceKind, ServiceParts};
 
 /// Response header naming the instance that served a call: shows up in `grpcurl -v` and
 /// lets tests see where the balancer sent each call.
@@ -70,6 +70,8 @@ pub struct RunningService {
     shutdown_grace: Duration,
     stop: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    consumers_stop: tokio::sync::watch::Sender<bool>,
+    consumers: Vec<JoinHandle<()>>,
 }
 
 fn advertised(config: &ServerConfig, local: SocketAddr) -> String {
@@ -90,12 +92,18 @@ fn advertised(config: &ServerConfig, local: SocketAddr) -> String {
     }
 }
 
-/// Starts `routes` as an instance of `config.kind` and registers it in `registry`.
+/// Starts `parts` as an instance of `config.kind`: its consumers on `bus`, its routes on
+/// the listener; then registers it in `registry`.
 pub async fn start(
     config: ServerConfig,
-    routes: Routes,
+    parts: ServiceParts,
     registry: Arc<dyn Registry>,
+    bus: Arc<dyn EventBus>,
 ) -> anyhow::Result<RunningService> {
+    let ServiceParts {
+        routes,
+        consumers: specs,
+    } = parts;
     let kind = config.kind;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -153,10 +161,24 @@ pub async fn start(
         });
     let server = tokio::spawn(server);
 
+    let (consumers_stop, consumers_stopped) = tokio::sync::watch::channel(false);
+    let consumers: Vec<JoinHandle<()>> = specs
+        .into_iter()
+        .map(|(config, handler)| {
+            let (bus, stopped) = (bus.clone(), consumers_stopped.clone());
+            tokio::spawn(async move {
+                let (topic, group) = (config.topic.clone(), config.group.clone());
+                if let Err(e) = consumer::run(bus, config, handler, stopped).await {
+                    tracing::error!(%topic, %group, error = %e, "consumer failed");
+                }
+            })
+        })
+        .collect();
     let registration = match registry.register(kind.name(), instance.clone()).await {
         Ok(r) => r,
         Err(e) => {
             server.abort();
+            consumers_stop.send_replace(true);
             return Err(anyhow::Error::new(e).context(format!("cannot register {kind}")));
         }
     };
@@ -171,6 +193,8 @@ pub async fn start(
         shutdown_grace: config.shutdown_grace,
         stop,
         server,
+        consumers_stop,
+        consumers,
     })
 }
 
@@ -191,6 +215,13 @@ impl RunningService {
         self.health.clear_service_status(kind.grpc_name()).await;
         self.health.clear_service_status("").await;
         let _ = self.stop.send(());
+        // Consumers finish the message in hand, commit, and leave their groups.
+        self.consumers_stop.send_replace(true);
+        for c in std::mem::take(&mut self.consumers) {
+            if tokio::time::timeout(self.shutdown_grace, c).await.is_err() {
+                warn!(service = %kind, "a consumer did not stop in time");
+            }
+        }
         match tokio::time::timeout(self.shutdown_grace, &mut self.server).await {
             Ok(joined) => joined.context("server task")??,
             Err(_) => {

@@ -1,19 +1,30 @@
 //! The tagger service: topic tags for tweets, only ever from the fixed list of 50.
 //!
 //! * [`tags`]: the tag list (from the seed article, verbatim);
-//! * [`handlers`]: the gRPC API.
-//!
-//! Consuming `TweetCreated` and the classifier behind `TagText` arrive with the application
-//! issue; until then `TagText` answers UNIMPLEMENTED.
+//! * [`classifier`]: the deterministic lexicon classifier (precision and recall on the
+//!   labelled set in `data/labelled.tsv`: see `tests/labelled_set.rs`);
+//! * [`handlers`]: the gRPC API (`TagText`, `ListTags`);
+//! * [`events`]: consumes `TweetCreated`, publishes `TweetTagged`.
 
+pub mod classifier;
+pub mod events;
 pub mod handlers;
 pub mod tags;
 
+use std::sync::Arc;
+
 use starling_proto::tagger::v1::tagger_service_server::TaggerServiceServer;
-use starling_runtime::ServiceContext;
+use starling_runtime::events::consumer::ConsumerConfig;
+use starling_runtime::events::topics::{groups, TWEET_CREATED};
+use starling_runtime::{ServiceContext, ServiceParts};
 use tonic::service::Routes;
 
-/// The gRPC routes of this service, for the runtime to serve.
-pub fn routes(_ctx: &ServiceContext) -> Routes {
-    Routes::new(TaggerServiceServer::new(handlers::TaggerHandler))
+pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
+    Ok(ServiceParts {
+        routes: Routes::new(TaggerServiceServer::new(handlers::TaggerHandler)),
+        consumers: vec![(
+            ConsumerConfig::new(TWEET_CREATED, groups::TAGGER),
+            Arc::new(events::TweetCreatedHandler::new(ctx.bus.clone())),
+        )],
+    })
 }

@@ -1,16 +1,50 @@
-//! The timeline service.
+//! The timeline service: home timelines.
 //!
-//! Its handlers arrive with the application issue; until then every method answers
-//! UNIMPLEMENTED, while the instance already registers, balances, health-checks and
-//! reflects like any other.
+//! * [`fanout`]: writes a new tweet into every follower's home timeline (paged, pipelined,
+//!   checkpointed, skipping celebrities);
+//! * [`events`]: consumes `TweetCreated` (fan-out) and `FollowChanged` (merge or remove the
+//!   followee's recent tweets);
+//! * [`handlers`]: `GetHomeTimeline`, merging celebrities' tweets in at read time and
+//!   hydrating ids with one `BatchGetTweets`;
+//! * [`storage`]: home timelines, checkpoints and celebrity markers in the store.
 
+pub mod events;
+pub mod fanout;
 pub mod handlers;
+pub mod storage;
+
+use std::sync::Arc;
 
 use starling_proto::timeline::v1::timeline_service_server::TimelineServiceServer;
-use starling_runtime::ServiceContext;
+use starling_runtime::events::consumer::ConsumerConfig;
+use starling_runtime::events::topics::{groups, FOLLOW_CHANGED, TWEET_CREATED};
+use starling_runtime::{ServiceContext, ServiceParts};
 use tonic::service::Routes;
 
-/// The gRPC routes of this service, for the runtime to serve.
-pub fn routes(_ctx: &ServiceContext) -> Routes {
-    Routes::new(TimelineServiceServer::new(handlers::TimelineHandler))
+pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
+    let storage = storage::TimelineStorage::new(ctx.store.clone(), ctx.settings.timeline_cap);
+    let followers = Arc::new(fanout::MeshFollowers::new(ctx.mesh.channel("follower")));
+    let tweets = ctx.mesh.channel("tweet");
+    let engine = Arc::new(fanout::Fanout::new(
+        storage.clone(),
+        followers,
+        ctx.settings.clone(),
+    ));
+    Ok(ServiceParts {
+        routes: Routes::new(TimelineServiceServer::new(handlers::TimelineHandler::new(
+            storage.clone(),
+            ctx.mesh.channel("follower"),
+            tweets.clone(),
+        ))),
+        consumers: vec![
+            (
+                ConsumerConfig::new(TWEET_CREATED, groups::TIMELINE),
+                Arc::new(events::TweetCreatedHandler::new(engine)),
+            ),
+            (
+                ConsumerConfig::new(FOLLOW_CHANGED, groups::TIMELINE),
+                Arc::new(events::FollowChangedHandler::new(storage, tweets)),
+            ),
+        ],
+    })
 }

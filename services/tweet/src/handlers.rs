@@ -1,10 +1,197 @@
-//! gRPC handlers of `starling.tweet.v1.TweetService`. Methods not written yet answer UNIMPLEMENTED
-//! (the generated default).
+//! gRPC handlers of `starling.tweet.v1.TweetService`.
 
+use std::sync::Arc;
+
+use prost::Message as _;
+use starling_proto::events::v1::TweetCreated;
 use starling_proto::tweet::v1::tweet_service_server::TweetService;
+use starling_proto::tweet::v1::*;
+use starling_runtime::events::topics::TWEET_CREATED;
+use starling_runtime::events::{self, EventBus, Message};
+use starling_runtime::ids::{id_time_ms, Snowflake};
+use starling_runtime::{bus_error, check_user, page_size, store_error};
+use tonic::{Request, Response, Status};
 
-#[derive(Debug, Clone, Default)]
-pub struct TweetHandler;
+use crate::storage::TweetStorage;
+
+pub const MAX_TEXT_CHARS: usize = 280;
+pub const MAX_BATCH: usize = 500;
+
+pub struct TweetHandler {
+    storage: TweetStorage,
+    ids: Arc<Snowflake>,
+    bus: Arc<dyn EventBus>,
+}
+
+impl TweetHandler {
+    pub fn new(storage: TweetStorage, ids: Arc<Snowflake>, bus: Arc<dyn EventBus>) -> Self {
+        Self { storage, ids, bus }
+    }
+}
+
+/// The text as stored: trimmed, non-empty, at most 280 characters (not bytes).
+pub fn check_text(text: &str) -> Result<&str, Status> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(Status::invalid_argument("text must not be empty"));
+    }
+    let chars = text.chars().count();
+    if chars > MAX_TEXT_CHARS {
+        return Err(Status::invalid_argument(format!(
+            "text is {chars} characters; at most {MAX_TEXT_CHARS} are allowed"
+        )));
+    }
+    Ok(text)
+}
+
+fn check_id(id: u64) -> Result<u64, Status> {
+    if id == 0 {
+        Err(Status::invalid_argument("id must be a tweet id (non-zero)"))
+    } else {
+        Ok(id)
+    }
+}
+
+/// Page tokens are the last id of the previous page.
+pub fn parse_page_token(token: &str) -> Result<Option<u64>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    token.parse::<u64>().map(Some).map_err(|_| {
+        Status::invalid_argument(format!(
+            "page_token {token:?} is not one this service issued"
+        ))
+    })
+}
 
 #[tonic::async_trait]
-impl TweetService for TweetHandler {}
+impl TweetService for TweetHandler {
+    async fn create_tweet(
+        &self,
+        req: Request<CreateTweetRequest>,
+    ) -> Result<Response<CreateTweetResponse>, Status> {
+        let req = req.into_inner();
+        check_user("author", &req.author)?;
+        let text = check_text(&req.text)?;
+        let id = self
+            .ids
+            .next_id()
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let created_ms = id_time_ms(id) as i64;
+        let tweet = Tweet {
+            id,
+            author: req.author.clone(),
+            text: text.to_string(),
+            created_at: Some(events::timestamp(created_ms)),
+            tags: Vec::new(),
+        };
+        self.storage.insert(&tweet).await.map_err(store_error)?;
+        let event = TweetCreated {
+            event_id: events::event_id(),
+            occurred_at: Some(events::timestamp(created_ms)),
+            tweet_id: id,
+            author: tweet.author.clone(),
+            text: tweet.text.clone(),
+        };
+        let published = self
+            .bus
+            .publish(Message::new(
+                TWEET_CREATED,
+                &tweet.author,
+                event.encode_to_vec(),
+                created_ms,
+            ))
+            .await;
+        if let Err(e) = published {
+            // Nothing half-done: a tweet nobody will ever see in a timeline is removed, and
+            // the client is told to try again.
+            if let Err(undo) = self.storage.remove(&tweet).await {
+                tracing::error!(id, error = %undo, "could not remove unannounced tweet");
+            }
+            return Err(bus_error(e));
+        }
+        tracing::debug!(id, author = %tweet.author, "tweet created");
+        Ok(Response::new(CreateTweetResponse { tweet: Some(tweet) }))
+    }
+
+    async fn get_tweet(
+        &self,
+        req: Request<GetTweetRequest>,
+    ) -> Result<Response<GetTweetResponse>, Status> {
+        let id = check_id(req.get_ref().id)?;
+        match self.storage.get(id).await.map_err(store_error)? {
+            Some(tweet) => Ok(Response::new(GetTweetResponse { tweet: Some(tweet) })),
+            None => Err(Status::not_found(format!("tweet {id} does not exist"))),
+        }
+    }
+
+    async fn batch_get_tweets(
+        &self,
+        req: Request<BatchGetTweetsRequest>,
+    ) -> Result<Response<BatchGetTweetsResponse>, Status> {
+        let ids = &req.get_ref().ids;
+        if ids.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} ids requested; at most {MAX_BATCH} per call",
+                ids.len()
+            )));
+        }
+        let tweets = self.storage.get_many(ids).await.map_err(store_error)?;
+        Ok(Response::new(BatchGetTweetsResponse { tweets }))
+    }
+
+    async fn list_user_tweets(
+        &self,
+        req: Request<ListUserTweetsRequest>,
+    ) -> Result<Response<ListUserTweetsResponse>, Status> {
+        let req = req.into_inner();
+        check_user("user", &req.user)?;
+        let before = parse_page_token(&req.page_token)?;
+        let size = page_size(req.page_size, 20, 800);
+        let mut ids = self
+            .storage
+            .user_tweet_ids(&req.user, before, size + 1)
+            .await
+            .map_err(store_error)?;
+        let more = ids.len() > size;
+        ids.truncate(size);
+        let next_page_token = if more {
+            ids.last().map(u64::to_string).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let tweets = self.storage.get_many(&ids).await.map_err(store_error)?;
+        Ok(Response::new(ListUserTweetsResponse {
+            tweets,
+            next_page_token,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_rules() {
+        assert_eq!(check_text("  hi  ").unwrap(), "hi");
+        assert_eq!(
+            check_text(" \n\t ").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        // 280 characters of a multi-byte letter are fine: the limit is in characters.
+        assert!(check_text(&"é".repeat(280)).is_ok());
+        let e = check_text(&"a".repeat(281)).unwrap_err();
+        assert!(e.message().contains("281"), "{}", e.message());
+    }
+
+    #[test]
+    fn page_tokens() {
+        assert_eq!(parse_page_token("").unwrap(), None);
+        assert_eq!(parse_page_token("42").unwrap(), Some(42));
+        assert_eq!(
+            parse_page_token("x").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+}

@@ -1,16 +1,37 @@
-//! The tweet service.
+//! The tweet service: creates, stores and serves tweets.
 //!
-//! Its handlers arrive with the application issue; until then every method answers
-//! UNIMPLEMENTED, while the instance already registers, balances, health-checks and
-//! reflects like any other.
+//! * [`handlers`]: the gRPC API (validation, Snowflake ids, publish-then-answer);
+//! * [`storage`]: tweets and per-author lists in the store;
+//! * [`events`]: consumes `TweetTagged` to store the tagger's tags on the tweet.
 
+pub mod events;
 pub mod handlers;
+pub mod storage;
+
+use std::sync::Arc;
 
 use starling_proto::tweet::v1::tweet_service_server::TweetServiceServer;
-use starling_runtime::ServiceContext;
+use starling_runtime::events::consumer::ConsumerConfig;
+use starling_runtime::events::topics::{groups, TWEET_TAGGED};
+use starling_runtime::ids::{Snowflake, MAX_WORKERS};
+use starling_runtime::{ServiceContext, ServiceParts};
 use tonic::service::Routes;
 
-/// The gRPC routes of this service, for the runtime to serve.
-pub fn routes(_ctx: &ServiceContext) -> Routes {
-    Routes::new(TweetServiceServer::new(handlers::TweetHandler))
+/// Claims a worker id for Snowflake ids, then assembles the service.
+pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
+    let claim = ctx.registry.claim("tweet-worker-ids", MAX_WORKERS).await?;
+    tracing::info!(worker = claim.id, "snowflake worker id claimed");
+    let storage = storage::TweetStorage::new(ctx.store.clone());
+    let handler = handlers::TweetHandler::new(
+        storage.clone(),
+        Arc::new(Snowflake::new(claim)),
+        ctx.bus.clone(),
+    );
+    Ok(ServiceParts {
+        routes: Routes::new(TweetServiceServer::new(handler)),
+        consumers: vec![(
+            ConsumerConfig::new(TWEET_TAGGED, groups::TWEET),
+            Arc::new(events::TagsHandler::new(storage)),
+        )],
+    })
 }

@@ -27,6 +27,8 @@ const ATTEMPT: &str = "attempt";
 #[derive(Clone)]
 pub struct KafkaBus {
     brokers: String,
+    /// `<namespace>.`, prepended to every topic and group name on the broker.
+    prefix: String,
     producer: FutureProducer,
 }
 
@@ -43,8 +45,9 @@ fn kafka(e: impl std::fmt::Display) -> BusError {
 }
 
 impl KafkaBus {
-    /// `brokers` like `127.0.0.1:9092` (comma-separated). Checks the cluster answers.
-    pub async fn connect(brokers: &str) -> Result<Self, BusError> {
+    /// `brokers` like `127.0.0.1:9092` (comma-separated); topics and groups live under
+    /// `namespace`. Checks the cluster answers.
+    pub async fn connect(brokers: &str, namespace: &str) -> Result<Self, BusError> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
@@ -65,8 +68,13 @@ impl KafkaBus {
         .map_err(|e| BusError::Kafka(format!("cannot reach kafka at {brokers}: {e}")))?;
         Ok(Self {
             brokers: brokers.to_string(),
+            prefix: format!("{namespace}."),
             producer,
         })
+    }
+
+    fn name(&self, topic: &str) -> String {
+        format!("{}{topic}", self.prefix)
     }
 }
 
@@ -77,7 +85,8 @@ impl EventBus for KafkaBus {
             .set("bootstrap.servers", &self.brokers)
             .create()
             .map_err(kafka)?;
-        let new: Vec<NewTopic> = topics
+        let names: Vec<String> = topics.iter().map(|t| self.name(t)).collect();
+        let new: Vec<NewTopic> = names
             .iter()
             .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
             .collect();
@@ -109,7 +118,8 @@ impl EventBus for KafkaBus {
                 key: ATTEMPT,
                 value: Some(&attempt),
             });
-        let record = FutureRecord::to(&m.topic)
+        let topic = self.name(&m.topic);
+        let record = FutureRecord::to(&topic)
             .key(&m.key)
             .payload(&m.payload)
             .headers(headers);
@@ -127,21 +137,26 @@ impl EventBus for KafkaBus {
     ) -> Result<Box<dyn Subscription>, BusError> {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
-            .set("group.id", group)
+            .set("group.id", self.name(group))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "6000")
             .set("enable.partition.eof", "false")
             .create()
             .map_err(kafka)?;
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&names).map_err(kafka)?;
-        Ok(Box::new(KafkaSubscription { consumer }))
+        let names: Vec<String> = topics.iter().map(|t| self.name(t)).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        consumer.subscribe(&refs).map_err(kafka)?;
+        Ok(Box::new(KafkaSubscription {
+            consumer,
+            prefix: self.prefix.clone(),
+        }))
     }
 }
 
 struct KafkaSubscription {
     consumer: StreamConsumer,
+    prefix: String,
 }
 
 fn header<'a>(
@@ -162,7 +177,12 @@ impl Subscription for KafkaSubscription {
         let headers = m.headers();
         Ok(Delivery {
             message: Message {
-                topic: m.topic().to_string(),
+                // Handlers see the catalogue's names, without the namespace.
+                topic: m
+                    .topic()
+                    .strip_prefix(&self.prefix)
+                    .unwrap_or(m.topic())
+                    .to_string(),
                 key: m
                     .key()
                     .map(|k| String::from_utf8_lossy(k).into_owned())
@@ -185,7 +205,8 @@ impl Subscription for KafkaSubscription {
 
     async fn commit(&mut self, d: &Delivery) -> Result<(), BusError> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&d.message.topic, d.partition, Offset::Offset(d.offset + 1))
+        let topic = format!("{}{}", self.prefix, d.message.topic);
+        tpl.add_partition_offset(&topic, d.partition, Offset::Offset(d.offset + 1))
             .map_err(kafka)?;
         self.consumer.commit(&tpl, CommitMode::Async).map_err(kafka)
     }

@@ -2,20 +2,23 @@
 //!
 //! | topic | payload | key | consumed by (group) |
 //! |---|---|---|---|
-//! | `starling.tweet-created.v1` | `TweetCreated` | author | `timeline` (fan-out), `tagger` |
-//! | `starling.tweet-tagged.v1` | `TweetTagged` | author | `tweet` (stores tags), `recommendation` |
-//! | `starling.engagement.v1` | `Engagement` | user | `recommendation` |
-//! | `starling.follow-changed.v1` | `FollowChanged` | follower | `timeline` (merge/remove) |
+//! | `tweet-created.v1` | `TweetCreated` | author | `timeline` (fan-out), `tagger` |
+//! | `tweet-tagged.v1` | `TweetTagged` | author | `tweet` (stores tags), `recommendation` |
+//! | `engagement.v1` | `Engagement` | user | `recommendation` |
+//! | `follow-changed.v1` | `FollowChanged` | follower | `timeline` (merge/remove) |
+//!
+//! On Kafka every topic and group name is prefixed with the namespace (`--namespace`,
+//! default `starling`): `starling.tweet-created.v1`, group `starling.timeline`.
 //!
 //! Keying by author keeps one author's events in order on one partition. Each consuming
 //! group has its own retry topic `<topic>.retry.<group>` and dead-letter topic
 //! `<topic>.dlq.<group>`: a retry meant for one group must not be seen again by the others
 //! (the seed article's republish-to-the-main-topic approach breaks exactly there).
 
-pub const TWEET_CREATED: &str = "starling.tweet-created.v1";
-pub const TWEET_TAGGED: &str = "starling.tweet-tagged.v1";
-pub const ENGAGEMENT: &str = "starling.engagement.v1";
-pub const FOLLOW_CHANGED: &str = "starling.follow-changed.v1";
+pub const TWEET_CREATED: &str = "tweet-created.v1";
+pub const TWEET_TAGGED: &str = "tweet-tagged.v1";
+pub const ENGAGEMENT: &str = "engagement.v1";
+pub const FOLLOW_CHANGED: &str = "follow-changed.v1";
 
 /// Partitions of every topic (the seed article used 10).
 pub const PARTITIONS: i32 = 10;

@@ -1,0 +1,51 @@
+//! Consumes `TweetCreated` (group `tagger`), tags the text and publishes `TweetTagged`.
+//! Idempotent: the classifier is deterministic, so a redelivered tweet is tagged the same.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use prost::Message as _;
+use starling_proto::events::v1::{TweetCreated, TweetTagged};
+use starling_runtime::events::consumer::{HandleError, Handler};
+use starling_runtime::events::topics::TWEET_TAGGED;
+use starling_runtime::events::{self, now_ms, EventBus, Message};
+
+use crate::classifier;
+
+pub struct TweetCreatedHandler {
+    bus: Arc<dyn EventBus>,
+}
+
+impl TweetCreatedHandler {
+    pub fn new(bus: Arc<dyn EventBus>) -> Self {
+        Self { bus }
+    }
+}
+
+#[async_trait]
+impl Handler for TweetCreatedHandler {
+    async fn handle(&self, m: &Message) -> Result<(), HandleError> {
+        let created = TweetCreated::decode(m.payload.as_slice())
+            .map_err(|e| HandleError::Poison(format!("not a TweetCreated: {e}")))?;
+        let at = now_ms();
+        let tagged = TweetTagged {
+            event_id: events::event_id(),
+            occurred_at: Some(events::timestamp(at)),
+            tweet_id: created.tweet_id,
+            author: created.author.clone(),
+            tags: classifier::tag(&created.text)
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        };
+        self.bus
+            .publish(Message::new(
+                TWEET_TAGGED,
+                &created.author,
+                tagged.encode_to_vec(),
+                at,
+            ))
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))
+    }
+}

@@ -1,0 +1,99 @@
+//! Consumers of the timeline service.
+//!
+//! * `TweetCreated` → [`crate::fanout::Fanout`]. Redelivery is harmless: adds are
+//!   idempotent and a checkpoint skips what was done.
+//! * `FollowChanged` → merge the followee's recent tweets into the follower's home timeline
+//!   on follow, remove them on unfollow (both idempotent).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use prost::Message as _;
+use starling_discovery::MeshChannel;
+use starling_proto::events::v1::{FollowChanged, TweetCreated};
+use starling_proto::tweet::v1::tweet_service_client::TweetServiceClient;
+use starling_proto::tweet::v1::ListUserTweetsRequest;
+use starling_runtime::events::consumer::{HandleError, Handler};
+use starling_runtime::events::Message;
+
+use crate::fanout::{Fanout, FanoutError};
+use crate::storage::TimelineStorage;
+
+/// Tweets of a newly followed author merged into the follower's timeline.
+pub const MERGE_ON_FOLLOW: u32 = 50;
+
+pub struct TweetCreatedHandler {
+    fanout: Arc<Fanout>,
+}
+
+impl TweetCreatedHandler {
+    pub fn new(fanout: Arc<Fanout>) -> Self {
+        Self { fanout }
+    }
+}
+
+#[async_trait]
+impl Handler for TweetCreatedHandler {
+    async fn handle(&self, m: &Message) -> Result<(), HandleError> {
+        let event = TweetCreated::decode(m.payload.as_slice())
+            .map_err(|e| HandleError::Poison(format!("not a TweetCreated: {e}")))?;
+        if event.tweet_id == 0 || event.author.is_empty() {
+            return Err(HandleError::Poison(
+                "TweetCreated without tweet id or author".into(),
+            ));
+        }
+        self.fanout
+            .fan_out(event.tweet_id, &event.author)
+            .await
+            .map(|_| ())
+            .map_err(|e: FanoutError| HandleError::Transient(e.to_string()))
+    }
+}
+
+pub struct FollowChangedHandler {
+    storage: TimelineStorage,
+    tweets: MeshChannel,
+}
+
+impl FollowChangedHandler {
+    pub fn new(storage: TimelineStorage, tweets: MeshChannel) -> Self {
+        Self { storage, tweets }
+    }
+
+    async fn recent_ids(&self, author: &str, limit: u32) -> Result<Vec<u64>, HandleError> {
+        let mut client = TweetServiceClient::new(self.tweets.clone());
+        let resp = client
+            .list_user_tweets(ListUserTweetsRequest {
+                user: author.to_string(),
+                page_size: limit,
+                page_token: String::new(),
+            })
+            .await
+            .map_err(|s| HandleError::Transient(format!("tweet service: {}", s.message())))?;
+        Ok(resp.into_inner().tweets.iter().map(|t| t.id).collect())
+    }
+}
+
+#[async_trait]
+impl Handler for FollowChangedHandler {
+    async fn handle(&self, m: &Message) -> Result<(), HandleError> {
+        let e = FollowChanged::decode(m.payload.as_slice())
+            .map_err(|e| HandleError::Poison(format!("not a FollowChanged: {e}")))?;
+        let transient =
+            |e: starling_runtime::store::StoreError| HandleError::Transient(e.to_string());
+        if e.following {
+            let ids = self.recent_ids(&e.followee, MERGE_ON_FOLLOW).await?;
+            self.storage
+                .push_many(&e.follower, &ids)
+                .await
+                .map_err(transient)
+        } else {
+            // Everything of theirs that can still be in the capped timeline.
+            let ids = self.recent_ids(&e.followee, 800).await?;
+            self.storage
+                .remove_many(&e.follower, &ids)
+                .await
+                .map_err(transient)
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Consumes `TweetTagged`: the tagger's tags are stored on the tweet, so every read of the
+//! tweet carries them. Idempotent: setting the same tags twice changes nothing.
+
+use async_trait::async_trait;
+use prost::Message as _;
+use starling_proto::events::v1::TweetTagged;
+use starling_runtime::events::consumer::{HandleError, Handler};
+use starling_runtime::events::Message;
+
+use crate::storage::TweetStorage;
+
+pub struct TagsHandler {
+    storage: TweetStorage,
+}
+
+impl TagsHandler {
+    pub fn new(storage: TweetStorage) -> Self {
+        Self { storage }
+    }
+}
+
+#[async_trait]
+impl Handler for TagsHandler {
+    async fn handle(&self, m: &Message) -> Result<(), HandleError> {
+        let event = TweetTagged::decode(m.payload.as_slice())
+            .map_err(|e| HandleError::Poison(format!("not a TweetTagged: {e}")))?;
+        let transient =
+            |e: starling_runtime::store::StoreError| HandleError::Transient(e.to_string());
+        let Some(mut tweet) = self.storage.get(event.tweet_id).await.map_err(transient)? else {
+            // Tweets are stored before TweetCreated is published, so a missing one was
+            // removed (its announcement failed): nothing to tag.
+            return Ok(());
+        };
+        if tweet.tags != event.tags {
+            tweet.tags = event.tags;
+            self.storage.put(&tweet).await.map_err(transient)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! `starling bench fanout`: the seed article's fan-out (one Redis command per follower, in a
+//! loop, no pipeline) against Starling's (followers paged from the follower service over
+//! gRPC, pipelined writes, timelines capped, checkpoints), on the same Redis in one run,
+//! next to what `redis-benchmark` says this Redis can take.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use starling_discovery::{MemoryRegistry, Mesh, MeshConfig};
+use starling_runtime::events::MemoryBus;
+use starling_runtime::store::{RedisStore, Store, Write};
+use starling_runtime::{AppSettings, ServiceContext, ServiceKind};
+use starling_timeline::fanout::{naive_fan_out, Fanout, MeshFollowers};
+use starling_timeline::storage::TimelineStorage;
+
+use crate::cli::FanoutBenchArgs;
+
+/// A redis-server of our own, stopped on drop.
+struct OwnRedis {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn own_redis() -> anyhow::Result<(String, OwnRedis)> {
+    let port = free_port()?;
+    let dir = tempfile::tempdir()?;
+    let child = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting redis-server (install it, or pass --redis URL)")?;
+    let url = format!("redis://127.0.0.1:{port}");
+    let own = OwnRedis { child, _dir: dir };
+    for _ in 0..100 {
+        if RedisStore::connect(&url, "", 1).await.is_ok() {
+            return Ok((url, own));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("redis-server did not start on port {port}")
+}
+
+/// ZADD/s with 100-command pipelines, as `redis-benchmark` measures it (if installed).
+fn redis_limit(url: &str) -> Option<f64> {
+    let hostport = url.trim_start_matches("redis://");
+    let (host, port) = hostport.split_once(':')?;
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-h", host, "-p", port, "-t", "zadd", "-P", "100", "-n", "1000000", "-q",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "ZADD: 690000.00 requests per second, p50=..."; with -q the line is overwritten
+    // in place with \r, so take the last segment.
+    let line = text.rsplit('\r').find(|l| l.contains("ZADD"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub async fn run(args: FanoutBenchArgs) -> anyhow::Result<()> {
+    let (url, _own) = match &args.redis {
+        Some(u) => (u.clone(), None),
+        None => {
+            let (u, own) = own_redis().await?;
+            (u, Some(own))
+        }
+    };
+    let prefix = format!("fanoutbench{:08x}:", rand::random::<u32>());
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&url, &prefix, 8).await?);
+    let settings = Arc::new(AppSettings {
+        celebrity_threshold: u64::MAX,
+        ..AppSettings::default()
+    });
+    // The follower service, in process, reached through the mesh like in production.
+    let registry = Arc::new(MemoryRegistry::new());
+    let ctx = ServiceContext {
+        mesh: Arc::new(Mesh::new(
+            registry.clone(),
+            MeshConfig::new(starling_proto::idempotent_methods()),
+        )),
+        registry,
+        store: store.clone(),
+        bus: Arc::new(MemoryBus::new()),
+        settings: settings.clone(),
+    };
+    let running = crate::up::start_all(
+        &ctx,
+        &[ServiceKind::Follower],
+        "127.0.0.1".parse()?,
+        1,
+        false,
+    )
+    .await?;
+    let storage = TimelineStorage::new(store.clone(), settings.timeline_cap);
+    let engine = Fanout::new(
+        storage.clone(),
+        Arc::new(MeshFollowers::new(ctx.mesh.channel("follower"))),
+        settings.clone(),
+    );
+
+    println!("starling bench fanout: redis {url}");
+    let limit = redis_limit(&url);
+    match limit {
+        Some(l) => println!("redis-benchmark -t zadd -P 100 on this Redis: {l:.0} ZADD/s"),
+        None => println!("redis-benchmark not available: no Redis ceiling measured"),
+    }
+    println!(
+        "\n{:>10}  {:>12} {:>12}  {:>12} {:>12}  {:>9}",
+        "followers", "naive time", "naive ins/s", "starling", "ins/s", "speed-up"
+    );
+    let mut tweet_id = 1u64 << 40;
+    for &n in &args.sizes {
+        let author = format!("author{n}");
+        let users: Vec<String> = (0..n).map(|i| format!("u{n}x{i:07}")).collect();
+        for chunk in users.chunks(100_000) {
+            let writes = chunk
+                .iter()
+                .map(|u| Write::ZAdd {
+                    key: format!("followers:{author}"),
+                    member: u.clone(),
+                })
+                .collect();
+            store.apply(writes).await?;
+        }
+        let naive = if n <= args.naive_max {
+            tweet_id += 1;
+            let t = Instant::now();
+            naive_fan_out(&storage, tweet_id, &users).await?;
+            Some(t.elapsed())
+        } else {
+            None
+        };
+        tweet_id += 1;
+        let report = engine.fan_out(tweet_id, &author).await?;
+        anyhow::ensure!(
+            report.written == n as u64,
+            "fan-out wrote {} of {n}",
+            report.written
+        );
+        let real = report.elapsed;
+        let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        println!(
+            "{:>10}  {:>12} {:>12}  {:>12} {:>12.0}  {:>9}",
+            n,
+            naive.map_or("skipped".into(), |d| format!("{d:.2?}")),
+            naive.map_or("-".into(), |d| format!("{:.0}", rate(d))),
+            format!("{real:.2?}"),
+            rate(real),
+            naive.map_or("-".into(), |d| format!(
+                "{:.1}x",
+                d.as_secs_f64() / real.as_secs_f64()
+            )),
+        );
+    }
+    println!("\nstarling = followers paged over gRPC from the follower service + ZADD and cap (2 commands) per follower, pipelined; naive = 1 ZADD per follower, awaited one by one.");
+    crate::up::stop_all(running).await?;
+    Ok(())
+}
