@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use starling_discovery::{DeadlineLayer, Registration, Registry, ServiceInstance};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 use tracing::{info, warn};
@@ -156,9 +156,14 @@ pub async fn start(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stopped.await;
-        });
+        // tonic's own tcp_nodelay applies only to listeners it binds; ours (bound first, to
+        // learn the port) needs it set here, or small answers wait on delayed ACKs.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = stopped.await;
+            },
+        );
     let server = tokio::spawn(server);
 
     let (consumers_stop, consumers_stopped) = tokio::sync::watch::channel(false);

@@ -5,7 +5,8 @@
 //! 100 million followers. Here:
 //!
 //! * followers are read a page at a time from the follower service (never all at once),
-//!   the next page being fetched while the current one is written;
+//!   the next page being fetched while the current one is written; pages are a quarter of
+//!   the followers, between 1,000 and the configured page size (10,000 by default);
 //! * each page's writes (add + cap per follower) go to the store pipelined, in two
 //!   concurrent halves;
 //! * after each page the last follower written is checkpointed, so a crash resumes after
@@ -145,7 +146,9 @@ impl Fanout {
         if let Some(after) = &checkpoint {
             tracing::info!(tweet_id, %author, %after, "resuming fan-out from checkpoint");
         }
-        let size = self.settings.fanout_page;
+        // About four pages at least, so that reading the next page overlaps writing this
+        // one even for mid-sized fan-outs; never above the configured page.
+        let size = ((count / 4) as u32).clamp(1_000, self.settings.fanout_page.max(1_000));
         let mut cursor = checkpoint.unwrap_or_default();
         let mut written = 0u64;
         let mut pages = 0u64;
@@ -292,11 +295,11 @@ mod tests {
 
     #[tokio::test]
     async fn every_follower_and_the_author_get_the_tweet() {
-        let (f, storage) = engine(1_050, 10_000);
+        let (f, storage) = engine(2_050, 10_000);
         let report = f.fan_out(77, "author").await.unwrap();
-        assert_eq!(report.written, 1_050);
-        assert_eq!(report.pages, 11);
-        for u in users(1_050).iter().chain([&"author".to_string()]) {
+        assert_eq!(report.written, 2_050);
+        assert_eq!(report.pages, 3, "pages of 1,000");
+        for u in users(2_050).iter().chain([&"author".to_string()]) {
             assert!(storage.contains(u, 77).await.unwrap(), "{u}");
         }
         assert_eq!(

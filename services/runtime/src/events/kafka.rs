@@ -142,6 +142,9 @@ impl EventBus for KafkaBus {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "6000")
             .set("enable.partition.eof", "false")
+            // librdkafka long-polls the broker for up to 500 ms by default; the pipeline's
+            // end-to-end delay is dominated by it unless the broker answers early.
+            .set("fetch.wait.max.ms", "20")
             .create()
             .map_err(kafka)?;
         let names: Vec<String> = topics.iter().map(|t| self.name(t)).collect();

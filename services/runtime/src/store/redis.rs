@@ -1,10 +1,20 @@
 //! The production store: Redis through a deadpool connection pool. All keys get the
 //! configured prefix, so several deployments (or test runs) can share one Redis.
+//!
+//! Connections are redis-rs multiplexed connections: one carries any number of concurrent
+//! requests. deadpool's checkout, though, validates each connection with an `UNWATCH` +
+//! `PING` round trip, which would double the cost of every command. So the store keeps one
+//! checked-out connection and clones its multiplexed handle per command, and goes back to
+//! the pool (which replaces broken connections) only when that connection fails.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use deadpool_redis::{redis, Config, Pool, Runtime};
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::io::tcp::TcpSettings;
+use deadpool_redis::redis::IntoConnectionInfo;
+use deadpool_redis::{redis, Manager, Pool, Runtime};
 
 use super::{Lex, Store, StoreError, StoreResult, Write};
 
@@ -16,6 +26,8 @@ const PIPELINE_CHUNK: usize = 10_000;
 pub struct RedisStore {
     pool: Pool,
     prefix: String,
+    /// The connection in use (see the module docs).
+    current: Arc<Mutex<Option<deadpool_redis::Connection>>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -38,14 +50,24 @@ impl RedisStore {
     /// `url` like `redis://127.0.0.1:6379`; `prefix` is prepended to every key. Checks the
     /// server answers, so a wrong URL fails at start-up rather than on the first request.
     pub async fn connect(url: &str, prefix: &str, pool_size: usize) -> StoreResult<Self> {
-        let mut config = Config::from_url(url);
-        config.pool = Some(deadpool_redis::PoolConfig::new(pool_size.max(1)));
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| StoreError::Redis(format!("bad redis url {url}: {e}")))?;
+        let bad =
+            |e: &dyn std::fmt::Display| StoreError::Redis(format!("bad redis url {url}: {e}"));
+        // redis-rs leaves Nagle's algorithm on by default: small requests then wait for
+        // delayed ACKs (~40 ms stalls, seen in `starling bench fanout`). Turn it off.
+        let info = url
+            .into_connection_info()
+            .map_err(|e| bad(&e))?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let manager = Manager::new(info).map_err(|e| bad(&e))?;
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| bad(&e))?;
         let store = Self {
             pool,
             prefix: prefix.to_string(),
+            current: Arc::new(Mutex::new(None)),
         };
         let mut conn = store.conn().await?;
         redis::cmd("PING")
@@ -55,11 +77,39 @@ impl RedisStore {
         Ok(store)
     }
 
-    async fn conn(&self) -> StoreResult<deadpool_redis::Connection> {
-        self.pool
+    async fn conn(&self) -> StoreResult<MultiplexedConnection> {
+        if let Some(c) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return Ok((**c).clone());
+        }
+        let fresh = self
+            .pool
             .get()
             .await
-            .map_err(|e| StoreError::Redis(format!("no redis connection: {e}")))
+            .map_err(|e| StoreError::Redis(format!("no redis connection: {e}")))?;
+        let handle = (*fresh).clone();
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+        Ok(handle)
+    }
+
+    /// Maps an error, and drops the current connection if it is broken, so the next
+    /// command takes a validated one from the pool.
+    fn fail(&self, key: &str, e: redis::RedisError) -> StoreError {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+        {
+            self.current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        }
+        err(key, e)
     }
 
     fn k(&self, key: &str) -> String {
@@ -96,7 +146,7 @@ impl Store for RedisStore {
             .arg(self.k(key))
             .query_async(&mut c)
             .await
-            .map_err(|e| err(key, e))
+            .map_err(|e| self.fail(key, e))
     }
 
     async fn mget(&self, keys: &[String]) -> StoreResult<Vec<Option<Vec<u8>>>> {
@@ -108,7 +158,9 @@ impl Store for RedisStore {
         for key in keys {
             cmd.arg(self.k(key));
         }
-        cmd.query_async(&mut c).await.map_err(|e| err("<mget>", e))
+        cmd.query_async(&mut c)
+            .await
+            .map_err(|e| self.fail("<mget>", e))
     }
 
     async fn zadd(&self, key: &str, member: &str) -> StoreResult<bool> {
@@ -119,7 +171,7 @@ impl Store for RedisStore {
             .arg(member)
             .query_async(&mut c)
             .await
-            .map_err(|e| err(key, e))?;
+            .map_err(|e| self.fail(key, e))?;
         Ok(added == 1)
     }
 
@@ -130,7 +182,7 @@ impl Store for RedisStore {
             .arg(member)
             .query_async(&mut c)
             .await
-            .map_err(|e| err(key, e))?;
+            .map_err(|e| self.fail(key, e))?;
         Ok(removed == 1)
     }
 
@@ -140,7 +192,7 @@ impl Store for RedisStore {
             .arg(self.k(key))
             .query_async(&mut c)
             .await
-            .map_err(|e| err(key, e))
+            .map_err(|e| self.fail(key, e))
     }
 
     async fn zcontains(&self, key: &str, member: &str) -> StoreResult<bool> {
@@ -150,7 +202,7 @@ impl Store for RedisStore {
             .arg(member)
             .query_async(&mut c)
             .await
-            .map_err(|e| err(key, e))?;
+            .map_err(|e| self.fail(key, e))?;
         Ok(score.is_some())
     }
 
@@ -173,7 +225,7 @@ impl Store for RedisStore {
             }
         };
         cmd.arg("LIMIT").arg(0).arg(limit);
-        cmd.query_async(&mut c).await.map_err(|e| err(key, e))
+        cmd.query_async(&mut c).await.map_err(|e| self.fail(key, e))
     }
 
     async fn ztop(&self, key: &str, limit: usize) -> StoreResult<Vec<(String, f64)>> {
@@ -188,7 +240,7 @@ impl Store for RedisStore {
             .arg("WITHSCORES")
             .query_async(&mut c)
             .await
-            .map_err(|e| err(key, e))
+            .map_err(|e| self.fail(key, e))
     }
 
     async fn hgetall(&self, key: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
@@ -197,7 +249,7 @@ impl Store for RedisStore {
             .arg(self.k(key))
             .query_async(&mut c)
             .await
-            .map_err(|e| err(key, e))?;
+            .map_err(|e| self.fail(key, e))?;
         Ok(map.into_iter().collect())
     }
 
@@ -213,7 +265,7 @@ impl Store for RedisStore {
             }
             pipe.query_async::<()>(&mut c)
                 .await
-                .map_err(|e| err("<pipeline>", e))?;
+                .map_err(|e| self.fail("<pipeline>", e))?;
         }
         Ok(())
     }
