@@ -22,25 +22,21 @@ use tonic::Code;
 const SERVICES: [&str; 5] = ["tweet", "follower", "timeline", "tagger", "recommendation"];
 
 struct Cluster {
-    _etcd: Etcd,
+    // Field order: instances stop before their etcd.
     _instances: Vec<Instance>,
+    _backends: AppBackends,
     mesh: Mesh,
 }
 
 impl Cluster {
     /// `None` when the backends are missing off CI (the test then skips).
     async fn start(tag: &str, extra: &[&str]) -> Option<Cluster> {
-        let redis = shared("STARLING_TEST_REDIS")?;
-        let kafka = shared("STARLING_TEST_KAFKA")?;
-        let etcd = Etcd::start().await?;
-        let ns = fresh_namespace(tag);
-        let mut args = vec!["--redis", &redis, "--kafka", &kafka];
-        args.extend_from_slice(extra);
+        let b = AppBackends::start(tag).await?;
         let mut instances = Vec::new();
         for s in SERVICES {
-            instances.push(Instance::serve_with(s, &etcd, &ns, &args, Stdio::null()).await);
+            instances.push(b.serve(s, extra, Stdio::null()).await);
         }
-        let registry = Arc::new(etcd.registry(&ns, LEASE_TTL).await);
+        let registry = Arc::new(b.etcd.registry(&b.namespace, LEASE_TTL).await);
         let mesh = Mesh::new(
             registry,
             MeshConfig::new(starling_proto::idempotent_methods()),
@@ -54,8 +50,8 @@ impl Cluster {
             );
         }
         Some(Cluster {
-            _etcd: etcd,
             _instances: instances,
+            _backends: b,
             mesh,
         })
     }

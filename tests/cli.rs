@@ -73,6 +73,64 @@ fn bad_input_gets_a_precise_error() {
     assert!(!out.status.success());
 }
 
+/// Starts `starling up` with `args` on the embedded backends and returns the child and the
+/// lines it printed up to its "instances up" banner.
+async fn start_up(args: &[&str]) -> (std::process::Child, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .arg("up")
+        .args(args)
+        .env("STARLING_LOG", "warn")
+        .env_remove("STARLING_ETCD")
+        .env_remove("STARLING_REDIS")
+        .env_remove("STARLING_KAFKA")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start starling up");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let done = line.contains("instances up");
+            out.push(line);
+            if done {
+                break;
+            }
+        }
+        out
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
+        .await
+        .expect("up announced itself")
+        .expect("reader thread");
+    (child, lines)
+}
+
+/// The address `starling up` printed for `service` ("starling: <service> <addr>  (...)").
+fn address_of(lines: &[String], service: &str) -> String {
+    lines
+        .iter()
+        .find(|l| l.split_whitespace().nth(1) == Some(service))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_else(|| panic!("{service} missing from {lines:?}"))
+        .to_string()
+}
+
+/// SIGTERM; every instance deregisters, drains and the process exits 0.
+async fn stop_cleanly(child: std::process::Child) {
+    let mut child = child;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
 fn http_get(addr: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     write!(
@@ -88,39 +146,8 @@ fn http_get(addr: &str, path: &str) -> String {
 #[tokio::test]
 async fn up_serves_every_service_with_health_reflection_and_metrics() {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_starling"))
-        .args(["up", "--replicas", "2", "--metrics", &metrics_addr])
-        .env("STARLING_LOG", "warn")
-        .env_remove("STARLING_ETCD")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start starling up");
-    let stdout = child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let done = line.contains("instances up");
-            out.push(line);
-            if done {
-                break;
-            }
-        }
-        out
-    });
-    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
-        .await
-        .expect("up announced")
-        .unwrap();
-    // "starling: <service> <addr>  (<grpc name>)"
-    let addr_of = |service: &str| -> String {
-        lines
-            .iter()
-            .find(|l| l.split_whitespace().nth(1) == Some(service))
-            .and_then(|l| l.split_whitespace().nth(2))
-            .unwrap_or_else(|| panic!("{service} missing from {lines:?}"))
-            .to_string()
-    };
+    let (child, lines) = start_up(&["--replicas", "2", "--metrics", &metrics_addr]).await;
+    let addr_of = |service: &str| address_of(&lines, service);
     assert_eq!(
         lines.iter().filter(|l| l.contains("(starling.")).count(),
         10,
@@ -233,15 +260,121 @@ async fn up_serves_every_service_with_health_reflection_and_metrics() {
     }
 
     // SIGTERM: every instance deregisters, drains and the process exits cleanly.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    stop_cleanly(child).await;
+}
+
+/// `starling up` with nothing installed is the whole app: follow, post, read, tags and
+/// recommendations flow through the embedded registry, store and event bus.
+#[tokio::test]
+async fn up_alone_is_a_working_app() {
+    use starling_proto::follower::v1::{
+        follower_service_client::FollowerServiceClient, FollowRequest,
+    };
+    use starling_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
+    use starling_proto::recommendation::v1::{
+        EngagementKind, RecommendRequest, RecordEngagementRequest,
+    };
+    use starling_proto::timeline::v1::{
+        timeline_service_client::TimelineServiceClient, GetHomeTimelineRequest,
+    };
+    use starling_proto::tweet::v1::CreateTweetRequest;
+
+    let (child, lines) = start_up(&[]).await;
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.contains("store: embedded") && l.contains("events: embedded")),
+        "{lines:?}"
+    );
+    let channel = |service: &str| {
+        let addr = address_of(&lines, service);
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy()
+    };
+    FollowerServiceClient::new(channel("follower"))
+        .follow(FollowRequest {
+            follower: "alice".into(),
+            followee: "bob".into(),
+        })
+        .await
+        .unwrap();
+    let posted = TweetServiceClient::new(channel("tweet"))
+        .create_tweet(CreateTweetRequest {
+            author: "bob".into(),
+            text: "Finished a great novel for my book club".into(),
+        })
         .await
         .unwrap()
+        .into_inner()
+        .tweet
         .unwrap();
-    assert!(status.success(), "{status}");
+    let mut timeline = TimelineServiceClient::new(channel("timeline"));
+    let shown = eventually(Duration::from_secs(10), || {
+        let mut timeline = timeline.clone();
+        async move {
+            let home = timeline
+                .get_home_timeline(GetHomeTimelineRequest {
+                    user: "alice".into(),
+                    page_size: 10,
+                    page_token: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            home.tweets
+                .iter()
+                .any(|t| t.id == posted.id && t.tags.iter().any(|g| g == "bookworms"))
+        }
+    })
+    .await;
+    assert!(shown, "bob's tweet, tagged, in alice's timeline");
+    let mut recs = RecommendationServiceClient::new(channel("recommendation"));
+    recs.record_engagement(RecordEngagementRequest {
+        user: "carol".into(),
+        tweet_id: posted.id,
+        kind: EngagementKind::Like as i32,
+    })
+    .await
+    .unwrap();
+    let _ = timeline
+        .get_home_timeline(GetHomeTimelineRequest {
+            user: "carol".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dave = TweetServiceClient::new(channel("tweet"))
+        .create_tweet(CreateTweetRequest {
+            author: "dave".into(),
+            text: "My book club picked a new novel, reading all weekend".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tweet
+        .unwrap();
+    let recommended = eventually(Duration::from_secs(10), || {
+        let mut recs = recs.clone();
+        async move {
+            let items = recs
+                .recommend(RecommendRequest {
+                    user: "carol".into(),
+                    limit: 5,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .items;
+            items
+                .first()
+                .is_some_and(|i| i.tweet.as_ref().is_some_and(|t| t.id == dave.id))
+        }
+    })
+    .await;
+    assert!(
+        recommended,
+        "carol liked a book tweet: dave's book tweet is recommended to her"
+    );
+    stop_cleanly(child).await;
 }

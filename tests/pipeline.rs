@@ -41,26 +41,13 @@ async fn delivered(redis_url: &str, ns: &str, users: &[String], tweet_id: u64) -
 #[tokio::test]
 async fn fan_out_to_100k_followers_survives_kill_9_and_resumes() {
     let _serial = serial().await;
-    let Some(redis_url) = shared("STARLING_TEST_REDIS") else {
+    let Some(b) = AppBackends::start("crash").await else {
         return;
     };
-    let Some(kafka) = shared("STARLING_TEST_KAFKA") else {
-        return;
-    };
-    let Some(etcd) = Etcd::start().await else {
-        return;
-    };
-    let ns = fresh_namespace("crash");
-    let backends = [
-        "--redis",
-        &redis_url,
-        "--kafka",
-        &kafka,
-        "--fanout-page",
-        "1000",
-    ];
-    let _follower = Instance::serve_with("follower", &etcd, &ns, &backends, Stdio::null()).await;
-    let timeline = Instance::serve_with("timeline", &etcd, &ns, &backends, Stdio::null()).await;
+    let (redis_url, ns) = (b.redis.clone(), b.namespace.clone());
+    let page = ["--fanout-page", "1000"];
+    let _follower = b.serve("follower", &page, Stdio::null()).await;
+    let timeline = b.serve("timeline", &page, Stdio::null()).await;
 
     // 100,000 followers of "celeb", written straight into the follower service's storage.
     let store = RedisStore::connect(&redis_url, &format!("{ns}:"), 2)
@@ -81,7 +68,7 @@ async fn fan_out_to_100k_followers_survives_kill_9_and_resumes() {
         .unwrap();
 
     let tweet_id = 4_242_424_242;
-    let bus = KafkaBus::connect(&kafka, &ns).await.unwrap();
+    let bus = KafkaBus::connect(&b.kafka, &ns).await.unwrap();
     let event = TweetCreated {
         tweet_id,
         author: "celeb".into(),
@@ -119,7 +106,7 @@ async fn fan_out_to_100k_followers_survives_kill_9_and_resumes() {
     // A new consumer process: Kafka redelivers the uncommitted event and the fan-out resumes.
     let log_path = std::env::temp_dir().join(format!("{ns}-timeline.log"));
     let log = std::fs::File::create(&log_path).unwrap();
-    let _timeline = Instance::serve_with("timeline", &etcd, &ns, &backends, Stdio::from(log)).await;
+    let _timeline = b.serve("timeline", &page, Stdio::from(log)).await;
     let done = eventually(Duration::from_secs(120), || async {
         store.get(&checkpoint).await.unwrap().is_none()
     })
@@ -151,20 +138,13 @@ async fn fan_out_to_100k_followers_survives_kill_9_and_resumes() {
 #[tokio::test]
 async fn poison_message_goes_to_dead_letters_and_later_ones_flow() {
     let _serial = serial().await;
-    let Some(redis_url) = shared("STARLING_TEST_REDIS") else {
+    let Some(b) = AppBackends::start("poison").await else {
         return;
     };
-    let Some(kafka) = shared("STARLING_TEST_KAFKA") else {
-        return;
-    };
-    let Some(etcd) = Etcd::start().await else {
-        return;
-    };
-    let ns = fresh_namespace("poison");
-    let backends = ["--redis", &redis_url, "--kafka", &kafka];
-    let _follower = Instance::serve_with("follower", &etcd, &ns, &backends, Stdio::null()).await;
-    let _timeline = Instance::serve_with("timeline", &etcd, &ns, &backends, Stdio::null()).await;
-    let bus: Arc<dyn EventBus> = Arc::new(KafkaBus::connect(&kafka, &ns).await.unwrap());
+    let (redis_url, ns) = (b.redis.clone(), b.namespace.clone());
+    let _follower = b.serve("follower", &[], Stdio::null()).await;
+    let _timeline = b.serve("timeline", &[], Stdio::null()).await;
+    let bus: Arc<dyn EventBus> = Arc::new(KafkaBus::connect(&b.kafka, &ns).await.unwrap());
     let mut dead = bus
         .subscribe(
             "dlq-reader",

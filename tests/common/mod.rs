@@ -196,6 +196,42 @@ impl Drop for Etcd {
     }
 }
 
+/// Everything an application test runs against: the shared Redis and Kafka-protocol broker
+/// of `scripts/test.sh`, an etcd of its own, and a namespace no other test uses.
+pub struct AppBackends {
+    pub redis: String,
+    pub kafka: String,
+    pub etcd: Etcd,
+    pub namespace: String,
+}
+
+impl AppBackends {
+    /// `None` (skip) when a backend is missing off CI; a panic under CI.
+    pub async fn start(tag: &str) -> Option<AppBackends> {
+        let redis = shared("STARLING_TEST_REDIS")?;
+        let kafka = shared("STARLING_TEST_KAFKA")?;
+        let etcd = Etcd::start().await?;
+        Some(AppBackends {
+            redis,
+            kafka,
+            etcd,
+            namespace: fresh_namespace(tag),
+        })
+    }
+
+    /// Starts `service` on these backends with `extra` arguments; its log goes to `stderr`.
+    pub async fn serve(&self, service: &str, extra: &[&str], stderr: Stdio) -> Instance {
+        let mut args = vec![
+            "--redis",
+            self.redis.as_str(),
+            "--kafka",
+            self.kafka.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        Instance::serve_with(service, &self.etcd, &self.namespace, &args, stderr).await
+    }
+}
+
 /// A `starling serve` child process.
 pub struct Instance {
     child: Child,

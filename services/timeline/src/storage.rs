@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use starling_runtime::store::{id_member, parse_id_member, Lex, Store, StoreResult, Write};
+use starling_runtime::store::{id_member, newest_ids, Store, StoreResult, Write};
 
 #[derive(Clone)]
 pub struct TimelineStorage {
@@ -79,12 +79,7 @@ impl TimelineStorage {
         before: Option<u64>,
         limit: usize,
     ) -> StoreResult<Vec<u64>> {
-        let cursor = before.map(id_member);
-        let members = self
-            .store
-            .zrange_lex(&home_key(user), Lex::Before(cursor.as_deref()), limit)
-            .await?;
-        Ok(members.iter().filter_map(|m| parse_id_member(m)).collect())
+        newest_ids(&*self.store, &home_key(user), before, limit).await
     }
 
     pub async fn contains(&self, user: &str, tweet_id: u64) -> StoreResult<bool> {

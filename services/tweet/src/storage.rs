@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use prost::Message;
 use starling_proto::tweet::v1::Tweet;
-use starling_runtime::store::{id_member, parse_id_member, Lex, Store, StoreResult, Write};
+use starling_runtime::store::{id_member, newest_ids, Store, StoreResult, Write};
 
 #[derive(Clone)]
 pub struct TweetStorage {
@@ -94,15 +94,6 @@ impl TweetStorage {
         before: Option<u64>,
         limit: usize,
     ) -> StoreResult<Vec<u64>> {
-        let cursor = before.map(id_member);
-        let members = self
-            .store
-            .zrange_lex(
-                &user_tweets_key(user),
-                Lex::Before(cursor.as_deref()),
-                limit,
-            )
-            .await?;
-        Ok(members.iter().filter_map(|m| parse_id_member(m)).collect())
+        newest_ids(&*self.store, &user_tweets_key(user), before, limit).await
     }
 }

@@ -37,6 +37,21 @@ pub fn parse_id_member(member: &str) -> Option<u64> {
     (member.len() == 20).then(|| member.parse().ok()).flatten()
 }
 
+/// Up to `limit` ids of an id-ordered set (see the module docs) older than `before`,
+/// newest first: the read behind every cursor-paged, newest-first list.
+pub async fn newest_ids(
+    store: &dyn Store,
+    key: &str,
+    before: Option<u64>,
+    limit: usize,
+) -> StoreResult<Vec<u64>> {
+    let cursor = before.map(id_member);
+    let members = store
+        .zrange_lex(key, Lex::Before(cursor.as_deref()), limit)
+        .await?;
+    Ok(members.iter().filter_map(|m| parse_id_member(m)).collect())
+}
+
 /// Direction and start of a lexicographic range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lex<'a> {
