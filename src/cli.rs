@@ -29,9 +29,71 @@ pub enum Command {
     /// Run every service (optionally several replicas each) in this process, on the embedded
     /// in-memory registry unless --etcd is given.
     Up(UpArgs),
+    /// Run the HTTP gateway (JSON API, web UI, gRPC-Web) and the gRPC pass-through.
+    Gateway(GatewayArgs),
+    /// Check an instance's grpc.health.v1 status: exit 0 when SERVING (for container health
+    /// checks and scripts).
+    Health(HealthArgs),
     /// Benchmarks (loopback only).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// Where the gateway listens and how it signs tokens.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayListenArgs {
+    /// HTTP address: JSON API, web UI, gRPC-Web, /healthz, /readyz, /metrics.
+    #[arg(long, env = "STARLING_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// gRPC address: every Starling service passed through, plus health and reflection.
+    #[arg(long, env = "STARLING_GRPC", default_value = "127.0.0.1:8081")]
+    pub grpc: SocketAddr,
+    /// Secret that signs sign-in tokens; give every gateway replica the same one. When
+    /// absent a random one is made, so tokens do not survive a restart.
+    #[arg(long, env = "STARLING_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// How long a sign-in token is valid, in seconds.
+    #[arg(long, env = "STARLING_TOKEN_TTL_SECS", default_value_t = 86_400)]
+    pub token_ttl_secs: u64,
+}
+
+impl GatewayListenArgs {
+    pub fn config(&self) -> starling_gateway::GatewayConfig {
+        starling_gateway::GatewayConfig {
+            http: self.http,
+            grpc: self.grpc,
+            token_secret: self.token_secret.clone(),
+            token_ttl: Duration::from_secs(self.token_ttl_secs),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub listen: GatewayListenArgs,
+    /// etcd client URLs, comma-separated.
+    #[arg(long, env = "STARLING_ETCD", value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// Serve Prometheus metrics on this address too (they are also on the HTTP port).
+    #[arg(long, env = "STARLING_METRICS")]
+    pub metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    #[command(flatten)]
+    pub backends: BackendArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// host:port of a Starling instance or gateway gRPC port.
+    pub address: String,
+    /// The service to ask about (default: the whole server).
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 3_000)]
+    pub timeout_ms: u64,
 }
 
 /// How this process discovers and calls other services.
@@ -67,6 +129,14 @@ fn parse_target_policy(s: &str) -> Result<(String, Policy), String> {
 impl MeshArgs {
     pub fn mesh_config(&self) -> MeshConfig {
         let mut config = MeshConfig::new(starling_proto::idempotent_methods());
+        // A user's timeline reads go to the same instance (and its caches) unless told
+        // otherwise.
+        config = config.with_policy(
+            "timeline",
+            Policy::ConsistentHash {
+                header: "x-user-id".into(),
+            },
+        );
         config.call_timeout = Duration::from_millis(self.call_timeout_ms);
         config.no_endpoint_timeout = Duration::from_millis(self.no_endpoint_timeout_ms);
         for (service, policy) in &self.policies {
@@ -150,6 +220,8 @@ pub struct UpArgs {
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long, env = "STARLING_METRICS")]
     pub metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    pub gateway: GatewayListenArgs,
     #[command(flatten)]
     pub mesh: MeshArgs,
     #[command(flatten)]

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod gateway;
 pub mod serve;
 pub mod services;
 pub mod up;
@@ -13,6 +14,8 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Serve(args) => serve::run(args).await,
         cli::Command::Up(args) => up::run(args).await,
+        cli::Command::Gateway(args) => gateway::run(args).await,
+        cli::Command::Health(args) => gateway::health(args).await,
         cli::Command::Bench(cmd) => bench::run(cmd).await,
     }
 }

@@ -52,12 +52,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let ctx = crate::services::context(&args.backends, &args.mesh, &args.etcd).await?;
     let running = start_all(&ctx, &ServiceKind::ALL, args.host, args.replicas, true).await?;
+    let gateway = starling_gateway::start(args.gateway.config(), &ctx).await?;
+    println!("starling: gateway http://{}", gateway.http_addr);
+    println!("starling: gateway-grpc {}", gateway.grpc_addr);
     println!(
-        "starling: {} instances up ({}); try `grpcurl -plaintext {} list`. Ctrl-C stops.",
+        "starling: {} instances up ({}); open http://{} or try `grpcurl -plaintext {} list`. Ctrl-C stops.",
         running.len(),
         crate::services::describe(&args.backends, &args.etcd),
-        running[0].instance.address
+        gateway.http_addr,
+        gateway.grpc_addr
     );
     starling_runtime::shutdown::signal().await;
+    gateway.stop().await?;
     stop_all(running).await
 }

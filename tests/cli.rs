@@ -77,7 +77,7 @@ fn bad_input_gets_a_precise_error() {
 /// lines it printed up to its "instances up" banner.
 async fn start_up(args: &[&str]) -> (std::process::Child, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_starling"))
-        .arg("up")
+        .args(["up", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
         .args(args)
         .env("STARLING_LOG", "warn")
         .env_remove("STARLING_ETCD")
@@ -214,6 +214,25 @@ async fn up_serves_every_service_with_health_reflection_and_metrics() {
         "the NOT_FOUND call is counted with its code"
     );
     assert!(metrics.contains("starling_server_request_duration_seconds_bucket"));
+
+    // The health probe container health checks use.
+    let out = starling(&[
+        "health",
+        &addr_of("tagger"),
+        "--service",
+        "starling.tagger.v1.TaggerService",
+    ]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SERVING"),
+        "{out:?}"
+    );
+    let out = starling(&[
+        "health",
+        &format!("127.0.0.1:{}", free_port()),
+        "--timeout-ms",
+        "500",
+    ]);
+    assert!(!out.status.success(), "nothing listens there");
 
     // Reflection, through grpcurl 1.8.6 (which speaks only v1alpha).
     if let Some(grpcurl) = require_binary("grpcurl") {

@@ -1,0 +1,504 @@
+//! The JSON routes under `/api`: each one checks its input, calls a service through the
+//! mesh (`XServiceClient::new(ctx.mesh.channel("x"))`) and reshapes the answer as JSON.
+//!
+//! The gateway holds no application state of its own (accounts aside, see `auth.rs`): the
+//! services own the data and the validation rules, and their INVALID_ARGUMENT messages are
+//! passed to the client as they are. What the gateway adds is authorisation (the acting
+//! user is the token's user), JSON-friendly shapes (64-bit ids as decimal strings, since a
+//! JavaScript number cannot hold them; timestamps as RFC 3339) and, for the timeline
+//! service, the `x-user-id` header its consistent-hash balancing keys on.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
+use starling_proto::follower::v1::{
+    FollowRequest, GetFollowCountsRequest, ListFollowersRequest, ListFollowingRequest,
+    UnfollowRequest,
+};
+use starling_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
+use starling_proto::recommendation::v1::{
+    EngagementKind, RecommendRequest, RecordEngagementRequest,
+};
+use starling_proto::tagger::v1::tagger_service_client::TaggerServiceClient;
+use starling_proto::tagger::v1::ListTagsRequest;
+use starling_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
+use starling_proto::timeline::v1::{GetHomeTimelineRequest, GetHomeTimelineResponse};
+use starling_proto::tweet::v1::tweet_service_client::TweetServiceClient;
+use starling_proto::tweet::v1::{CreateTweetRequest, GetTweetRequest, ListUserTweetsRequest};
+use starling_runtime::{check_user, ServiceContext};
+
+use crate::auth::{ensure_self, AuthUser};
+use crate::errors::ApiError;
+use crate::AppState;
+
+/// The header the timeline service's consistent-hash balancing reads.
+pub const USER_HEADER: &str = "x-user-id";
+
+/// `Json<T>` whose rejection is an [`ApiError`] (400 with a JSON body) instead of axum's
+/// plain-text answer.
+#[derive(Debug, Clone)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let r: Result<Json<T>, JsonRejection> = Json::from_request(req, state).await;
+        Ok(ApiJson(r?.0))
+    }
+}
+
+/// A tweet as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TweetJson {
+    pub id: String,
+    pub author: String,
+    pub text: String,
+    pub created_at: String,
+    pub tags: Vec<String>,
+}
+
+impl From<starling_proto::tweet::v1::Tweet> for TweetJson {
+    fn from(t: starling_proto::tweet::v1::Tweet) -> Self {
+        let created_at = t
+            .created_at
+            .map(|ts| rfc3339(ts.seconds, ts.nanos))
+            .unwrap_or_default();
+        Self {
+            id: t.id.to_string(),
+            author: t.author,
+            text: t.text,
+            created_at,
+            tags: t.tags,
+        }
+    }
+}
+
+/// Formats a Unix time as RFC 3339 in UTC (`2024-05-01T12:34:56.789Z`; milliseconds only
+/// when non-zero).
+pub fn rfc3339(seconds: i64, nanos: i32) -> String {
+    let days = seconds.div_euclid(86_400);
+    let secs_of_day = seconds.rem_euclid(86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (
+        secs_of_day / 3600,
+        secs_of_day % 3600 / 60,
+        secs_of_day % 60,
+    );
+    let millis = nanos.clamp(0, 999_999_999) / 1_000_000;
+    if millis == 0 {
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+    } else {
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
+    }
+}
+
+/// Parses a tweet id given as a decimal string (or, leniently, a JSON number).
+fn parse_id(field: &str, raw: &str) -> Result<u64, ApiError> {
+    raw.trim().parse::<u64>().map_err(|_| {
+        ApiError::bad_request(format!("{field} must be a decimal tweet id (got {raw:?})"))
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum IdValue {
+    Text(String),
+    Number(u64),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PageQuery {
+    pub page_size: Option<u32>,
+    pub page_token: Option<String>,
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    Ok(q?.0)
+}
+
+pub(crate) fn user_path(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let user = p?.0;
+    check_user("user", &user)?;
+    Ok(user)
+}
+
+#[derive(Debug, Serialize)]
+pub struct TweetPage {
+    pub tweets: Vec<TweetJson>,
+    pub next_page_token: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserPage {
+    pub users: Vec<String>,
+    pub next_page_token: String,
+}
+
+/// One page of `user`'s home timeline, with the `x-user-id` routing header set.
+pub async fn home_timeline(
+    ctx: &ServiceContext,
+    user: &str,
+    page_size: u32,
+    page_token: String,
+) -> Result<GetHomeTimelineResponse, ApiError> {
+    check_user("user", user)?;
+    let mut req = tonic::Request::new(GetHomeTimelineRequest {
+        user: user.to_string(),
+        page_size,
+        page_token,
+    });
+    let value = user
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("user {user:?} is not a valid header value")))?;
+    req.metadata_mut().insert(USER_HEADER, value);
+    Ok(TimelineServiceClient::new(ctx.mesh.channel("timeline"))
+        .get_home_timeline(req)
+        .await?
+        .into_inner())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PostTweet {
+    pub text: String,
+    pub author: Option<String>,
+}
+
+/// `POST /api/tweets`.
+pub async fn create_tweet(
+    State(state): State<AppState>,
+    AuthUser(me): AuthUser,
+    ApiJson(body): ApiJson<PostTweet>,
+) -> Result<impl IntoResponse, ApiError> {
+    let author = ensure_self(&me, body.author.as_deref(), "author")?;
+    let tweet = TweetServiceClient::new(state.ctx.mesh.channel("tweet"))
+        .create_tweet(CreateTweetRequest {
+            author,
+            text: body.text,
+        })
+        .await?
+        .into_inner()
+        .tweet
+        .ok_or_else(|| ApiError::internal("the tweet service answered without a tweet"))?;
+    Ok((StatusCode::CREATED, Json(TweetJson::from(tweet))))
+}
+
+/// `GET /api/tweets/{id}`.
+pub async fn get_tweet(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<TweetJson>, ApiError> {
+    let id = parse_id("id", &id?.0)?;
+    let tweet = TweetServiceClient::new(state.ctx.mesh.channel("tweet"))
+        .get_tweet(GetTweetRequest { id })
+        .await?
+        .into_inner()
+        .tweet
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no tweet {id}")))?;
+    Ok(Json(tweet.into()))
+}
+
+/// `GET /api/users/{user}`.
+pub async fn get_user(
+    State(state): State<AppState>,
+    user: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = user_path(user)?;
+    let counts = FollowerServiceClient::new(state.ctx.mesh.channel("follower"))
+        .get_follow_counts(GetFollowCountsRequest { user: user.clone() })
+        .await?
+        .into_inner();
+    Ok(Json(serde_json::json!({
+        "user": user,
+        "followers": counts.followers,
+        "following": counts.following,
+    })))
+}
+
+/// `GET /api/users/{user}/tweets`.
+pub async fn user_tweets(
+    State(state): State<AppState>,
+    user: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<TweetPage>, ApiError> {
+    let user = user_path(user)?;
+    let q = query(q)?;
+    let page = TweetServiceClient::new(state.ctx.mesh.channel("tweet"))
+        .list_user_tweets(ListUserTweetsRequest {
+            user,
+            page_size: q.page_size.unwrap_or(0),
+            page_token: q.page_token.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    Ok(Json(TweetPage {
+        tweets: page.tweets.into_iter().map(Into::into).collect(),
+        next_page_token: page.next_page_token,
+    }))
+}
+
+/// `GET /api/users/{user}/timeline`.
+pub async fn user_timeline(
+    State(state): State<AppState>,
+    user: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<TweetPage>, ApiError> {
+    let user = user_path(user)?;
+    let q = query(q)?;
+    let page = home_timeline(
+        &state.ctx,
+        &user,
+        q.page_size.unwrap_or(0),
+        q.page_token.unwrap_or_default(),
+    )
+    .await?;
+    Ok(Json(TweetPage {
+        tweets: page.tweets.into_iter().map(Into::into).collect(),
+        next_page_token: page.next_page_token,
+    }))
+}
+
+/// `GET /api/users/{user}/followers`.
+pub async fn followers(
+    State(state): State<AppState>,
+    user: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<UserPage>, ApiError> {
+    let user = user_path(user)?;
+    let q = query(q)?;
+    let page = FollowerServiceClient::new(state.ctx.mesh.channel("follower"))
+        .list_followers(ListFollowersRequest {
+            user,
+            page_size: q.page_size.unwrap_or(0),
+            page_token: q.page_token.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    Ok(Json(UserPage {
+        users: page.users,
+        next_page_token: page.next_page_token,
+    }))
+}
+
+/// `GET /api/users/{user}/following`.
+pub async fn following(
+    State(state): State<AppState>,
+    user: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<UserPage>, ApiError> {
+    let user = user_path(user)?;
+    let q = query(q)?;
+    let page = FollowerServiceClient::new(state.ctx.mesh.channel("follower"))
+        .list_following(ListFollowingRequest {
+            user,
+            page_size: q.page_size.unwrap_or(0),
+            page_token: q.page_token.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    Ok(Json(UserPage {
+        users: page.users,
+        next_page_token: page.next_page_token,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FollowBody {
+    pub followee: String,
+    pub follower: Option<String>,
+}
+
+/// `POST /api/follows`.
+pub async fn follow(
+    State(state): State<AppState>,
+    AuthUser(me): AuthUser,
+    ApiJson(body): ApiJson<FollowBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let follower = ensure_self(&me, body.follower.as_deref(), "follower")?;
+    let changed = FollowerServiceClient::new(state.ctx.mesh.channel("follower"))
+        .follow(FollowRequest {
+            follower,
+            followee: body.followee,
+        })
+        .await?
+        .into_inner()
+        .changed;
+    Ok(Json(serde_json::json!({ "changed": changed })))
+}
+
+/// `DELETE /api/follows/{followee}`.
+pub async fn unfollow(
+    State(state): State<AppState>,
+    AuthUser(me): AuthUser,
+    followee: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let followee = followee?.0;
+    let changed = FollowerServiceClient::new(state.ctx.mesh.channel("follower"))
+        .unfollow(UnfollowRequest {
+            follower: me,
+            followee,
+        })
+        .await?
+        .into_inner()
+        .changed;
+    Ok(Json(serde_json::json!({ "changed": changed })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RecommendQuery {
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Recommendation {
+    pub tweet: Option<TweetJson>,
+    pub score: f64,
+    pub reasons: Vec<String>,
+}
+
+/// `GET /api/users/{user}/recommendations`.
+pub async fn recommendations(
+    State(state): State<AppState>,
+    user: Result<Path<String>, PathRejection>,
+    q: Result<Query<RecommendQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = user_path(user)?;
+    let q = q?.0;
+    let items: Vec<Recommendation> =
+        RecommendationServiceClient::new(state.ctx.mesh.channel("recommendation"))
+            .recommend(RecommendRequest {
+                user,
+                limit: q.limit.unwrap_or(0),
+            })
+            .await?
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|r| Recommendation {
+                tweet: r.tweet.map(Into::into),
+                score: r.score,
+                reasons: r.reasons,
+            })
+            .collect();
+    Ok(Json(serde_json::json!({ "items": items })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EngagementBody {
+    pub tweet_id: IdValue,
+    pub kind: String,
+    pub user: Option<String>,
+}
+
+/// `POST /api/engagements`.
+pub async fn record_engagement(
+    State(state): State<AppState>,
+    AuthUser(me): AuthUser,
+    ApiJson(body): ApiJson<EngagementBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let user = ensure_self(&me, body.user.as_deref(), "user")?;
+    let tweet_id = match body.tweet_id {
+        IdValue::Text(s) => parse_id("tweet_id", &s)?,
+        IdValue::Number(n) => n,
+    };
+    let kind = match body.kind.as_str() {
+        "click" => EngagementKind::Click,
+        "like" => EngagementKind::Like,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "kind must be \"click\" or \"like\" (got {other:?})"
+            )))
+        }
+    };
+    let event_id = RecommendationServiceClient::new(state.ctx.mesh.channel("recommendation"))
+        .record_engagement(RecordEngagementRequest {
+            user,
+            tweet_id,
+            kind: kind as i32,
+        })
+        .await?
+        .into_inner()
+        .event_id;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "event_id": event_id })),
+    ))
+}
+
+/// `GET /api/tags`.
+pub async fn tags(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let tags = TaggerServiceClient::new(state.ctx.mesh.channel("tagger"))
+        .list_tags(ListTagsRequest {})
+        .await?
+        .into_inner()
+        .tags;
+    Ok(Json(serde_json::json!({ "tags": tags })))
+}
+
+/// Answers unknown `/api/...` paths with a JSON 404.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such API route: {}", uri.path()),
+    )
+}
+
+/// Answers a known path with the wrong method with a JSON 405.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400, 0), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            rfc3339(1_714_566_896, 789_000_000),
+            "2024-05-01T12:34:56.789Z"
+        );
+        assert_eq!(rfc3339(-1, 0), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn ids_are_strings_in_json() {
+        let t = starling_proto::tweet::v1::Tweet {
+            id: u64::MAX,
+            author: "a".into(),
+            text: "t".into(),
+            created_at: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
+            tags: vec!["books".into()],
+        };
+        let v = serde_json::to_value(TweetJson::from(t)).unwrap();
+        assert_eq!(v["id"], "18446744073709551615");
+        assert_eq!(v["created_at"], "1970-01-01T00:00:00Z");
+        assert!(parse_id("id", "12x").is_err());
+    }
+}

@@ -1,0 +1,505 @@
+//! Accounts and tokens: sign-up, sign-in, the bearer-token extractor and the brute-force
+//! limiter.
+//!
+//! Why each piece is the way it is:
+//! * Passwords are stored as argon2id PHC strings under `account:<user>` in the shared
+//!   store, so every gateway replica sees every account. Hashing is deliberately slow, so it
+//!   runs on the blocking pool behind a semaphore (one permit per core): a burst of
+//!   sign-ups cannot starve the async workers that serve everything else.
+//! * A user name is claimed with `ZADD accounts <user>` before the hash is written: that
+//!   is atomic in Redis and in the memory store, so two replicas racing to create the same
+//!   user cannot both succeed (`get` then `set` alone could).
+//! * Tokens are stateless, `v1.<user>.<expiry unix seconds>.<HMAC-SHA256>`: checking one
+//!   costs a MAC, not a store round trip, and any replica holding the secret accepts it.
+//!   Without a configured secret a random one is drawn per process (tokens then die with
+//!   the process and are not shared between replicas).
+//! * The limiter counts failed sign-ins per user and per client IP in a sliding 60 s window;
+//!   after 5, every attempt on that key (right password or not) answers 429 until the
+//!   oldest failure leaves the window, so guessing cannot continue at full speed. It lives
+//!   in the gateway's memory: each replica limits on its own.
+//! * A sign-in for an unknown user verifies against a dummy hash, so the answer time does
+//!   not reveal which user names exist, and the message is the same as for a wrong password.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use starling_runtime::store::Write;
+use tokio::sync::Semaphore;
+
+use crate::api::{rfc3339, ApiJson};
+use crate::errors::ApiError;
+use crate::AppState;
+
+/// Failed sign-ins allowed per user and per client IP within [`FAILURE_WINDOW`].
+pub const MAX_FAILURES: usize = 5;
+/// The sliding window of the brute-force limiter.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+const TOKEN_VERSION: &str = "v1";
+const ACCOUNTS_KEY: &str = "accounts";
+const MIN_PASSWORD: usize = 8;
+const MAX_PASSWORD: usize = 128;
+/// Limiter keys kept before stale ones are swept (bounds memory under a spray of IPs).
+const LIMITER_SWEEP_AT: usize = 10_000;
+
+fn account_key(user: &str) -> String {
+    format!("account:{user}")
+}
+
+/// Everything sign-up, sign-in and token checks need, shared by all requests.
+pub struct Auth {
+    secret: Vec<u8>,
+    ttl: Duration,
+    limiter: Limiter,
+    hashing: Semaphore,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth").field("ttl", &self.ttl).finish()
+    }
+}
+
+impl Auth {
+    /// `secret`: the HMAC key (`None`: a random one for this process).
+    pub fn new(secret: Option<&str>, ttl: Duration) -> anyhow::Result<Self> {
+        let secret = match secret {
+            Some("") => anyhow::bail!("the token secret must not be empty"),
+            Some(s) => s.as_bytes().to_vec(),
+            None => {
+                tracing::info!(
+                    "no token secret configured: using a random one (tokens end with this process)"
+                );
+                rand::random::<[u8; 32]>().to_vec()
+            }
+        };
+        anyhow::ensure!(!ttl.is_zero(), "the token lifetime must be positive");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Self {
+            secret,
+            ttl,
+            limiter: Limiter::new(MAX_FAILURES, FAILURE_WINDOW),
+            hashing: Semaphore::new(cores),
+        })
+    }
+
+    fn mac(&self, payload: &str) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length; this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(payload.as_bytes());
+        mac
+    }
+
+    /// A token for `user` valid for the configured lifetime, and its expiry (unix seconds).
+    pub fn issue(&self, user: &str) -> (String, u64) {
+        let expires = unix_now().saturating_add(self.ttl.as_secs().max(1));
+        self.issue_until(user, expires)
+    }
+
+    fn issue_until(&self, user: &str, expires: u64) -> (String, u64) {
+        let payload = format!("{TOKEN_VERSION}.{user}.{expires}");
+        let sig = URL_SAFE_NO_PAD.encode(self.mac(&payload).finalize().into_bytes());
+        (format!("{payload}.{sig}"), expires)
+    }
+
+    /// The user a token was issued to, if it is genuine and not expired.
+    pub fn verify(&self, token: &str) -> Result<String, ApiError> {
+        let invalid = || ApiError::unauthorized("invalid token: sign in again");
+        let (payload, sig) = token.rsplit_once('.').ok_or_else(invalid)?;
+        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| invalid())?;
+        // Constant-time comparison, inside `verify_slice`.
+        self.mac(payload)
+            .verify_slice(&sig)
+            .map_err(|_| invalid())?;
+        let mut parts = payload.split('.');
+        let (Some(TOKEN_VERSION), Some(user), Some(expires), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        let expires: u64 = expires.parse().map_err(|_| invalid())?;
+        if expires <= unix_now() {
+            return Err(ApiError::unauthorized("token expired: sign in again"));
+        }
+        Ok(user.to_string())
+    }
+
+    async fn hash_password(&self, password: String) -> Result<String, ApiError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::unavailable("the gateway is shutting down"))?;
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+                .map_err(|e| ApiError::internal(format!("cannot make a salt: {e}")))?;
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| ApiError::internal(format!("cannot hash the password: {e}")))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("password hashing failed: {e}")))?
+    }
+
+    /// True if `password` matches `phc`; with `phc` = `None` (no such user) verifies against
+    /// a dummy hash and answers false, taking the same time.
+    async fn check_password(&self, phc: Option<String>, password: String) -> bool {
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || {
+            let known = phc.is_some();
+            let phc = phc.unwrap_or_else(|| dummy_hash().to_string());
+            let Ok(parsed) = PasswordHash::new(&phc) else {
+                tracing::error!("stored password hash is not a PHC string");
+                return false;
+            };
+            let ok = Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok();
+            known && ok
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// A hash of a random password, for sign-ins of unknown users (see the module docs).
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::encode_b64(&[7u8; 16]).ok();
+        salt.and_then(|salt| {
+            Argon2::default()
+                .hash_password(&rand::random::<[u8; 16]>(), &salt)
+                .ok()
+                .map(|h| h.to_string())
+        })
+        .unwrap_or_default()
+    })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Failed attempts per key in a sliding window (see the module docs).
+#[derive(Debug)]
+pub struct Limiter {
+    max: usize,
+    window: Duration,
+    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl Limiter {
+    pub fn new(max: usize, window: Duration) -> Self {
+        Self {
+            max,
+            window,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Instant>>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `Err(retry after)` if any of `keys` has used up its failures.
+    pub fn check(&self, keys: &[String]) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let mut wait = None::<Duration>;
+        for key in keys {
+            if let Some(q) = map.get_mut(key) {
+                prune(q, now, self.window);
+                if q.len() >= self.max {
+                    let oldest = q.front().copied().unwrap_or(now);
+                    let left = self.window.saturating_sub(now.duration_since(oldest));
+                    wait = Some(wait.map_or(left, |w| w.max(left)));
+                }
+            }
+        }
+        wait.map_or(Ok(()), Err)
+    }
+
+    pub fn record_failure(&self, keys: &[String]) {
+        let now = Instant::now();
+        let mut map = self.lock();
+        if map.len() >= LIMITER_SWEEP_AT {
+            map.retain(|_, q| {
+                prune(q, now, self.window);
+                !q.is_empty()
+            });
+        }
+        for key in keys {
+            let q = map.entry(key.clone()).or_default();
+            prune(q, now, self.window);
+            q.push_back(now);
+            while q.len() > self.max {
+                q.pop_front();
+            }
+        }
+    }
+
+    pub fn clear(&self, key: &str) {
+        self.lock().remove(key);
+    }
+}
+
+fn prune(q: &mut VecDeque<Instant>, now: Instant, window: Duration) {
+    while q.front().is_some_and(|&t| now.duration_since(t) >= window) {
+        q.pop_front();
+    }
+}
+
+fn user_key(user: &str) -> String {
+    format!("user:{user}")
+}
+
+fn ip_key(ip: IpAddr) -> String {
+    format!("ip:{ip}")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Session {
+    pub user: String,
+    pub token: String,
+    pub expires_at: String,
+}
+
+fn session(auth: &Auth, user: String) -> Session {
+    let (token, expires) = auth.issue(&user);
+    Session {
+        user,
+        token,
+        expires_at: rfc3339(expires as i64, 0),
+    }
+}
+
+fn check_credentials(c: &Credentials) -> Result<(), ApiError> {
+    starling_runtime::check_user("user", &c.user)?;
+    let n = c.password.chars().count();
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&n) {
+        return Err(ApiError::bad_request(format!(
+            "password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long (got {n})"
+        )));
+    }
+    Ok(())
+}
+
+fn store_unavailable(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "account store failure");
+    ApiError::unavailable(format!("account store unavailable: {e}"))
+}
+
+/// `POST /api/signup`.
+pub async fn signup(
+    State(state): State<AppState>,
+    ApiJson(c): ApiJson<Credentials>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_credentials(&c)?;
+    let store = &state.ctx.store;
+    let key = account_key(&c.user);
+    let taken = || ApiError::conflict(format!("user name {:?} is taken", c.user));
+    if store.get(&key).await.map_err(store_unavailable)?.is_some() {
+        return Err(taken());
+    }
+    let phc = state.auth.hash_password(c.password).await?;
+    // The atomic claim (module docs); the hash follows at once.
+    if !store
+        .zadd(ACCOUNTS_KEY, &c.user)
+        .await
+        .map_err(store_unavailable)?
+    {
+        return Err(taken());
+    }
+    store
+        .apply(vec![Write::Set {
+            key,
+            value: phc.into_bytes(),
+        }])
+        .await
+        .map_err(store_unavailable)?;
+    tracing::info!(user = %c.user, "account created");
+    Ok((StatusCode::CREATED, Json(session(&state.auth, c.user))))
+}
+
+/// `POST /api/signin`.
+pub async fn signin(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(c): ApiJson<Credentials>,
+) -> Result<Json<Session>, ApiError> {
+    starling_runtime::check_user("user", &c.user)?;
+    if c.password.len() > 4 * MAX_PASSWORD {
+        return Err(ApiError::bad_request("password too long"));
+    }
+    let auth = &state.auth;
+    let keys = [user_key(&c.user), ip_key(peer.ip())];
+    if let Err(wait) = auth.limiter.check(&keys) {
+        return Err(ApiError::too_many_requests(format!(
+            "too many failed sign-in attempts: try again in {} s",
+            wait.as_secs().max(1)
+        )));
+    }
+    let phc = state
+        .ctx
+        .store
+        .get(&account_key(&c.user))
+        .await
+        .map_err(store_unavailable)?
+        .and_then(|v| String::from_utf8(v).ok());
+    if !auth.check_password(phc, c.password).await {
+        auth.limiter.record_failure(&keys);
+        return Err(ApiError::unauthorized("wrong user name or password"));
+    }
+    auth.limiter.clear(&keys[0]);
+    Ok(Json(session(auth, c.user)))
+}
+
+/// `GET /api/me`.
+pub async fn me(AuthUser(user): AuthUser) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "user": user }))
+}
+
+/// The user of the request's bearer token; rejects with 401 when it is missing, forged or
+/// expired.
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub String);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| {
+                ApiError::unauthorized("sign in first: missing Authorization: Bearer <token>")
+            })?
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("invalid Authorization header"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?;
+        state.auth.verify(token).map(AuthUser)
+    }
+}
+
+/// Shared by the API: 403 unless `acting_for` (when given) is the token's user.
+pub fn ensure_self(me: &str, acting_for: Option<&str>, field: &str) -> Result<String, ApiError> {
+    match acting_for {
+        None => Ok(me.to_string()),
+        Some(other) if other == me => Ok(me.to_string()),
+        Some(other) => Err(ApiError::forbidden(format!(
+            "signed in as {me:?}: cannot act as {field} {other:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Auth {
+        Auth::new(Some("test secret"), Duration::from_secs(60)).unwrap()
+    }
+
+    #[test]
+    fn tokens_round_trip_and_reject_tampering() {
+        let a = auth();
+        let (t, _) = a.issue("alice");
+        assert_eq!(a.verify(&t).unwrap(), "alice");
+        let forged = t.replacen("alice", "mallory", 1);
+        assert_eq!(
+            a.verify(&forged).unwrap_err().status,
+            StatusCode::UNAUTHORIZED
+        );
+        assert!(a.verify("garbage").is_err());
+        assert!(a.verify("").is_err());
+        assert!(a.verify("v1.alice.99999999999.!!!").is_err());
+        let other = Auth::new(Some("another secret"), Duration::from_secs(60)).unwrap();
+        assert!(other.verify(&t).is_err());
+    }
+
+    #[test]
+    fn expired_tokens_are_rejected() {
+        let a = auth();
+        let (t, _) = a.issue_until("alice", unix_now() - 1);
+        let e = a.verify(&t).unwrap_err();
+        assert!(e.message.contains("expired"), "{e}");
+    }
+
+    #[test]
+    fn limiter_blocks_after_max_failures_and_forgets_after_the_window() {
+        let l = Limiter::new(3, Duration::from_millis(50));
+        let keys = ["user:a".to_string(), "ip:1".to_string()];
+        for _ in 0..3 {
+            assert!(l.check(&keys).is_ok());
+            l.record_failure(&keys);
+        }
+        assert!(l.check(&keys).is_err());
+        // Another user from the same IP is blocked too; the same user elsewhere as well.
+        assert!(l.check(&["user:b".into(), "ip:1".into()]).is_err());
+        assert!(l.check(&["user:a".into(), "ip:2".into()]).is_err());
+        assert!(l.check(&["user:b".into(), "ip:2".into()]).is_ok());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(l.check(&keys).is_ok());
+    }
+
+    #[test]
+    fn passwords_are_checked() {
+        let ok = Credentials {
+            user: "alice".into(),
+            password: "12345678".into(),
+        };
+        assert!(check_credentials(&ok).is_ok());
+        let short = Credentials {
+            user: "alice".into(),
+            password: "1234567".into(),
+        };
+        assert!(check_credentials(&short).is_err());
+        let bad_user = Credentials {
+            user: "Alice".into(),
+            password: "12345678".into(),
+        };
+        assert!(check_credentials(&bad_user).is_err());
+    }
+
+    #[test]
+    fn only_the_token_user_may_act() {
+        assert_eq!(ensure_self("a", None, "author").unwrap(), "a");
+        assert_eq!(ensure_self("a", Some("a"), "author").unwrap(), "a");
+        assert_eq!(
+            ensure_self("a", Some("b"), "author").unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! `/healthz` and `/readyz`, for load balancers and orchestrators.
+//!
+//! Liveness and readiness answer different questions: `/healthz` says the gateway process
+//! serves HTTP at all (restart it if not), `/readyz` says it can do useful work, which for
+//! a gateway means every service it fronts is reachable: each of the five has at least one
+//! endpoint in the mesh. A gateway that is not ready should get no traffic, but must not be
+//! restarted for it (the cause is elsewhere).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use starling_discovery::Mesh;
+use starling_runtime::ServiceKind;
+
+use crate::AppState;
+
+/// `GET /healthz`: 200 `ok` while the process serves.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The services with no endpoint in the mesh right now.
+pub fn missing_services(mesh: &Mesh) -> Vec<&'static str> {
+    ServiceKind::ALL
+        .into_iter()
+        .filter(|k| mesh.channel(k.name()).endpoints().is_empty())
+        .map(|k| k.name())
+        .collect()
+}
+
+/// `GET /readyz`: 200 `ready` when all five services have endpoints, else 503 naming the
+/// missing ones.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let missing = missing_services(&state.ctx.mesh);
+    if missing.is_empty() {
+        (StatusCode::OK, "ready".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: no endpoints for {}", missing.join(", ")),
+        )
+    }
+}
+
+/// `GET /metrics`: the process's Prometheus registry (shared with any services running
+/// in the same process, told apart by their `service` label).
+pub async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        starling_runtime::metrics::handle().render(),
+    )
+}

@@ -1,0 +1,275 @@
+//! The Starling gateway: how browsers and non-Rust clients reach the mesh (see `API.md`).
+//!
+//! Two listeners, one process:
+//! * the HTTP port serves the JSON API under `/api` (`api.rs`, `auth.rs`, `stream.rs`), the
+//!   web UI (`ui.rs`), `/healthz`, `/readyz`, `/metrics` (`health.rs`) and gRPC-Web
+//!   (`grpc.rs`), with CORS open to any origin (the API authenticates with bearer tokens,
+//!   never cookies, so a foreign page gains nothing it could not do with its own token);
+//! * the gRPC port forwards every `starling.*` call through the mesh and serves health and
+//!   reflection itself (`grpc.rs`).
+//!
+//! The gateway is stateless apart from accounts (in the shared store) and the sign-in
+//! limiter (in memory), so replicas can run side by side given a shared token secret.
+//! This file only composes: configuration, the router, start and stop.
+
+mod api;
+mod auth;
+mod errors;
+mod grpc;
+mod health;
+mod stream;
+mod ui;
+
+use std::future::IntoFuture as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::serve::ListenerExt as _;
+use axum::Router;
+use starling_runtime::{ServiceContext, ServiceKind};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic_health::ServingStatus;
+use tower::ServiceExt as _;
+use tower_http::cors::CorsLayer;
+
+/// How long [`RunningGateway::stop`] lets in-flight requests finish before closing them.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Where the gateway listens and how it signs tokens.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The HTTP port: JSON API, web UI, gRPC-Web (port 0 picks a free one).
+    pub http: SocketAddr,
+    /// The gRPC pass-through port (port 0 picks a free one).
+    pub grpc: SocketAddr,
+    /// HMAC key for tokens; `None` draws a random one (tokens then end with the process).
+    pub token_secret: Option<String>,
+    /// How long a token is valid.
+    pub token_ttl: Duration,
+}
+
+impl Default for GatewayConfig {
+    /// `127.0.0.1:8080`, `127.0.0.1:8081`, a random secret, 24 h tokens.
+    fn default() -> Self {
+        Self {
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            token_secret: None,
+            token_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// What every HTTP handler gets.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) ctx: ServiceContext,
+    pub(crate) auth: Arc<auth::Auth>,
+    /// Turns true when the gateway stops; open event streams end on it.
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// A serving gateway. [`stop`](RunningGateway::stop) it to finish in-flight requests;
+/// dropping it also stops it, without waiting.
+pub struct RunningGateway {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    grpc: grpc::GrpcServer,
+}
+
+impl std::fmt::Debug for RunningGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningGateway")
+            .field("http_addr", &self.http_addr)
+            .field("grpc_addr", &self.grpc_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds both ports and starts serving; the services are reached through `ctx.mesh` and
+/// accounts kept in `ctx.store`.
+pub async fn start(config: GatewayConfig, ctx: &ServiceContext) -> anyhow::Result<RunningGateway> {
+    let auth = Arc::new(auth::Auth::new(
+        config.token_secret.as_deref(),
+        config.token_ttl,
+    )?);
+    // Installs the process's metrics recorder (if nothing did yet), so that what is
+    // counted from the first request on shows up on `/metrics`.
+    starling_runtime::metrics::handle();
+    // Creating the channels now starts their registry watches, so that readiness and the
+    // first calls see the endpoints as soon as they exist.
+    for kind in ServiceKind::ALL {
+        ctx.mesh.channel(kind.name());
+    }
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let state = AppState {
+        ctx: ctx.clone(),
+        auth,
+        shutdown: shutdown_rx.clone(),
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("cannot listen on {} (HTTP)", config.http))?;
+    let http_addr = listener.local_addr()?;
+    let grpc = grpc::serve(config.grpc, ctx.mesh.clone(), shutdown_rx.clone()).await?;
+
+    let app = router(state);
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let mut stop = shutdown_rx;
+    let http = tokio::spawn(
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .into_future(),
+    );
+    tracing::info!(%http_addr, grpc_addr = %grpc.local_addr, "gateway serving");
+    Ok(RunningGateway {
+        http_addr,
+        grpc_addr: grpc.local_addr,
+        shutdown,
+        http,
+        grpc,
+    })
+}
+
+impl RunningGateway {
+    /// Marks the gRPC port NOT_SERVING, stops accepting, ends open event streams and waits
+    /// (at most 10 s) for in-flight requests to finish.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let RunningGateway {
+            http_addr,
+            shutdown,
+            mut http,
+            grpc,
+            ..
+        } = self;
+        let grpc::GrpcServer {
+            mut health,
+            server: mut grpc_server,
+            health_task,
+            ..
+        } = grpc;
+        health_task.abort();
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for kind in ServiceKind::ALL {
+            health.clear_service_status(kind.grpc_name()).await;
+        }
+        // Ends open health Watch streams, which would otherwise hold the shutdown open.
+        health.clear_service_status("").await;
+        shutdown.send_replace(true);
+
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        let http_result = match tokio::time::timeout_at(deadline, &mut http).await {
+            Ok(joined) => joined.context("HTTP server task")?.context("HTTP server"),
+            Err(_) => {
+                tracing::warn!("HTTP requests did not finish in time; closing them");
+                http.abort();
+                Ok(())
+            }
+        };
+        let grpc_result = match tokio::time::timeout_at(deadline, &mut grpc_server).await {
+            Ok(joined) => joined.context("gRPC server task")?.context("gRPC server"),
+            Err(_) => {
+                tracing::warn!("gRPC calls did not finish in time; closing them");
+                grpc_server.abort();
+                Ok(())
+            }
+        };
+        tracing::info!(%http_addr, "gateway stopped");
+        http_result.and(grpc_result)
+    }
+}
+
+/// The HTTP port's routes and layers.
+fn router(state: AppState) -> Router {
+    let grpc_web = grpc::grpc_web(state.ctx.mesh.clone());
+    Router::new()
+        .route("/", get(ui::index))
+        .route("/app.js", get(ui::app_js))
+        .route("/style.css", get(ui::style_css))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/api/signup", post(auth::signup))
+        .route("/api/signin", post(auth::signin))
+        .route("/api/me", get(auth::me))
+        .route("/api/tweets", post(api::create_tweet))
+        .route("/api/tweets/{id}", get(api::get_tweet))
+        .route("/api/users/{user}", get(api::get_user))
+        .route("/api/users/{user}/tweets", get(api::user_tweets))
+        .route("/api/users/{user}/timeline", get(api::user_timeline))
+        .route(
+            "/api/users/{user}/timeline/stream",
+            get(stream::timeline_stream),
+        )
+        .route("/api/users/{user}/followers", get(api::followers))
+        .route("/api/users/{user}/following", get(api::following))
+        .route(
+            "/api/users/{user}/recommendations",
+            get(api::recommendations),
+        )
+        .route("/api/follows", post(api::follow))
+        .route("/api/follows/{followee}", delete(api::unfollow))
+        .route("/api/engagements", post(api::record_engagement))
+        .route("/api/tags", get(api::tags))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .with_state(state)
+        // Outermost last: CORS answers preflights for everything, gRPC-Web included.
+        .layer(middleware::from_fn(http_metrics))
+        .layer(middleware::from_fn_with_state(grpc_web, grpc_web_dispatch))
+        .layer(CorsLayer::permissive())
+}
+
+/// Sends gRPC-Web requests to tonic-web and the forwarder, everything else on.
+async fn grpc_web_dispatch(State(web): State<grpc::GrpcWeb>, req: Request, next: Next) -> Response {
+    if !grpc::is_grpc_web(req.headers()) {
+        return next.run(req).await;
+    }
+    match web.oneshot(req).await {
+        Ok(resp) => resp.into_response(),
+        Err(never) => match never {},
+    }
+}
+
+/// `starling_gateway_http_requests_total{method,route,status}` and
+/// `starling_gateway_http_request_duration_seconds{method,route}`. The route is the
+/// pattern (`/api/users/{user}`), never the raw path, to keep the label set bounded.
+async fn http_metrics(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().as_str().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    metrics::counter!("starling_gateway_http_requests_total",
+        "method" => method.clone(), "route" => route.clone(),
+        "status" => resp.status().as_u16().to_string())
+    .increment(1);
+    metrics::histogram!("starling_gateway_http_request_duration_seconds",
+        "method" => method, "route" => route)
+    .record(started.elapsed().as_secs_f64());
+    resp
+}

@@ -1,0 +1,943 @@
+//! The gateway end to end, in one process: the five services on the embedded backends
+//! (memory registry, store and bus), the gateway in front of them, and a small HTTP client
+//! driving the API as a browser or script would.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use starling_discovery::{MemoryRegistry, Mesh, MeshConfig, Policy, Registry};
+use starling_gateway::{GatewayConfig, RunningGateway};
+use starling_runtime::events::{topics, EventBus, MemoryBus};
+use starling_runtime::server::{self, ServerConfig};
+use starling_runtime::store::{MemoryStore, Store};
+use starling_runtime::{AppSettings, RunningService, ServiceContext, ServiceKind, ServiceParts};
+
+/// Upper bound for anything awaited with a polling loop.
+const PATIENCE: Duration = Duration::from_secs(15);
+const SECRET: &str = "test secret shared by the gateways of one world";
+const BOOK: &str =
+    "Just finished a new novel. Can't wait to talk about it with my book club #nerdalert";
+
+async fn build(kind: ServiceKind, ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
+    match kind {
+        ServiceKind::Tweet => starling_tweet::build(ctx).await,
+        ServiceKind::Follower => starling_follower::build(ctx).await,
+        ServiceKind::Timeline => starling_timeline::build(ctx).await,
+        ServiceKind::Tagger => starling_tagger::build(ctx).await,
+        ServiceKind::Recommendation => starling_recommendation::build(ctx).await,
+    }
+}
+
+/// Five services and a gateway on embedded backends.
+struct World {
+    ctx: ServiceContext,
+    services: Vec<RunningService>,
+    gateway: RunningGateway,
+    http: Http,
+}
+
+impl World {
+    async fn start() -> World {
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::new());
+        bus.create_topics(&topics::all_topics())
+            .await
+            .expect("create topics");
+        let mesh_config = MeshConfig::new(starling_proto::idempotent_methods()).with_policy(
+            "timeline",
+            Policy::ConsistentHash {
+                header: "x-user-id".into(),
+            },
+        );
+        let ctx = ServiceContext {
+            mesh: Arc::new(Mesh::new(registry.clone(), mesh_config)),
+            registry,
+            store,
+            bus,
+            settings: Arc::new(AppSettings::default()),
+        };
+        let mut services = Vec::new();
+        for kind in ServiceKind::ALL {
+            let mut config = ServerConfig::new(kind, "127.0.0.1:0".parse().unwrap());
+            config.drain_delay = Duration::ZERO;
+            let parts = build(kind, &ctx).await.expect("build service");
+            services.push(
+                server::start(config, parts, ctx.registry.clone(), ctx.bus.clone())
+                    .await
+                    .expect("start service"),
+            );
+        }
+        let gateway = start_gateway(&ctx, Duration::from_secs(3600)).await;
+        let http = Http::new(gateway.http_addr);
+        let world = World {
+            ctx,
+            services,
+            gateway,
+            http,
+        };
+        world
+            .http
+            .eventually("the gateway is ready", |h| async move {
+                h.get("/readyz").await.status == StatusCode::OK
+            })
+            .await;
+        world
+    }
+
+    async fn stop(self) {
+        self.gateway.stop().await.expect("gateway stops cleanly");
+        for s in self.services {
+            s.stop().await.expect("service stops cleanly");
+        }
+    }
+
+    async fn sign_up(&self, user: &str) -> String {
+        let r = self
+            .http
+            .post(
+                "/api/signup",
+                None,
+                json!({"user": user, "password": "correct horse"}),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "sign up {user}: {}",
+            r.text()
+        );
+        r.json()["token"]
+            .as_str()
+            .expect("token in the answer")
+            .to_string()
+    }
+
+    async fn post_tweet(&self, token: &str, text: &str) -> Value {
+        let r = self
+            .http
+            .post("/api/tweets", Some(token), json!({ "text": text }))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "post: {}", r.text());
+        r.json()
+    }
+}
+
+async fn start_gateway(ctx: &ServiceContext, ttl: Duration) -> RunningGateway {
+    starling_gateway::start(
+        GatewayConfig {
+            http: "127.0.0.1:0".parse().unwrap(),
+            grpc: "127.0.0.1:0".parse().unwrap(),
+            token_secret: Some(SECRET.to_string()),
+            token_ttl: ttl,
+        },
+        ctx,
+    )
+    .await
+    .expect("start gateway")
+}
+
+/// An answer, fully read.
+struct Resp {
+    status: StatusCode,
+    headers: hyper::HeaderMap,
+    body: Bytes,
+}
+
+impl Resp {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The `error` message of an error answer.
+    fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message in {}", self.text()))
+            .to_string()
+    }
+}
+
+/// A minimal HTTP/1.1 client for the gateway's HTTP port.
+#[derive(Clone)]
+struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+impl Http {
+    fn new(addr: std::net::SocketAddr) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> hyper::Request<Full<Bytes>> {
+        let mut b = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                b = b.header("content-type", "application/json");
+                Full::new(Bytes::from(v.to_string()))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        b.body(body).expect("valid request")
+    }
+
+    async fn send(&self, req: hyper::Request<Full<Bytes>>) -> Resp {
+        let resp = tokio::time::timeout(PATIENCE, self.client.request(req))
+            .await
+            .expect("answer in time")
+            .expect("HTTP exchange");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("read body").to_bytes();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        self.send(self.request(method, path, token, body)).await
+    }
+
+    async fn get(&self, path: &str) -> Resp {
+        self.call(Method::GET, path, None, None).await
+    }
+
+    async fn get_auth(&self, path: &str, token: &str) -> Resp {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    /// Polls `check` (every 50 ms) until it holds; fails after [`PATIENCE`].
+    async fn eventually<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut(Http) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if check(self.clone()).await {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn tweet_ids(page: &Value) -> Vec<String> {
+    page["tweets"]
+        .as_array()
+        .expect("tweets array")
+        .iter()
+        .map(|t| t["id"].as_str().expect("string id").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_and_tokens() {
+    let w = World::start().await;
+    let h = &w.http;
+
+    // Sign-up answers a token that works.
+    let token = w.sign_up("alice").await;
+    let me = h.get_auth("/api/me", &token).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.json(), json!({"user": "alice"}));
+    // The password is stored as an argon2 PHC string, never in clear.
+    let stored = w.ctx.store.get("account:alice").await.unwrap().unwrap();
+    let stored = String::from_utf8(stored).unwrap();
+    assert!(stored.starts_with("$argon2id$"), "{stored}");
+    assert!(!stored.contains("correct horse"));
+
+    // Taken names, bad input.
+    let dup = h
+        .post(
+            "/api/signup",
+            None,
+            json!({"user": "alice", "password": "another one"}),
+        )
+        .await;
+    assert_eq!(dup.status, StatusCode::CONFLICT);
+    assert!(dup.error().contains("taken"), "{}", dup.error());
+    let short = h
+        .post(
+            "/api/signup",
+            None,
+            json!({"user": "bob", "password": "short"}),
+        )
+        .await;
+    assert_eq!(short.status, StatusCode::BAD_REQUEST);
+    assert!(short.error().contains("password"), "{}", short.error());
+    let bad_name = h
+        .post(
+            "/api/signup",
+            None,
+            json!({"user": "Bob!", "password": "long enough"}),
+        )
+        .await;
+    assert_eq!(bad_name.status, StatusCode::BAD_REQUEST);
+    let not_json = h.call(Method::POST, "/api/signup", None, None).await;
+    assert_eq!(not_json.status, StatusCode::BAD_REQUEST);
+    assert!(!not_json.error().is_empty());
+
+    // Sign-in.
+    let ok = h
+        .post(
+            "/api/signin",
+            None,
+            json!({"user": "alice", "password": "correct horse"}),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    let body = ok.json();
+    assert_eq!(body["user"], "alice");
+    assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
+    let wrong = h
+        .post(
+            "/api/signin",
+            None,
+            json!({"user": "alice", "password": "wrong horse"}),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let unknown = h
+        .post(
+            "/api/signin",
+            None,
+            json!({"user": "nobody", "password": "whatever1"}),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        unknown.error(),
+        wrong.error(),
+        "unknown users look like wrong passwords"
+    );
+
+    // Missing, garbage and foreign-secret tokens.
+    assert_eq!(h.get("/api/me").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.get_auth("/api/me", "garbage").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let tampered = token.replacen("alice", "bob", 1);
+    assert_eq!(
+        h.get_auth("/api/me", &tampered).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A second gateway with the same secret accepts the first one's tokens (replicas), and
+    // its own short-lived tokens expire.
+    let short_lived = start_gateway(&w.ctx, Duration::from_secs(1)).await;
+    let h2 = Http::new(short_lived.http_addr);
+    assert_eq!(h2.get_auth("/api/me", &token).await.status, StatusCode::OK);
+    let brief = h2
+        .post(
+            "/api/signin",
+            None,
+            json!({"user": "alice", "password": "correct horse"}),
+        )
+        .await
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    h2.eventually("the 1 s token expires", |h| {
+        let brief = brief.clone();
+        async move {
+            let r = h.get_auth("/api/me", &brief).await;
+            r.status == StatusCode::UNAUTHORIZED && r.error().contains("expired")
+        }
+    })
+    .await;
+    let posted = h
+        .post(
+            "/api/tweets",
+            Some(&brief),
+            json!({"text": "expired token"}),
+        )
+        .await;
+    assert_eq!(posted.status, StatusCode::UNAUTHORIZED);
+    short_lived.stop().await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sign_ins_are_rate_limited() {
+    let w = World::start().await;
+    let h = &w.http;
+    w.sign_up("carol").await;
+    w.sign_up("dave").await;
+    let attempt = |user: &'static str, password: &'static str| {
+        let h = h.clone();
+        async move {
+            h.post(
+                "/api/signin",
+                None,
+                json!({"user": user, "password": password}),
+            )
+            .await
+        }
+    };
+    for i in 0..5 {
+        let r = attempt("carol", "not her password").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "attempt {}", i + 1);
+    }
+    let sixth = attempt("carol", "not her password").await;
+    assert_eq!(sixth.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(sixth.error().contains("try again"), "{}", sixth.error());
+    // Locked means locked: the right password does not get through either...
+    assert_eq!(
+        attempt("carol", "correct horse").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // ...and the same client IP is locked out for other users too.
+    assert_eq!(
+        attempt("dave", "correct horse").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posting_reading_and_authorisation() {
+    let w = World::start().await;
+    let h = &w.http;
+    let alice = w.sign_up("alice").await;
+    w.sign_up("bob").await;
+
+    let body = json!({"text": "hello"});
+    assert_eq!(
+        h.post("/api/tweets", None, body.clone()).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.post(
+            "/api/tweets",
+            Some("v1.alice.99999999999.AAAA"),
+            body.clone()
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let as_bob = h
+        .post(
+            "/api/tweets",
+            Some(&alice),
+            json!({"text": "hi", "author": "bob"}),
+        )
+        .await;
+    assert_eq!(as_bob.status, StatusCode::FORBIDDEN);
+    assert!(as_bob.error().contains("bob"), "{}", as_bob.error());
+
+    // The service's validation message is passed through.
+    let empty = h
+        .post("/api/tweets", Some(&alice), json!({"text": "   "}))
+        .await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST);
+    assert!(empty.error().contains("text"), "{}", empty.error());
+
+    let t = w.post_tweet(&alice, BOOK).await;
+    let id = t["id"].as_str().expect("id is a string").to_string();
+    assert!(id.parse::<u64>().is_ok());
+    assert_eq!(t["author"], "alice");
+    assert_eq!(t["text"], BOOK);
+    assert!(t["created_at"].as_str().unwrap().contains('T'));
+
+    let same = h.get(&format!("/api/tweets/{id}")).await;
+    assert_eq!(same.status, StatusCode::OK);
+    assert_eq!(same.json()["id"], id.as_str());
+    // Tags are added by the tagger, shortly after.
+    h.eventually("the tweet is tagged", |h| {
+        let id = id.clone();
+        async move {
+            let t = h.get(&format!("/api/tweets/{id}")).await.json();
+            t["tags"].as_array().is_some_and(|a| !a.is_empty())
+        }
+    })
+    .await;
+    assert_eq!(
+        h.get("/api/tweets/12x").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let missing = h.get("/api/tweets/12345").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.text());
+
+    let mine = h.get("/api/users/alice/tweets?page_size=10").await;
+    assert_eq!(mine.status, StatusCode::OK);
+    assert_eq!(tweet_ids(&mine.json()), vec![id.clone()]);
+    assert_eq!(
+        h.get("/api/users/alice/tweets?page_size=lots").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        h.get("/api/users/Not%20A%20User").await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Engagements: only for yourself, only known kinds.
+    let like = h
+        .post(
+            "/api/engagements",
+            Some(&alice),
+            json!({"tweet_id": id, "kind": "like"}),
+        )
+        .await;
+    assert_eq!(like.status, StatusCode::ACCEPTED, "{}", like.text());
+    assert!(!like.json()["event_id"].as_str().unwrap().is_empty());
+    assert_eq!(
+        h.post(
+            "/api/engagements",
+            Some(&alice),
+            json!({"tweet_id": id, "kind": "click", "user": "bob"})
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        h.post(
+            "/api/engagements",
+            Some(&alice),
+            json!({"tweet_id": id, "kind": "poke"})
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let tags = h.get("/api/tags").await.json();
+    assert!(tags["tags"].as_array().unwrap().len() >= 10, "{tags}");
+    let recs = h.get("/api/users/bob/recommendations?limit=5").await;
+    assert_eq!(recs.status, StatusCode::OK, "{}", recs.text());
+    assert!(recs.json()["items"].is_array());
+    assert_eq!(h.get("/api/nope").await.status, StatusCode::NOT_FOUND);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followees_posts_reach_the_followers_timeline() {
+    let w = World::start().await;
+    let h = &w.http;
+    let alice = w.sign_up("alice").await;
+    let bob = w.sign_up("bob").await;
+
+    let as_bob = h
+        .post(
+            "/api/follows",
+            Some(&alice),
+            json!({"followee": "bob", "follower": "bob"}),
+        )
+        .await;
+    assert_eq!(as_bob.status, StatusCode::FORBIDDEN);
+    let f = h
+        .post("/api/follows", Some(&alice), json!({"followee": "bob"}))
+        .await;
+    assert_eq!(f.status, StatusCode::OK, "{}", f.text());
+    assert_eq!(f.json(), json!({"changed": true}));
+    let again = h
+        .post("/api/follows", Some(&alice), json!({"followee": "bob"}))
+        .await;
+    assert_eq!(again.json(), json!({"changed": false}));
+    let itself = h
+        .post("/api/follows", Some(&alice), json!({"followee": "alice"}))
+        .await;
+    assert_eq!(itself.status, StatusCode::BAD_REQUEST);
+
+    assert_eq!(
+        h.get("/api/users/alice").await.json(),
+        json!({"user": "alice", "followers": 0, "following": 1})
+    );
+    assert_eq!(
+        h.get("/api/users/bob/followers").await.json()["users"],
+        json!(["alice"])
+    );
+    assert_eq!(
+        h.get("/api/users/alice/following").await.json()["users"],
+        json!(["bob"])
+    );
+
+    let t = w
+        .post_tweet(&bob, "Morning run by the river, then coffee")
+        .await;
+    let id = t["id"].as_str().unwrap().to_string();
+    h.eventually("bob's tweet is on alice's timeline", |h| {
+        let id = id.clone();
+        async move {
+            let r = h.get("/api/users/alice/timeline?page_size=20").await;
+            r.status == StatusCode::OK && tweet_ids(&r.json()).contains(&id)
+        }
+    })
+    .await;
+
+    let un = h
+        .call(Method::DELETE, "/api/follows/bob", Some(&alice), None)
+        .await;
+    assert_eq!(un.status, StatusCode::OK, "{}", un.text());
+    assert_eq!(un.json(), json!({"changed": true}));
+    w.stop().await;
+}
+
+/// Reads server-sent events from `resp` until one `tweet` event carries `id`.
+async fn await_tweet_event(body: &mut hyper::body::Incoming, id: &str) -> Value {
+    let mut buf = String::new();
+    let read = async {
+        loop {
+            let frame = body
+                .frame()
+                .await
+                .expect("the stream stays open")
+                .expect("stream frame");
+            if let Some(data) = frame.data_ref() {
+                buf.push_str(&String::from_utf8_lossy(data));
+            }
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                let name = event.lines().find_map(|l| l.strip_prefix("event:"));
+                let data = event.lines().find_map(|l| l.strip_prefix("data:"));
+                if let (Some(name), Some(data)) = (name, data) {
+                    if name.trim() == "tweet" {
+                        let tweet: Value = serde_json::from_str(data.trim()).expect("tweet JSON");
+                        if tweet["id"] == id {
+                            return tweet;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("the tweet arrives on the stream in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_stream_delivers_new_tweets() {
+    let w = World::start().await;
+    let h = &w.http;
+    let alice = w.sign_up("alice").await;
+    let bob = w.sign_up("bob").await;
+    h.post("/api/follows", Some(&alice), json!({"followee": "bob"}))
+        .await;
+    // Something already on the timeline, which the stream must not replay.
+    let old = w.post_tweet(&bob, "An older post about gardening").await;
+    let old_id = old["id"].as_str().unwrap().to_string();
+    h.eventually("the older tweet is on alice's timeline", |h| {
+        let id = old_id.clone();
+        async move { tweet_ids(&h.get("/api/users/alice/timeline").await.json()).contains(&id) }
+    })
+    .await;
+
+    let req = hyper::Request::builder()
+        .uri(format!("{}/api/users/alice/timeline/stream", h.base))
+        .header("accept", "text/event-stream")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = h.client.request(req).await.expect("stream opens");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut body = resp.into_body();
+
+    // The stream's starting point is fixed once the headers are out: post now.
+    let fresh = w.post_tweet(&bob, "Fresh off the press: a new post").await;
+    let fresh_id = fresh["id"].as_str().unwrap();
+    let event = await_tweet_event(&mut body, fresh_id).await;
+    assert_eq!(event["author"], "bob");
+    assert_eq!(event["text"], "Fresh off the press: a new post");
+
+    // Reconnecting with Last-Event-ID resumes after the given entry.
+    let req = hyper::Request::builder()
+        .uri(format!("{}/api/users/alice/timeline/stream", h.base))
+        .header("last-event-id", &old_id)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut resumed = h
+        .client
+        .request(req)
+        .await
+        .expect("stream reopens")
+        .into_body();
+    let replayed = await_tweet_event(&mut resumed, fresh_id).await;
+    assert_eq!(replayed["id"], fresh_id);
+
+    assert_eq!(
+        h.get("/api/users/NOPE/timeline/stream").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // Open streams do not hold the stop up.
+    drop(body);
+    tokio::time::timeout(Duration::from_secs(10), w.stop())
+        .await
+        .expect("the gateway stops with a stream open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_metrics_ui_and_cors() {
+    let mut w = World::start().await;
+    let h = w.http.clone();
+    let healthz = h.get("/healthz").await;
+    assert_eq!(
+        (healthz.status, healthz.text().as_str()),
+        (StatusCode::OK, "ok")
+    );
+    assert_eq!(h.get("/readyz").await.status, StatusCode::OK);
+
+    h.get("/api/tags").await;
+    let metrics = h.get("/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let text = metrics.text();
+    assert!(
+        text.contains("starling_gateway_http_requests_total"),
+        "{text}"
+    );
+    assert!(text.contains("route=\"/api/tags\""), "{text}");
+
+    let index = h.get("/").await;
+    assert_eq!(index.status, StatusCode::OK);
+    assert!(index.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    for id in [
+        "id=\"auth\"",
+        "id=\"timeline\"",
+        "id=\"recommendations\"",
+        "/app.js",
+    ] {
+        assert!(index.text().contains(id), "{id} missing from the page");
+    }
+    let js = h.get("/app.js").await;
+    assert!(js.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("javascript"));
+    assert!(js.text().contains("EventSource"));
+    assert!(h.get("/style.css").await.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/css"));
+
+    // CORS preflight.
+    let pre = h
+        .send(
+            hyper::Request::builder()
+                .method(Method::OPTIONS)
+                .uri(format!("{}/api/tweets", h.base))
+                .header("origin", "http://example.test")
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "authorization,content-type",
+                )
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert!(pre.status.is_success(), "{}", pre.status);
+    assert!(pre.headers.contains_key("access-control-allow-origin"));
+
+    // With a service gone, the gateway is not ready and says which one.
+    let tagger = w
+        .services
+        .iter()
+        .position(|s| s.kind == ServiceKind::Tagger)
+        .unwrap();
+    w.services.remove(tagger).stop().await.unwrap();
+    h.eventually("readyz reports the tagger missing", |h| async move {
+        let r = h.get("/readyz").await;
+        r.status == StatusCode::SERVICE_UNAVAILABLE && r.text().contains("tagger")
+    })
+    .await;
+    let down = h.get("/api/tags").await;
+    assert_eq!(
+        down.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        down.text()
+    );
+    assert!(!down.error().is_empty());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_port_forwards_and_serves_health_and_reflection() {
+    use starling_proto::tweet::v1::tweet_service_client::TweetServiceClient;
+    use starling_proto::tweet::v1::{CreateTweetRequest, GetTweetRequest};
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let w = World::start().await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", w.gateway.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the gRPC port");
+
+    // A call forwarded through the mesh.
+    let mut tweets = TweetServiceClient::new(channel.clone());
+    let created = tweets
+        .create_tweet(CreateTweetRequest {
+            author: "erin".into(),
+            text: "Posted through the gateway's gRPC port".into(),
+        })
+        .await
+        .expect("create through the gateway")
+        .into_inner()
+        .tweet
+        .unwrap();
+    let got = tweets
+        .get_tweet(GetTweetRequest { id: created.id })
+        .await
+        .expect("get through the gateway")
+        .into_inner()
+        .tweet
+        .unwrap();
+    assert_eq!(got.text, created.text);
+    // Service errors come back as they are.
+    let bad = tweets
+        .create_tweet(CreateTweetRequest {
+            author: "Erin!".into(),
+            text: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("author"), "{}", bad.message());
+
+    // Health, served by the gateway itself.
+    let mut health = HealthClient::new(channel.clone());
+    let overall = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(overall.status(), ServingStatus::Serving);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let s = health
+            .check(HealthCheckRequest {
+                service: "starling.tweet.v1.TweetService".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status());
+        if matches!(s, Ok(ServingStatus::Serving)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tweet never SERVING: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Reflection lists the five services (what `grpcurl list` shows).
+    let mut reflection = ServerReflectionClient::new(channel);
+    let mut answers = reflection
+        .server_reflection_info(futures::stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]))
+        .await
+        .expect("reflection call")
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected reflection answer {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for s in starling_proto::SERVICE_NAMES {
+        assert!(names.iter().any(|n| n == s), "{s} missing from {names:?}");
+    }
+    assert!(
+        names.iter().any(|n| n == "grpc.health.v1.Health"),
+        "{names:?}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_is_served_on_the_http_port() {
+    use prost::Message;
+    use starling_proto::tagger::v1::ListTagsResponse;
+
+    let w = World::start().await;
+    let h = &w.http;
+    // An empty ListTagsRequest in one gRPC-Web frame: flag 0, length 0.
+    let req = hyper::Request::builder()
+        .method(Method::POST)
+        .uri(format!(
+            "{}/starling.tagger.v1.TaggerService/ListTags",
+            h.base
+        ))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .unwrap();
+    let r = h.send(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/grpc-web"));
+    // First frame: the message; then a trailers frame (flag 0x80) with grpc-status 0.
+    let body = &r.body[..];
+    assert!(body.len() >= 5 && body[0] == 0, "{body:?}");
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    let tags = ListTagsResponse::decode(&body[5..5 + len]).expect("ListTagsResponse");
+    assert!(!tags.tags.is_empty());
+    let trailers = String::from_utf8_lossy(&body[5 + len..]);
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    w.stop().await;
+}

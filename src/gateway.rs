@@ -1,0 +1,50 @@
+//! `starling gateway` (the gateway on its own, finding the services in etcd) and
+//! `starling health` (a grpc.health.v1 probe for scripts and container health checks).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+use crate::cli::{GatewayArgs, HealthArgs};
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    if let Some(addr) = args.metrics {
+        starling_runtime::metrics::serve(addr).await?;
+    }
+    let ctx = crate::services::context(&args.backends, &args.mesh, &args.etcd).await?;
+    let gateway = starling_gateway::start(args.listen.config(), &ctx).await?;
+    println!("starling: gateway http://{}", gateway.http_addr);
+    println!("starling: gateway-grpc {}", gateway.grpc_addr);
+    starling_runtime::shutdown::signal().await;
+    gateway.stop().await
+}
+
+pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.address))
+            .with_context(|| format!("bad address {:?}", args.address))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {}", args.address))?;
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: args.service.clone(),
+            })
+            .await
+            .context("health check failed")?
+            .into_inner()
+            .status();
+        anyhow::ensure!(
+            status == ServingStatus::Serving,
+            "{} is {status:?}",
+            args.address
+        );
+        println!("{} SERVING", args.address);
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_millis(args.timeout_ms), check)
+        .await
+        .with_context(|| format!("no answer from {} in {} ms", args.address, args.timeout_ms))?
+}

@@ -1,0 +1,201 @@
+//! docker-compose.yml cannot be started here (no Docker engine), so this checks it against
+//! the program instead: every service it runs exists, every subcommand, flag and variable it
+//! passes is one `starling` accepts, and every address and port lines up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Command;
+
+use serde_yaml::Value;
+
+const KINDS: [&str; 5] = ["tweet", "follower", "timeline", "tagger", "recommendation"];
+
+fn compose() -> BTreeMap<String, Value> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+        .expect("docker-compose.yml at the top level");
+    let mut doc: Value = serde_yaml::from_str(&text).expect("valid YAML");
+    doc.apply_merge().expect("merge keys resolve");
+    let services = doc
+        .get("services")
+        .and_then(Value::as_mapping)
+        .expect("a services map");
+    services
+        .iter()
+        .map(|(k, v)| {
+            let mut v = v.clone();
+            v.apply_merge().expect("merge keys resolve");
+            (
+                k.as_str().expect("service names are strings").to_string(),
+                v,
+            )
+        })
+        .collect()
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_sequence)
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn env(service: &Value) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    if let Some(m) = service.get("environment").and_then(Value::as_mapping) {
+        for (k, v) in m {
+            let value = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                other => format!("{other:?}"),
+            };
+            out.insert(k.as_str().unwrap_or_default().to_string(), value);
+        }
+    }
+    out
+}
+
+fn help(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("run starling");
+    assert!(
+        out.status.success(),
+        "`starling {} --help` fails: {out:?}",
+        args.join(" ")
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn port(addr: &str) -> &str {
+    addr.rsplit(':').next().unwrap_or_default()
+}
+
+#[test]
+fn compose_file_matches_the_program() {
+    let services = compose();
+    for infra in ["etcd", "kafka", "redis"] {
+        assert!(services.contains_key(infra), "{infra} missing");
+    }
+    let mut replicas: HashMap<String, usize> = HashMap::new();
+    let mut gateways = 0;
+    for (name, svc) in &services {
+        for dep in svc
+            .get("depends_on")
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+        {
+            let dep = dep.0.as_str().unwrap_or_default();
+            assert!(
+                services.contains_key(dep),
+                "{name} depends on unknown {dep}"
+            );
+        }
+        if svc.get("image").and_then(Value::as_str) != Some("starling:latest") {
+            continue;
+        }
+        let command = strings(svc.get("command"));
+        let sub: Vec<&str> = command.iter().map(String::as_str).collect();
+        assert!(!sub.is_empty(), "{name} has no command");
+        let text = help(&sub);
+        // Every STARLING_* variable is one the subcommand reads (STARLING_LOG is the log
+        // filter every subcommand reads; see README).
+        let vars = env(svc);
+        for var in vars
+            .keys()
+            .filter(|v| v.starts_with("STARLING_") && *v != "STARLING_LOG")
+        {
+            assert!(
+                text.contains(&format!("[env: {var}")),
+                "{name}: `starling {}` has no {var}",
+                sub.join(" ")
+            );
+        }
+        for flag in command.iter().filter(|c| c.starts_with("--")) {
+            let flag = flag.split('=').next().unwrap_or_default();
+            assert!(text.contains(flag), "{name}: unknown flag {flag}");
+        }
+        assert!(
+            vars.get("STARLING_ETCD")
+                .is_some_and(|v| v == "http://etcd:2379"),
+            "{name}: STARLING_ETCD"
+        );
+        assert!(
+            vars.get("STARLING_REDIS")
+                .is_some_and(|v| v.starts_with("redis://redis:")),
+            "{name}: STARLING_REDIS"
+        );
+        assert!(
+            vars.get("STARLING_KAFKA")
+                .is_some_and(|v| v == "kafka:9092"),
+            "{name}: STARLING_KAFKA"
+        );
+        let health = strings(svc.get("healthcheck").and_then(|h| h.get("test")));
+        assert_eq!(
+            health.get(1).map(String::as_str),
+            Some("starling"),
+            "{name}: health check runs starling"
+        );
+        assert_eq!(health.get(2).map(String::as_str), Some("health"), "{name}");
+        let probed = health.get(3).cloned().unwrap_or_default();
+        match sub[0] {
+            "serve" => {
+                let kind = sub.get(1).copied().unwrap_or_default();
+                assert!(KINDS.contains(&kind), "{name}: unknown service {kind}");
+                *replicas.entry(kind.to_string()).or_default() += 1;
+                let listen = &vars["STARLING_LISTEN"];
+                let advertise = &vars["STARLING_ADVERTISE"];
+                assert_eq!(
+                    advertise.split(':').next(),
+                    Some(name.as_str()),
+                    "{name} advertises its own name"
+                );
+                assert_eq!(
+                    port(advertise),
+                    port(listen),
+                    "{name}: advertised port is the listened one"
+                );
+                assert_eq!(
+                    port(&probed),
+                    port(listen),
+                    "{name}: health check probes the listened port"
+                );
+            }
+            "gateway" => {
+                gateways += 1;
+                let published: Vec<String> = strings(svc.get("ports"));
+                for var in ["STARLING_HTTP", "STARLING_GRPC"] {
+                    let p = port(&vars[var]);
+                    assert!(
+                        published.iter().any(|m| m.ends_with(&format!(":{p}"))),
+                        "{var} port {p} is published"
+                    );
+                }
+                assert_eq!(
+                    port(&probed),
+                    port(&vars["STARLING_GRPC"]),
+                    "gateway health check probes its gRPC port"
+                );
+            }
+            other => panic!("{name}: unexpected subcommand {other}"),
+        }
+    }
+    for kind in KINDS {
+        assert!(
+            replicas.get(kind).copied().unwrap_or(0) >= 2,
+            "{kind} needs two replicas: {replicas:?}"
+        );
+    }
+    assert_eq!(gateways, 1);
+    // Kafka advertises what the services dial.
+    let kafka = env(&services["kafka"]);
+    assert!(kafka["KAFKA_ADVERTISED_LISTENERS"].contains("kafka:9092"));
+    assert_eq!(
+        kafka["KAFKA_PROCESS_ROLES"], "broker,controller",
+        "KRaft mode"
+    );
+}
