@@ -3,8 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -73,64 +73,6 @@ fn bad_input_gets_a_precise_error() {
     assert!(!out.status.success());
 }
 
-/// Starts `starling up` with `args` on the embedded backends and returns the child and the
-/// lines it printed up to its "instances up" banner.
-async fn start_up(args: &[&str]) -> (std::process::Child, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_starling"))
-        .args(["up", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-        .args(args)
-        .env("STARLING_LOG", "warn")
-        .env_remove("STARLING_ETCD")
-        .env_remove("STARLING_REDIS")
-        .env_remove("STARLING_KAFKA")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start starling up");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let done = line.contains("instances up");
-            out.push(line);
-            if done {
-                break;
-            }
-        }
-        out
-    });
-    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
-        .await
-        .expect("up announced itself")
-        .expect("reader thread");
-    (child, lines)
-}
-
-/// The address `starling up` printed for `service` ("starling: <service> <addr>  (...)").
-fn address_of(lines: &[String], service: &str) -> String {
-    lines
-        .iter()
-        .find(|l| l.split_whitespace().nth(1) == Some(service))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or_else(|| panic!("{service} missing from {lines:?}"))
-        .to_string()
-}
-
-/// SIGTERM; every instance deregisters, drains and the process exits 0.
-async fn stop_cleanly(child: std::process::Child) {
-    let mut child = child;
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status}");
-}
-
 fn http_get(addr: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     write!(
@@ -146,8 +88,9 @@ fn http_get(addr: &str, path: &str) -> String {
 #[tokio::test]
 async fn up_serves_every_service_with_health_reflection_and_metrics() {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let (child, lines) = start_up(&["--replicas", "2", "--metrics", &metrics_addr]).await;
-    let addr_of = |service: &str| address_of(&lines, service);
+    let up = common::up::Up::start_with(&["--replicas", "2", "--metrics", &metrics_addr]).await;
+    let lines = up.lines.clone();
+    let addr_of = |service: &str| up.banner(service, "ADDR");
     assert_eq!(
         lines.iter().filter(|l| l.contains("(starling.")).count(),
         10,
@@ -279,7 +222,7 @@ async fn up_serves_every_service_with_health_reflection_and_metrics() {
     }
 
     // SIGTERM: every instance deregisters, drains and the process exits cleanly.
-    stop_cleanly(child).await;
+    up.stop().await;
 }
 
 /// `starling up` with nothing installed is the whole app: follow, post, read, tags and
@@ -298,7 +241,8 @@ async fn up_alone_is_a_working_app() {
     };
     use starling_proto::tweet::v1::CreateTweetRequest;
 
-    let (child, lines) = start_up(&[]).await;
+    let up = common::up::Up::start().await;
+    let lines = up.lines.clone();
     assert!(
         lines
             .last()
@@ -306,7 +250,7 @@ async fn up_alone_is_a_working_app() {
         "{lines:?}"
     );
     let channel = |service: &str| {
-        let addr = address_of(&lines, service);
+        let addr = up.banner(service, "ADDR");
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect_lazy()
@@ -395,5 +339,5 @@ async fn up_alone_is_a_working_app() {
         recommended,
         "carol liked a book tweet: dave's book tweet is recommended to her"
     );
-    stop_cleanly(child).await;
+    up.stop().await;
 }

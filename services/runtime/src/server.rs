@@ -92,6 +92,30 @@ fn advertised(config: &ServerConfig, local: SocketAddr) -> String {
     }
 }
 
+/// Server reflection over every Starling service and grpc.health.v1, as both v1 (new
+/// grpcurl and most tools) and v1alpha (grpcurl up to 1.8).
+#[allow(clippy::type_complexity)]
+pub fn reflection() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let configure = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(starling_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((
+        configure().build_v1().context("building reflection v1")?,
+        configure()
+            .build_v1alpha()
+            .context("building reflection v1alpha")?,
+    ))
+}
+
 /// Starts `parts` as an instance of `config.kind`: its consumers on `bus`, its routes on
 /// the listener; then registers it in `registry`.
 pub async fn start(
@@ -118,16 +142,7 @@ pub async fn start(
         .set_service_status(kind.grpc_name(), ServingStatus::Serving)
         .await;
     health.set_service_status("", ServingStatus::Serving).await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(starling_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building reflection v1")?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(starling_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .context("building reflection v1alpha")?;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
 
     let instance_header: http::HeaderValue = instance
         .id
