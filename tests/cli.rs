@@ -219,6 +219,53 @@ async fn up_serves_every_service_with_health_reflection_and_metrics() {
             out.status.success() && called.contains("bookworms"),
             "{out:?}"
         );
+        // The gateway's gRPC port: the five services listed, described and called
+        // through it.
+        let gateway = up.banner("gateway-grpc", "ADDR");
+        let out = Command::new(&grpcurl)
+            .args(["-plaintext", &gateway, "list"])
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&out.stdout);
+        for s in [
+            "starling.tweet.v1.TweetService",
+            "starling.follower.v1.FollowerService",
+            "starling.timeline.v1.TimelineService",
+            "starling.tagger.v1.TaggerService",
+            "starling.recommendation.v1.RecommendationService",
+        ] {
+            assert!(
+                listed.contains(s),
+                "{s} missing from grpcurl list on the gateway:\n{listed}"
+            );
+        }
+        let out = Command::new(&grpcurl)
+            .args([
+                "-plaintext",
+                &gateway,
+                "describe",
+                "starling.timeline.v1.TimelineService",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("GetHomeTimeline"),
+            "{out:?}"
+        );
+        let out = Command::new(&grpcurl)
+            .args([
+                "-plaintext",
+                "-d",
+                "{}",
+                &gateway,
+                "starling.tagger.v1.TaggerService/ListTags",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("eco-friendly"),
+            "{out:?}"
+        );
     }
 
     // SIGTERM: every instance deregisters, drains and the process exits cleanly.
