@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -55,6 +55,12 @@ const MIN_PASSWORD: usize = 8;
 const MAX_PASSWORD: usize = 128;
 /// Limiter keys kept before stale ones are swept (bounds memory under a spray of IPs).
 const LIMITER_SWEEP_AT: usize = 10_000;
+/// A secret shorter than this could be recovered offline from any issued token.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// Sign-ups per client IP per minute.
+const SIGNUPS_PER_IP: usize = 20;
+/// How long a sign-in or sign-up waits for a password-hashing slot before 503.
+const HASH_QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 fn account_key(user: &str) -> String {
     format!("account:{user}")
@@ -65,7 +71,9 @@ pub struct Auth {
     secret: Vec<u8>,
     ttl: Duration,
     limiter: Limiter,
-    hashing: Semaphore,
+    hashing: Arc<Semaphore>,
+    /// Sign-up attempts per client IP: each costs a full argon2 hash and an account.
+    pub signups: Limiter,
 }
 
 impl std::fmt::Debug for Auth {
@@ -78,7 +86,10 @@ impl Auth {
     /// `secret`: the HMAC key (`None`: a random one for this process).
     pub fn new(secret: Option<&str>, ttl: Duration) -> anyhow::Result<Self> {
         let secret = match secret {
-            Some("") => anyhow::bail!("the token secret must not be empty"),
+            Some(s) if s.len() < MIN_SECRET_BYTES => anyhow::bail!(
+                "the token secret must be at least {MIN_SECRET_BYTES} bytes: a short one can be \
+                 found offline from any token and then used to forge tokens for every user"
+            ),
             Some(s) => s.as_bytes().to_vec(),
             None => {
                 tracing::info!(
@@ -93,7 +104,8 @@ impl Auth {
             secret,
             ttl,
             limiter: Limiter::new(MAX_FAILURES, FAILURE_WINDOW),
-            hashing: Semaphore::new(cores),
+            hashing: Arc::new(Semaphore::new(cores)),
+            signups: Limiter::new(SIGNUPS_PER_IP, Duration::from_secs(60)),
         })
     }
 
@@ -139,13 +151,23 @@ impl Auth {
         Ok(user.to_string())
     }
 
+    /// A hashing slot, waited for at most [`HASH_QUEUE_WAIT`]. The permit is owned so it
+    /// can move into the blocking task: if the client goes away, the hash still holds its
+    /// slot until it ends, so abandoned requests cannot pile up unbounded hashing work.
+    async fn hashing_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        match tokio::time::timeout(HASH_QUEUE_WAIT, self.hashing.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ApiError::unavailable("the gateway is shutting down")),
+            Err(_) => Err(ApiError::unavailable(
+                "the gateway is busy checking passwords; try again shortly",
+            )),
+        }
+    }
+
     async fn hash_password(&self, password: String) -> Result<String, ApiError> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| ApiError::unavailable("the gateway is shutting down"))?;
+        let permit = self.hashing_slot().await?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
                 .map_err(|e| ApiError::internal(format!("cannot make a salt: {e}")))?;
             Argon2::default()
@@ -159,11 +181,14 @@ impl Auth {
 
     /// True if `password` matches `phc`; with `phc` = `None` (no such user) verifies against
     /// a dummy hash and answers false, taking the same time.
-    async fn check_password(&self, phc: Option<String>, password: String) -> bool {
-        let Ok(_permit) = self.hashing.acquire().await else {
-            return false;
-        };
-        tokio::task::spawn_blocking(move || {
+    async fn check_password(
+        &self,
+        phc: Option<String>,
+        password: String,
+    ) -> Result<bool, ApiError> {
+        let permit = self.hashing_slot().await?;
+        Ok(tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let known = phc.is_some();
             let phc = phc.unwrap_or_else(|| dummy_hash().to_string());
             let Ok(parsed) = PasswordHash::new(&phc) else {
@@ -176,7 +201,7 @@ impl Auth {
             known && ok
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false))
     }
 }
 
@@ -222,8 +247,11 @@ impl Limiter {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `Err(retry after)` if any of `keys` has used up its failures.
-    pub fn check(&self, keys: &[String]) -> Result<(), Duration> {
+    /// Counts an attempt against every key, or `Err(retry after)` without counting if any
+    /// key has used up its attempts. Checking and counting are one step under the lock, so
+    /// a burst of parallel attempts cannot all pass before the first one is counted. An
+    /// attempt that turns out fine is given back with [`Limiter::release`].
+    pub fn reserve(&self, keys: &[String]) -> Result<Instant, Duration> {
         let now = Instant::now();
         let mut map = self.lock();
         let mut wait = None::<Duration>;
@@ -237,11 +265,27 @@ impl Limiter {
                 }
             }
         }
-        wait.map_or(Ok(()), Err)
+        if let Some(wait) = wait {
+            return Err(wait);
+        }
+        drop(map);
+        self.record_at(keys, now);
+        Ok(now)
     }
 
-    pub fn record_failure(&self, keys: &[String]) {
-        let now = Instant::now();
+    /// Gives back the attempt counted at `at` by [`Limiter::reserve`].
+    pub fn release(&self, keys: &[String], at: Instant) {
+        let mut map = self.lock();
+        for key in keys {
+            if let Some(q) = map.get_mut(key) {
+                if let Some(i) = q.iter().position(|&t| t == at) {
+                    q.remove(i);
+                }
+            }
+        }
+    }
+
+    fn record_at(&self, keys: &[String], now: Instant) {
         let mut map = self.lock();
         if map.len() >= LIMITER_SWEEP_AT {
             map.retain(|_, q| {
@@ -319,9 +363,20 @@ fn store_unavailable(e: impl std::fmt::Display) -> ApiError {
 /// `POST /api/signup`.
 pub async fn signup(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(c): ApiJson<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_credentials(&c)?;
+    state
+        .auth
+        .signups
+        .reserve(&[ip_key(peer.ip())])
+        .map_err(|wait| {
+            ApiError::too_many_requests(format!(
+                "too many sign-ups from this address: try again in {} s",
+                wait.as_secs().max(1)
+            ))
+        })?;
     let store = &state.ctx.store;
     let key = account_key(&c.user);
     let taken = || ApiError::conflict(format!("user name {:?} is taken", c.user));
@@ -337,13 +392,19 @@ pub async fn signup(
     {
         return Err(taken());
     }
-    store
+    let written = store
         .apply(vec![Write::Set {
             key,
             value: phc.into_bytes(),
         }])
-        .await
-        .map_err(store_unavailable)?;
+        .await;
+    if let Err(e) = written {
+        // Give the name back, or it would stay claimed without a password for ever.
+        if let Err(undo) = store.zrem(ACCOUNTS_KEY, &c.user).await {
+            tracing::error!(user = %c.user, error = %undo, "could not release the claimed name");
+        }
+        return Err(store_unavailable(e));
+    }
     tracing::info!(user = %c.user, "account created");
     Ok((StatusCode::CREATED, Json(session(&state.auth, c.user))))
 }
@@ -360,12 +421,12 @@ pub async fn signin(
     }
     let auth = &state.auth;
     let keys = [user_key(&c.user), ip_key(peer.ip())];
-    if let Err(wait) = auth.limiter.check(&keys) {
-        return Err(ApiError::too_many_requests(format!(
+    let attempt = auth.limiter.reserve(&keys).map_err(|wait| {
+        ApiError::too_many_requests(format!(
             "too many failed sign-in attempts: try again in {} s",
             wait.as_secs().max(1)
-        )));
-    }
+        ))
+    })?;
     let phc = state
         .ctx
         .store
@@ -373,10 +434,11 @@ pub async fn signin(
         .await
         .map_err(store_unavailable)?
         .and_then(|v| String::from_utf8(v).ok());
-    if !auth.check_password(phc, c.password).await {
-        auth.limiter.record_failure(&keys);
+    if !auth.check_password(phc, c.password).await? {
+        // The reserved attempt stays counted: it was a failure.
         return Err(ApiError::unauthorized("wrong user name or password"));
     }
+    auth.limiter.release(&keys, attempt);
     auth.limiter.clear(&keys[0]);
     Ok(Json(session(auth, c.user)))
 }
@@ -429,7 +491,11 @@ mod tests {
     use super::*;
 
     fn auth() -> Auth {
-        Auth::new(Some("test secret"), Duration::from_secs(60)).unwrap()
+        Auth::new(
+            Some("test secret of at least thirty-two bytes"),
+            Duration::from_secs(60),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -445,7 +511,11 @@ mod tests {
         assert!(a.verify("garbage").is_err());
         assert!(a.verify("").is_err());
         assert!(a.verify("v1.alice.99999999999.!!!").is_err());
-        let other = Auth::new(Some("another secret"), Duration::from_secs(60)).unwrap();
+        let other = Auth::new(
+            Some("another secret, at least thirty-two bytes"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
         assert!(other.verify(&t).is_err());
     }
 
@@ -462,16 +532,48 @@ mod tests {
         let l = Limiter::new(3, Duration::from_millis(50));
         let keys = ["user:a".to_string(), "ip:1".to_string()];
         for _ in 0..3 {
-            assert!(l.check(&keys).is_ok());
-            l.record_failure(&keys);
+            assert!(l.reserve(&keys).is_ok());
         }
-        assert!(l.check(&keys).is_err());
+        assert!(l.reserve(&keys).is_err());
         // Another user from the same IP is blocked too; the same user elsewhere as well.
-        assert!(l.check(&["user:b".into(), "ip:1".into()]).is_err());
-        assert!(l.check(&["user:a".into(), "ip:2".into()]).is_err());
-        assert!(l.check(&["user:b".into(), "ip:2".into()]).is_ok());
+        assert!(l.reserve(&["user:b".into(), "ip:1".into()]).is_err());
+        assert!(l.reserve(&["user:a".into(), "ip:2".into()]).is_err());
+        assert!(l.reserve(&["user:b".into(), "ip:2".into()]).is_ok());
         std::thread::sleep(Duration::from_millis(60));
-        assert!(l.check(&keys).is_ok());
+        assert!(l.reserve(&keys).is_ok());
+    }
+
+    #[test]
+    fn a_burst_of_parallel_attempts_gets_only_the_allowed_number() {
+        let l = std::sync::Arc::new(Limiter::new(5, Duration::from_secs(60)));
+        let keys = ["user:victim".to_string(), "ip:9".to_string()];
+        let passed: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..20)
+                .map(|_| scope.spawn(|| l.reserve(&keys).is_ok()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| usize::from(h.join().unwrap()))
+                .sum()
+        });
+        assert_eq!(passed, 5, "checking and counting are one step");
+    }
+
+    #[test]
+    fn a_successful_attempt_is_given_back() {
+        let l = Limiter::new(2, Duration::from_secs(60));
+        let keys = ["user:a".to_string()];
+        let at = l.reserve(&keys).unwrap();
+        l.release(&keys, at);
+        assert!(l.reserve(&keys).is_ok());
+        assert!(l.reserve(&keys).is_ok());
+        assert!(l.reserve(&keys).is_err());
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let e = Auth::new(Some("hunter2"), Duration::from_secs(60)).unwrap_err();
+        assert!(e.to_string().contains("at least 32 bytes"), "{e}");
     }
 
     #[test]

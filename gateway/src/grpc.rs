@@ -55,6 +55,8 @@ pub fn target_service(path: &str) -> Option<ServiceKind> {
 #[derive(Clone)]
 pub struct Forwarder {
     mesh: Arc<Mesh>,
+    /// When set, only these paths pass (the reads); anything else is PERMISSION_DENIED.
+    allowed: Option<Arc<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -64,8 +66,23 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
+    /// Forwards every Starling call: for the gRPC port, which is for trusted networks
+    /// (other services, operators) and has no accounts.
     pub fn new(mesh: Arc<Mesh>) -> Self {
-        Self { mesh }
+        Self {
+            mesh,
+            allowed: None,
+        }
+    }
+
+    /// Forwards only the methods declared `NO_SIDE_EFFECTS` in the .proto files: for
+    /// gRPC-Web on the public HTTP port, where writes must go through the JSON API with a
+    /// token (a write here could name any author or follower).
+    pub fn read_only(mesh: Arc<Mesh>) -> Self {
+        Self {
+            mesh,
+            allowed: Some(Arc::new(starling_proto::read_only_methods())),
+        }
     }
 }
 
@@ -96,6 +113,16 @@ where
                 ))))
             });
         };
+        if let Some(allowed) = &self.allowed {
+            if !allowed.contains(&path) {
+                return Box::pin(async move {
+                    Ok(status_response(Status::permission_denied(format!(
+                        "{path} changes data: use the JSON API with a sign-in token (gRPC-Web \
+                         serves reads only)"
+                    ))))
+                });
+            }
+        }
         let channel = self.mesh.channel(kind.name());
         let (mut parts, body) = req.into_parts();
         // The mesh speaks HTTP/2 to the services whatever the client spoke to us (gRPC-Web
@@ -117,12 +144,12 @@ where
 }
 
 /// The gRPC-Web endpoint of the HTTP port: tonic-web's grpc-web ⇄ grpc translation in
-/// front of the forwarder, counted like the gRPC port's calls.
+/// front of a read-only forwarder, counted like the gRPC port's calls.
 pub type GrpcWeb = tonic_web::GrpcWebService<CallMetrics<Forwarder>>;
 
 pub fn grpc_web(mesh: Arc<Mesh>) -> GrpcWeb {
     tonic_web::GrpcWebLayer::new()
-        .layer(CallMetricsLayer::new("gateway").layer(Forwarder::new(mesh)))
+        .layer(CallMetricsLayer::new("gateway").layer(Forwarder::read_only(mesh)))
 }
 
 /// True for the content types gRPC-Web clients send.

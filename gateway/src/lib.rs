@@ -74,6 +74,8 @@ pub(crate) struct AppState {
     pub(crate) auth: Arc<auth::Auth>,
     /// Turns true when the gateway stops; open event streams end on it.
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Open live-timeline streams, bounded: each polls the timeline service.
+    pub(crate) streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// A serving gateway. [`stop`](RunningGateway::stop) it to finish in-flight requests;
@@ -115,6 +117,7 @@ pub async fn start(config: GatewayConfig, ctx: &ServiceContext) -> anyhow::Resul
         ctx: ctx.clone(),
         auth,
         shutdown: shutdown_rx.clone(),
+        streams: Arc::new(tokio::sync::Semaphore::new(stream::MAX_STREAMS)),
     };
 
     let listener = tokio::net::TcpListener::bind(config.http)

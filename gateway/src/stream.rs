@@ -37,6 +37,8 @@ const PAGE: u32 = 50;
 /// Pages read per poll at most: a stream that fell further behind skips the excess rather
 /// than hammering the timeline service.
 const MAX_PAGES: usize = 4;
+/// Live-timeline streams one gateway keeps open at once; more are refused with 503.
+pub const MAX_STREAMS: usize = 2_048;
 
 /// `GET /api/users/{user}/timeline/stream`.
 pub async fn timeline_stream(
@@ -45,6 +47,11 @@ pub async fn timeline_stream(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let user = user_path(user)?;
+    let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::unavailable(format!(
+            "this gateway already serves {MAX_STREAMS} live timelines; try again later"
+        ))
+    })?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -63,6 +70,7 @@ pub async fn timeline_stream(
         pending: VecDeque::new(),
         interval: None,
         shutdown: state.shutdown.clone(),
+        _permit: permit,
     };
     let sse = Sse::new(events(poller)).keep_alive(KeepAlive::default());
     // Tells reverse proxies (nginx) not to buffer the stream.
@@ -81,6 +89,8 @@ struct Poller {
     pending: VecDeque<TweetJson>,
     interval: Option<tokio::time::Interval>,
     shutdown: watch::Receiver<bool>,
+    /// Held for the stream's life (see [`MAX_STREAMS`]).
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Poller {

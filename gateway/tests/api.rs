@@ -939,5 +939,43 @@ async fn grpc_web_is_served_on_the_http_port() {
     assert!(!tags.tags.is_empty());
     let trailers = String::from_utf8_lossy(&body[5 + len..]);
     assert!(trailers.contains("grpc-status:0"), "{trailers}");
+
+    // A write over gRPC-Web would need no token and could name any author: refused.
+    let create = starling_proto::tweet::v1::CreateTweetRequest {
+        author: "victim".into(),
+        text: "not mine".into(),
+    }
+    .encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(create.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&create);
+    let req = hyper::Request::builder()
+        .method(Method::POST)
+        .uri(format!(
+            "{}/starling.tweet.v1.TweetService/CreateTweet",
+            h.base
+        ))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(Full::new(Bytes::from(frame)))
+        .unwrap();
+    let r = h.send(req).await;
+    let status = r
+        .headers
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
+    assert!(
+        status.contains('7'),
+        "PERMISSION_DENIED expected, got {status:?}"
+    );
+    let victim = h.get("/api/users/victim/tweets").await;
+    assert_eq!(victim.status, StatusCode::OK);
+    assert_eq!(
+        victim.json()["tweets"],
+        serde_json::json!([]),
+        "nothing was posted: {}",
+        victim.text()
+    );
     w.stop().await;
 }

@@ -52,6 +52,20 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// `.proto` file is the one place where retry safety is decided.
 pub fn idempotent_methods() -> HashSet<String> {
     use prost_types::method_options::IdempotencyLevel;
+    methods_with(&[
+        IdempotencyLevel::Idempotent,
+        IdempotencyLevel::NoSideEffects,
+    ])
+}
+
+/// gRPC paths of every method declared `idempotency_level = NO_SIDE_EFFECTS`: the reads.
+/// The gateway's unauthenticated gRPC-Web endpoint passes only these.
+pub fn read_only_methods() -> HashSet<String> {
+    methods_with(&[prost_types::method_options::IdempotencyLevel::NoSideEffects])
+}
+
+fn methods_with(levels: &[prost_types::method_options::IdempotencyLevel]) -> HashSet<String> {
+    use prost_types::method_options::IdempotencyLevel;
     // The descriptor set is produced by our own build script, so failing to decode it is a
     // build defect, not a run-time condition.
     let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET)
@@ -66,10 +80,7 @@ pub fn idempotent_methods() -> HashSet<String> {
                     .as_ref()
                     .map(|o| o.idempotency_level())
                     .unwrap_or(IdempotencyLevel::IdempotencyUnknown);
-                if matches!(
-                    level,
-                    IdempotencyLevel::Idempotent | IdempotencyLevel::NoSideEffects
-                ) {
+                if levels.contains(&level) {
                     paths.insert(format!("/{package}.{}/{}", service.name(), method.name()));
                 }
             }
@@ -101,6 +112,12 @@ mod tests {
         // Posting twice posts twice: never retried.
         assert!(!m.contains("/starling.tweet.v1.TweetService/CreateTweet"));
         assert!(!m.contains("/starling.recommendation.v1.RecommendationService/RecordEngagement"));
+        let reads = read_only_methods();
+        assert!(reads.contains("/starling.timeline.v1.TimelineService/GetHomeTimeline"));
+        assert!(
+            !reads.contains("/starling.follower.v1.FollowerService/Follow"),
+            "a write, if idempotent"
+        );
     }
 
     #[test]
