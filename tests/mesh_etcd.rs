@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use starling::bench::backend::TestBackend;
-use starling_discovery::{Mesh, MeshChannel, MeshConfig, Policy, Registry, ServiceInstance};
+use starling_discovery::{
+    EtcdRegistry, Mesh, MeshChannel, MeshConfig, Policy, Registry, ServiceInstance,
+};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
@@ -35,6 +37,40 @@ async fn wait_ids(channel: &MeshChannel, ids: &HashSet<String>, timeout: Duratio
         .await
 }
 
+fn ids_of(instances: &[Instance]) -> HashSet<String> {
+    instances.iter().map(|i| i.id.clone()).collect()
+}
+
+/// `n` `starling serve tagger` processes in namespace `ns`, and a client mesh (registry,
+/// mesh, channel with `policy`) that already sees all of them.
+async fn taggers(
+    etcd: &Etcd,
+    ns: &str,
+    n: usize,
+    policy: Policy,
+) -> (Vec<Instance>, Arc<EtcdRegistry>, Mesh, MeshChannel) {
+    let mut instances = Vec::new();
+    for _ in 0..n {
+        instances.push(Instance::serve("tagger", etcd, ns).await);
+    }
+    let registry = Arc::new(etcd.registry(ns, LEASE_TTL).await);
+    let (mesh, channel) = mesh(registry.clone(), "tagger", policy);
+    assert!(
+        wait_ids(&channel, &ids_of(&instances), Duration::from_secs(10)).await,
+        "the client sees all {n} instances"
+    );
+    (instances, registry, mesh, channel)
+}
+
+fn assert_no_failures(failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} failed calls: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
 #[tokio::test]
 async fn etcd_registry_passes_the_contract() {
     let Some(etcd) = Etcd::start().await else {
@@ -50,17 +86,8 @@ async fn round_robin_spreads_300_calls_over_three_processes() {
     let Some(etcd) = Etcd::start().await else {
         return;
     };
-    let mut instances = Vec::new();
-    for _ in 0..3 {
-        instances.push(Instance::serve("tagger", &etcd, "rr").await);
-    }
-    let ids: HashSet<String> = instances.iter().map(|i| i.id.clone()).collect();
-    let registry = Arc::new(etcd.registry("rr", LEASE_TTL).await);
-    let (_mesh, channel) = mesh(registry.clone(), "tagger", Policy::RoundRobin);
-    assert!(
-        wait_ids(&channel, &ids, Duration::from_secs(10)).await,
-        "client sees the three instances"
-    );
+    let (instances, registry, _mesh, channel) = taggers(&etcd, "rr", 3, Policy::RoundRobin).await;
+    let ids = ids_of(&instances);
 
     // Each instance's key is under /<ns>/services/<service>/<id> with the documented value.
     let listed = registry.list("tagger").await.unwrap();
@@ -87,20 +114,10 @@ async fn consistent_hash_is_sticky_and_moves_only_the_leavers_keys() {
     let Some(etcd) = Etcd::start().await else {
         return;
     };
-    let mut instances = Vec::new();
-    for _ in 0..4 {
-        instances.push(Instance::serve("tagger", &etcd, "ch").await);
-    }
-    let ids: HashSet<String> = instances.iter().map(|i| i.id.clone()).collect();
-    let registry = Arc::new(etcd.registry("ch", LEASE_TTL).await);
-    let (_mesh, channel) = mesh(
-        registry,
-        "tagger",
-        Policy::ConsistentHash {
-            header: "x-user-id".into(),
-        },
-    );
-    assert!(wait_ids(&channel, &ids, Duration::from_secs(10)).await);
+    let hash = Policy::ConsistentHash {
+        header: "x-user-id".into(),
+    };
+    let (mut instances, _registry, _mesh, channel) = taggers(&etcd, "ch", 4, hash).await;
 
     async fn owner(channel: &MeshChannel, user: &str) -> String {
         use starling_proto::tagger::v1::{
@@ -139,7 +156,7 @@ async fn consistent_hash_is_sticky_and_moves_only_the_leavers_keys() {
     let leaver = instances.remove(1);
     let leaver_id = leaver.id.clone();
     leaver.terminate().await;
-    let remaining: HashSet<String> = instances.iter().map(|i| i.id.clone()).collect();
+    let remaining = ids_of(&instances);
     assert!(wait_ids(&channel, &remaining, Duration::from_secs(10)).await);
 
     let mut moved = 0;
@@ -248,14 +265,8 @@ async fn kill_9_under_load_fails_no_idempotent_call_and_the_key_expires() {
     let Some(etcd) = Etcd::start().await else {
         return;
     };
-    let mut instances = Vec::new();
-    for _ in 0..3 {
-        instances.push(Instance::serve("tagger", &etcd, "kill").await);
-    }
-    let ids: HashSet<String> = instances.iter().map(|i| i.id.clone()).collect();
-    let registry = Arc::new(etcd.registry("kill", LEASE_TTL).await);
-    let (_mesh, channel) = mesh(registry.clone(), "tagger", Policy::RoundRobin);
-    assert!(wait_ids(&channel, &ids, Duration::from_secs(10)).await);
+    let (mut instances, registry, _mesh, channel) =
+        taggers(&etcd, "kill", 3, Policy::RoundRobin).await;
 
     let load = Load::start(channel.clone(), 4, Duration::from_millis(2));
     assert!(load.progress(200, Duration::from_secs(10)).await);
@@ -283,17 +294,12 @@ async fn kill_9_under_load_fails_no_idempotent_call_and_the_key_expires() {
     .await;
     assert!(gone, "the killed instance's key must expire with its lease");
     let expired_after = killed_at.elapsed();
-    let remaining: HashSet<String> = instances.iter().map(|i| i.id.clone()).collect();
+    let remaining = ids_of(&instances);
     assert!(wait_ids(&channel, &remaining, Duration::from_secs(5)).await);
     assert!(load.progress(200, Duration::from_secs(10)).await);
     let (ok, failures) = load.finish().await;
     eprintln!("kill -9: {ok} calls ok, key gone after {expired_after:?}");
-    assert!(
-        failures.is_empty(),
-        "{} failed calls: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    assert_no_failures(&failures);
 }
 
 #[tokio::test]
@@ -302,14 +308,8 @@ async fn rolling_restart_under_load_fails_no_call() {
     let Some(etcd) = Etcd::start().await else {
         return;
     };
-    let mut instances = Vec::new();
-    for _ in 0..3 {
-        instances.push(Instance::serve("tagger", &etcd, "roll").await);
-    }
-    let registry = Arc::new(etcd.registry("roll", LEASE_TTL).await);
-    let (_mesh, channel) = mesh(registry, "tagger", Policy::RoundRobin);
-    let ids: HashSet<String> = instances.iter().map(|i| i.id.clone()).collect();
-    assert!(wait_ids(&channel, &ids, Duration::from_secs(10)).await);
+    let (mut instances, _registry, _mesh, channel) =
+        taggers(&etcd, "roll", 3, Policy::RoundRobin).await;
 
     let load = Load::start(channel.clone(), 4, Duration::from_millis(2));
     assert!(load.progress(100, Duration::from_secs(10)).await);
@@ -317,7 +317,7 @@ async fn rolling_restart_under_load_fails_no_call() {
         let old = instances.remove(0);
         old.terminate().await;
         instances.push(Instance::serve("tagger", &etcd, "roll").await);
-        let ids: HashSet<String> = instances.iter().map(|i| i.id.clone()).collect();
+        let ids = ids_of(&instances);
         assert!(
             wait_ids(&channel, &ids, Duration::from_secs(10)).await,
             "client sees the new set"
@@ -326,12 +326,7 @@ async fn rolling_restart_under_load_fails_no_call() {
     }
     let (ok, failures) = load.finish().await;
     eprintln!("rolling restart: {ok} calls ok");
-    assert!(
-        failures.is_empty(),
-        "{} failed calls: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    assert_no_failures(&failures);
 }
 
 #[tokio::test]
@@ -340,14 +335,9 @@ async fn etcd_outage_and_wipe_keep_traffic_flowing_and_instances_reregister() {
     let Some(mut etcd) = Etcd::start().await else {
         return;
     };
-    let mut instances = Vec::new();
-    for _ in 0..3 {
-        instances.push(Instance::serve("tagger", &etcd, "outage").await);
-    }
-    let ids: HashSet<String> = instances.iter().map(|i| i.id.clone()).collect();
-    let registry = Arc::new(etcd.registry("outage", LEASE_TTL).await);
-    let (_mesh, channel) = mesh(registry.clone(), "tagger", Policy::RoundRobin);
-    assert!(wait_ids(&channel, &ids, Duration::from_secs(10)).await);
+    let (instances, registry, _mesh, channel) =
+        taggers(&etcd, "outage", 3, Policy::RoundRobin).await;
+    let ids = ids_of(&instances);
     let load = Load::start(channel.clone(), 4, Duration::from_millis(5));
     assert!(load.progress(100, Duration::from_secs(10)).await);
 
@@ -405,12 +395,7 @@ async fn etcd_outage_and_wipe_keep_traffic_flowing_and_instances_reregister() {
     );
     let (ok, failures) = load.finish().await;
     eprintln!("etcd outage: {ok} calls ok");
-    assert!(
-        failures.is_empty(),
-        "{} failed calls: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    assert_no_failures(&failures);
 }
 
 #[tokio::test]
