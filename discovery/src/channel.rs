@@ -299,7 +299,7 @@ async fn maintain(
                 .by_id
                 .get(id)
                 .map(|&i| previous.endpoints[i].clone())
-                .filter(|e| e.instance == *inst);
+                .filter(|e| e.instance.same_endpoint(inst));
             let ep = match reused {
                 Some(ep) => ep,
                 None => match Endpoint::new(&service, inst.clone(), connect_timeout) {
@@ -310,6 +310,7 @@ async fn maintain(
                     }
                 },
             };
+            ep.set_serving(inst.serving);
             snap.by_id.insert(id.clone(), snap.endpoints.len());
             snap.endpoints.push(ep);
         }
@@ -438,8 +439,8 @@ impl Target {
     fn pick(&self, snap: &Snapshot, headers: &http::HeaderMap) -> Arc<Endpoint> {
         let now = Instant::now();
         let all = &snap.endpoints;
-        let healthy = all.iter().filter(|e| !e.is_ejected(now)).count();
-        // With every endpoint ejected, trying one beats failing outright. Candidates are
+        let healthy = all.iter().filter(|e| e.usable(now)).count();
+        // With every endpoint ejected or not serving, trying one beats failing outright. Candidates are
         // indexed without collecting them: this runs on every call.
         let panic_mode = healthy == 0;
         let n = if panic_mode { all.len() } else { healthy };
@@ -448,7 +449,7 @@ impl Target {
                 &all[k]
             } else {
                 all.iter()
-                    .filter(|e| !e.is_ejected(now))
+                    .filter(|e| e.usable(now))
                     .nth(k)
                     .unwrap_or(&all[0])
             }
@@ -462,7 +463,7 @@ impl Target {
                 };
                 let hash = HashRing::hash_key(key.as_bytes());
                 let usable = |id: &str| {
-                    panic_mode || snap.by_id.get(id).is_some_and(|&i| !all[i].is_ejected(now))
+                    panic_mode || snap.by_id.get(id).is_some_and(|&i| all[i].usable(now))
                 };
                 snap.ring
                     .owner_where(hash, usable)
@@ -522,7 +523,16 @@ impl Target {
                 // A trailers-only UNAVAILABLE: the instance is shedding load or shutting
                 // down. Not a fast success (that would make p2c favour it): take it out of
                 // rotation briefly so the retry goes elsewhere.
-                if let Some(status) = Status::from_header_map(resp.headers()) {
+                // Unless the callee says not to retry (gRPC retry pushback < 0): its
+                // dependency failed, and every replica shares that dependency.
+                let pushback = resp
+                    .headers()
+                    .get(crate::RETRY_PUSHBACK)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|ms| ms < 0);
+                if let Some(status) = Status::from_header_map(resp.headers()).filter(|_| !pushback)
+                {
                     if status.code() == tonic::Code::Unavailable {
                         drop(flight);
                         endpoint.eject(&self.config.ejection);

@@ -23,6 +23,35 @@ pub async fn run_all<R: Registry>(registry: &R) {
     services_are_isolated(registry).await;
     invalid_service_name_is_rejected(registry).await;
     claims_are_exclusive_and_released(registry).await;
+    serving_changes_are_watched(registry).await;
+}
+
+/// An instance that stops serving stays registered, marked so; watchers see the change
+/// both ways.
+pub async fn serving_changes_are_watched<R: Registry>(registry: &R) {
+    let service = fresh_service("serving");
+    let mut watch = registry.watch(&service);
+    let inst = ServiceInstance::new(&service, "127.0.0.1:4102");
+    let id = inst.id.clone();
+    let reg = registry.register(&service, inst).await.expect("register");
+    let serving = |want: bool| {
+        let id = id.clone();
+        move |set: &crate::instance::EndpointSet| {
+            set.iter().any(|(i, inst)| *i == id && inst.serving == want)
+        }
+    };
+    wait_for(&mut watch, WAIT, serving(true))
+        .await
+        .expect("registered as serving");
+    reg.serving_handle().set_serving(false);
+    wait_for(&mut watch, WAIT, serving(false))
+        .await
+        .expect("watchers see it stop serving");
+    reg.serving_handle().set_serving(true);
+    wait_for(&mut watch, WAIT, serving(true))
+        .await
+        .expect("and serve again");
+    reg.deregister().await;
 }
 
 pub async fn claims_are_exclusive_and_released<R: Registry>(registry: &R) {

@@ -30,6 +30,8 @@ pub struct Endpoint {
     ejected_until: AtomicU64,
     pub picks: Counter,
     pub ejections: Counter,
+    /// The instance's own health verdict, as registered (see [`ServiceInstance::serving`]).
+    serving: std::sync::atomic::AtomicBool,
 }
 
 /// A process-wide origin, so instants fit in an `AtomicU64`.
@@ -75,6 +77,7 @@ impl Endpoint {
             ewma: Mutex::new(PeakEwma::new(DEFAULT_RTT, EWMA_DECAY, Instant::now())),
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            serving: std::sync::atomic::AtomicBool::new(instance.serving),
             instance,
         })
     }
@@ -85,6 +88,15 @@ impl Endpoint {
 
     pub fn is_ejected(&self, now: Instant) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > since_epoch(now)
+    }
+
+    /// Neither ejected nor reporting itself NOT_SERVING.
+    pub fn usable(&self, now: Instant) -> bool {
+        self.serving.load(Ordering::Relaxed) && !self.is_ejected(now)
+    }
+
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
     }
 
     /// p2c load: peak-EWMA latency scaled by the calls already outstanding.

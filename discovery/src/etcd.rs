@@ -46,6 +46,10 @@ pub struct EtcdConfig {
     pub request_timeout: Duration,
     /// How long instances missing from a relist are kept (see the module docs).
     pub relist_grace: Duration,
+    /// Lease TTL of claims (Snowflake worker ids). Longer than `lease_ttl`: a claim stays
+    /// usable through an etcd outage this long (see [`Registry::claim`]), and a crashed
+    /// holder's number is free again after it.
+    pub claim_ttl: Duration,
 }
 
 impl EtcdConfig {
@@ -56,6 +60,7 @@ impl EtcdConfig {
             lease_ttl: Duration::from_secs(10),
             request_timeout: Duration::from_secs(3),
             relist_grace: Duration::from_secs(20),
+            claim_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -82,8 +87,10 @@ impl EtcdRegistry {
         let options = ConnectOptions::new()
             .with_connect_timeout(config.request_timeout)
             .with_timeout(config.request_timeout)
-            // Detects a silently dead etcd connection (no RST) within seconds.
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // Detects a silently dead etcd connection (no RST) within seconds. Not more often
+            // than every 10 s: etcd (min 5 s) answers faster pings with GOAWAY
+            // "too_many_pings", which resets every watch.
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
         let endpoints: Vec<String> = config
             .endpoints
@@ -149,16 +156,17 @@ impl Registry for EtcdRegistry {
         let lease = grant_and_put(&mut client, &key, &value, ttl).await?;
         info!(%key, lease, ttl, address = %instance.address, "registered");
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (updates_tx, updates_rx) = watch::channel(instance.clone());
         let keeper = tokio::spawn(keep_registered(
             client,
             key,
-            value,
+            updates_rx,
             ttl,
             lease,
             self.config.request_timeout,
             stop_rx,
         ));
-        Ok(Registration::new(instance, stop_tx, keeper))
+        Ok(Registration::new(instance, stop_tx, keeper, updates_tx))
     }
 
     async fn list(&self, service: &str) -> Result<EndpointSet, DiscoveryError> {
@@ -174,7 +182,7 @@ impl Registry for EtcdRegistry {
     async fn claim(&self, pool: &str, max: u32) -> Result<Claim, DiscoveryError> {
         check_service_name(pool)?;
         let mut client = self.client.clone();
-        let ttl = self.ttl_secs();
+        let ttl = self.config.claim_ttl.as_secs().max(1) as i64;
         let prefix = format!(
             "/{}/claims/{pool}/",
             self.config.namespace.trim_matches('/')
@@ -184,9 +192,10 @@ impl Registry for EtcdRegistry {
         for i in 0..max {
             let id = (start + i) % max;
             let key = format!("{prefix}{id}");
+            let sent = std::time::Instant::now();
             if let Some(lease) = try_claim(&mut client, &key, ttl).await? {
-                info!(%key, lease, "claimed");
-                let (valid_tx, valid_rx) = watch::channel(true);
+                info!(%key, lease, ttl, "claimed");
+                let (valid_tx, valid_rx) = watch::channel(Some(valid_until(sent, ttl)));
                 let (stop_tx, stop_rx) = oneshot::channel();
                 tokio::spawn(keep_claim(
                     client,
@@ -226,47 +235,71 @@ async fn try_claim(
     }
 }
 
-/// Keeps a claim's lease alive. If the lease is lost, the claim is invalid until the same
-/// key can be created again (someone else may have taken the number meanwhile).
+/// Until when a claim whose lease (of `ttl` seconds) was granted or renewed by a request
+/// sent at `sent` is certainly still held: etcd counts the TTL from when the request
+/// arrived, which is later; a second's margin covers clock-rate differences.
+fn valid_until(sent: std::time::Instant, ttl: i64) -> std::time::Instant {
+    sent + Duration::from_secs(ttl.max(1) as u64).saturating_sub(Duration::from_secs(1))
+}
+
+/// Keeps a claim's lease alive, moving its validity forward on every confirmed renewal. A
+/// failed renewal changes nothing: the claim stays valid until its time runs out. If etcd
+/// says the lease is gone, the claim is invalid at once, until the same number can be
+/// claimed again (someone else may have it by then).
 async fn keep_claim(
     mut client: Client,
     key: String,
     ttl: i64,
     mut lease: i64,
     request_timeout: Duration,
-    valid: watch::Sender<bool>,
+    valid: watch::Sender<Option<std::time::Instant>>,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(300));
+    // Six renewals per TTL: an outage that starts just before a renewal still leaves most
+    // of the TTL.
+    let period = Duration::from_millis((ttl as u64 * 1000 / 6).max(300));
     loop {
         tokio::select! {
             _ = &mut stop => break,
             _ = tokio::time::sleep(period) => {}
         }
-        let renewed = async {
-            let (mut keeper, mut responses) = client.lease_keep_alive(lease).await.ok()?;
-            keeper.keep_alive().await.ok()?;
-            let resp = responses.message().await.ok()??;
-            Some(resp.ttl() > 0)
-        };
-        match tokio::time::timeout(request_timeout, renewed).await {
-            Ok(Some(true)) => {
-                valid.send_if_modified(|v| !std::mem::replace(v, true));
-            }
-            Ok(Some(false)) | Ok(None) | Err(_) => {
-                // Expired for sure only when etcd says so, but an unreachable etcd past the
-                // TTL means the same; either way stop trusting the claim until re-created.
-                if valid.send_if_modified(|v| std::mem::replace(v, false)) {
-                    warn!(%key, "claim may be lost; holding back until it is re-established");
+        let held = valid.borrow().is_some();
+        let sent = std::time::Instant::now();
+        if held {
+            let renewed = async {
+                let (mut keeper, mut responses) = client.lease_keep_alive(lease).await.ok()?;
+                keeper.keep_alive().await.ok()?;
+                let resp = responses.message().await.ok()??;
+                Some(resp.ttl() > 0)
+            };
+            match tokio::time::timeout(request_timeout, renewed).await {
+                Ok(Some(true)) => {
+                    valid.send_replace(Some(valid_until(sent, ttl)));
+                    continue;
                 }
-                if let Ok(Ok(Some(new))) =
-                    tokio::time::timeout(request_timeout, try_claim(&mut client, &key, ttl)).await
-                {
-                    info!(%key, lease = new, "claim re-established");
-                    lease = new;
-                    valid.send_replace(true);
+                Ok(Some(false)) => {
+                    warn!(%key, "claim lost (etcd no longer knows its lease); not issuing until re-claimed");
+                    valid.send_replace(None);
+                }
+                Ok(None) | Err(_) => {
+                    let left = valid
+                        .borrow()
+                        .map(|u| u.saturating_duration_since(std::time::Instant::now()));
+                    warn!(%key, valid_for = ?left, "cannot renew the claim; it stays valid until its TTL runs out");
+                    if left.is_some_and(|l| !l.is_zero()) {
+                        continue;
+                    }
+                    valid.send_replace(None);
                 }
             }
+        }
+        let sent = std::time::Instant::now();
+        if let Ok(Ok(Some(new))) =
+            tokio::time::timeout(request_timeout, try_claim(&mut client, &key, ttl)).await
+        {
+            info!(%key, lease = new, "claim re-established");
+            lease = new;
+            valid.send_replace(Some(valid_until(sent, ttl)));
         }
     }
     let _ = tokio::time::timeout(request_timeout, client.lease_revoke(lease)).await;
@@ -300,7 +333,7 @@ impl EtcdRegistry {
 async fn keep_registered(
     mut client: Client,
     key: String,
-    value: String,
+    mut updates: watch::Receiver<ServiceInstance>,
     ttl: i64,
     first_lease: i64,
     request_timeout: Duration,
@@ -309,6 +342,11 @@ async fn keep_registered(
     let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(300));
     let mut backoff = Backoff::new(Duration::from_millis(200), period);
     let mut lease = Some(first_lease);
+    let encode = |i: &ServiceInstance| serde_json::to_string(i).unwrap_or_default();
+    // Not marked as seen: a change made before this task ran is still put (below).
+    let mut value = encode(&updates.borrow());
+    // A change whose put failed: put again on the next renewal round.
+    let mut dirty = false;
     'outer: loop {
         let id = match lease {
             Some(id) => id,
@@ -334,6 +372,24 @@ async fn keep_registered(
                     tokio::select! {
                         _ = &mut stop => break 'outer,
                         _ = tick.tick() => {}
+                        changed = updates.changed() => {
+                            // The handle is gone: the registration is being dropped.
+                            if changed.is_err() {
+                                break 'outer;
+                            }
+                            {
+                                value = encode(&updates.borrow_and_update());
+                                let put = client
+                                    .put(key.as_str(), value.as_str(), Some(PutOptions::new().with_lease(id)))
+                                    .await;
+                                dirty = put.is_err();
+                                match put {
+                                    Ok(_) => info!(%key, %value, "registration updated"),
+                                    Err(e) => warn!(%key, error = %e, "cannot update the registration; trying again at the next renewal"),
+                                }
+                            }
+                            continue;
+                        }
                     }
                     if let Err(e) = keeper.keep_alive().await {
                         warn!(%key, error = %e, "lease keep-alive failed to send");
@@ -349,7 +405,7 @@ async fn keep_registered(
                                 .get(key.as_str(), Some(GetOptions::new().with_keys_only()))
                                 .await
                                 .map(|r| !r.kvs().is_empty());
-                            if let Ok(false) = present {
+                            if dirty || matches!(present, Ok(false)) {
                                 let put = client
                                     .put(
                                         key.as_str(),
@@ -357,9 +413,10 @@ async fn keep_registered(
                                         Some(PutOptions::new().with_lease(id)),
                                     )
                                     .await;
+                                dirty = put.is_err();
                                 match put {
                                     Ok(_) => {
-                                        info!(%key, "registration key was missing; put it back")
+                                        info!(%key, "registration key put (again)")
                                     }
                                     Err(e) => {
                                         warn!(%key, error = %e, "cannot put the missing key back")

@@ -28,10 +28,30 @@ pub struct ServiceInstance {
     /// Milliseconds since the Unix epoch.
     #[serde(default)]
     pub started_at: u64,
+    /// Whether the instance can do its job now (its health verdict). Balancers skip an
+    /// instance that is not serving while any other is.
+    #[serde(default = "default_serving")]
+    pub serving: bool,
 }
 
 fn default_weight() -> u32 {
     1
+}
+
+fn default_serving() -> bool {
+    true
+}
+
+impl ServiceInstance {
+    /// The same endpoint (a change of `serving` alone keeps its connection and history).
+    pub fn same_endpoint(&self, other: &ServiceInstance) -> bool {
+        self.id == other.id
+            && self.address == other.address
+            && self.version == other.version
+            && self.zone == other.zone
+            && self.weight == other.weight
+            && self.started_at == other.started_at
+    }
 }
 
 impl ServiceInstance {
@@ -47,6 +67,7 @@ impl ServiceInstance {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
+            serving: true,
         }
     }
 }

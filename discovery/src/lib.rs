@@ -33,7 +33,12 @@ pub use deadline::{current_deadline, propagate_deadline, DeadlineLayer};
 pub use etcd::{EtcdConfig, EtcdRegistry};
 pub use instance::{new_instance_id, EndpointSet, Keys, ServiceInstance};
 pub use memory::MemoryRegistry;
-pub use registry::{Claim, DiscoveryError, EndpointWatch, Registration, Registry};
+pub use registry::{Claim, DiscoveryError, EndpointWatch, Registration, Registry, ServingHandle};
+
+/// gRPC's retry pushback header: a negative value tells the caller not to retry (see
+/// gRFC A6). A service sets it on failures of a dependency that every replica shares, and
+/// the mesh channel then neither retries the call elsewhere nor ejects the endpoint.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
 /// Waits until the watched set satisfies `pred`, for at most `timeout`. Returns the set that
 /// satisfied it. This is how callers await a condition instead of sleeping.

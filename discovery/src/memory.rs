@@ -46,14 +46,28 @@ impl Registry for MemoryRegistry {
         tx.send_modify(|set| {
             Arc::make_mut(set).insert(id.clone(), instance.clone());
         });
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        let (updates_tx, mut updates) = watch::channel(instance.clone());
         let keeper = tokio::spawn(async move {
-            let _ = stop_rx.await;
+            loop {
+                tokio::select! {
+                    _ = &mut stop_rx => break,
+                    changed = updates.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let now = updates.borrow_and_update().clone();
+                        tx.send_modify(|set| {
+                            Arc::make_mut(set).insert(id.clone(), now);
+                        });
+                    }
+                }
+            }
             tx.send_modify(|set| {
                 Arc::make_mut(set).remove(&id);
             });
         });
-        Ok(Registration::new(instance, stop_tx, keeper))
+        Ok(Registration::new(instance, stop_tx, keeper, updates_tx))
     }
 
     async fn list(&self, service: &str) -> Result<EndpointSet, DiscoveryError> {
@@ -77,7 +91,9 @@ impl Registry for MemoryRegistry {
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         // In one process a claim cannot be lost: valid until released.
-        let (valid_tx, valid_rx) = watch::channel(true);
+        let forever =
+            std::time::Instant::now() + std::time::Duration::from_secs(100 * 365 * 86_400);
+        let (valid_tx, valid_rx) = watch::channel(Some(forever));
         let claims = self.claims.clone();
         let pool = pool.to_string();
         tokio::spawn(async move {

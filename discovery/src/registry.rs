@@ -48,9 +48,12 @@ pub trait Registry: Send + Sync + 'static {
     fn watch(&self, service: &str) -> EndpointWatch;
 
     /// Claims a number in `0..max` of the pool `pool` that no other live holder has (a
-    /// Snowflake worker id, say), held until the returned [`Claim`] is dropped. If the
-    /// claim is lost (etcd down past the lease TTL), [`Claim::is_valid`] turns false until
-    /// the same number could be claimed again.
+    /// Snowflake worker id, say), held until the returned [`Claim`] is dropped.
+    /// [`Claim::is_valid`] stays true for as long as the claim is provably still ours: until
+    /// the lease TTL has passed since the last renewal that etcd confirmed (counted from
+    /// when that renewal was *sent*, on the local monotonic clock, so never later than etcd
+    /// itself could expire it). An etcd outage shorter than that costs nothing; past it the
+    /// claim is invalid until the same number is claimed again.
     async fn claim(&self, pool: &str, max: u32) -> Result<Claim, DiscoveryError>;
 }
 
@@ -58,23 +61,29 @@ pub trait Registry: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct Claim {
     pub id: u32,
-    valid: watch::Receiver<bool>,
+    valid_until: watch::Receiver<Option<std::time::Instant>>,
     _stop: oneshot::Sender<()>,
 }
 
 impl Claim {
-    /// `valid` reports whether the claim is currently held; `stop` fires (or is dropped)
-    /// when the claim should be released.
-    pub(crate) fn new(id: u32, valid: watch::Receiver<bool>, stop: oneshot::Sender<()>) -> Self {
+    /// `valid_until` says until when the claim is certainly held (`None`: not held); `stop`
+    /// fires (or is dropped) when the claim should be released.
+    pub(crate) fn new(
+        id: u32,
+        valid_until: watch::Receiver<Option<std::time::Instant>>,
+        stop: oneshot::Sender<()>,
+    ) -> Self {
         Self {
             id,
-            valid,
+            valid_until,
             _stop: stop,
         }
     }
 
     pub fn is_valid(&self) -> bool {
-        *self.valid.borrow()
+        self.valid_until
+            .borrow()
+            .is_some_and(|until| std::time::Instant::now() < until)
     }
 }
 
@@ -97,24 +106,47 @@ pub struct Registration {
     instance: ServiceInstance,
     stop: Option<oneshot::Sender<()>>,
     keeper: Option<JoinHandle<()>>,
+    updates: watch::Sender<ServiceInstance>,
+}
+
+/// Changes what a live registration says about the instance (its health verdict).
+#[derive(Debug, Clone)]
+pub struct ServingHandle(watch::Sender<ServiceInstance>);
+
+impl ServingHandle {
+    /// Registers the instance as serving or not; the keeper writes it if it changed.
+    pub fn set_serving(&self, serving: bool) {
+        self.0.send_if_modified(|i| {
+            let changed = i.serving != serving;
+            i.serving = serving;
+            changed
+        });
+    }
 }
 
 impl Registration {
-    /// `keeper` must remove the registration when `stop` fires (or its sender is dropped).
+    /// `keeper` must remove the registration when `stop` fires (or its sender is dropped),
+    /// and write the instance again whenever `updates` changes.
     pub(crate) fn new(
         instance: ServiceInstance,
         stop: oneshot::Sender<()>,
         keeper: JoinHandle<()>,
+        updates: watch::Sender<ServiceInstance>,
     ) -> Self {
         Self {
             instance,
             stop: Some(stop),
             keeper: Some(keeper),
+            updates,
         }
     }
 
     pub fn instance(&self) -> &ServiceInstance {
         &self.instance
+    }
+
+    pub fn serving_handle(&self) -> ServingHandle {
+        ServingHandle(self.updates.clone())
     }
 
     /// Removes the instance from the registry and waits until that is done (or has been

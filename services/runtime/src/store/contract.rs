@@ -1,7 +1,9 @@
 //! What every [`Store`] must do, as one suite run against [`super::MemoryStore`] (unit
 //! tests) and [`super::RedisStore`] (against a real Redis in the end-to-end tests).
 
-use super::{id_member, Lex, Store, StoreError, Write};
+use std::time::{Duration, Instant};
+
+use super::{id_member, stream_id_order, Lex, Store, StoreError, Write};
 
 /// Runs every check; `prefix` keeps the keys of one run apart from others.
 pub async fn run_all<S: Store>(store: &S, prefix: &str) {
@@ -11,6 +13,10 @@ pub async fn run_all<S: Store>(store: &S, prefix: &str) {
     scored_sets(store, prefix).await;
     hashes(store, prefix).await;
     wrong_type_is_an_error(store, prefix).await;
+    streams_keep_commit_order(store, prefix).await;
+    blocked_xread_wakes_on_add(store, prefix).await;
+    leases_are_exclusive(store, prefix).await;
+    store.ping().await.unwrap();
 }
 
 pub async fn bytes_and_mget<S: Store>(s: &S, p: &str) {
@@ -232,4 +238,103 @@ pub async fn wrong_type_is_an_error<S: Store>(s: &S, p: &str) {
     let lex = format!("{p}typed-lex");
     s.zadd(&lex, "m").await.unwrap();
     assert_eq!(s.mget(&[lex]).await.unwrap(), vec![None]);
+}
+
+/// An atomic batch with a stream entry (the outbox step): entries come back in the order
+/// they were added, after a given id, and are gone once deleted.
+pub async fn streams_keep_commit_order<S: Store>(s: &S, p: &str) {
+    let (stream, data) = (format!("{p}stream"), format!("{p}stream_data"));
+    for i in 0..5u8 {
+        s.apply_atomic(vec![
+            Write::Set {
+                key: data.clone(),
+                value: vec![i],
+            },
+            Write::XAdd {
+                key: stream.clone(),
+                fields: vec![("n".into(), vec![i]), ("topic".into(), b"t".to_vec())],
+            },
+        ])
+        .await
+        .unwrap();
+    }
+    assert_eq!(s.get(&data).await.unwrap(), Some(vec![4]));
+    assert_eq!(s.xlen(&stream).await.unwrap(), 5);
+    let all = s.xread(&stream, "0", 100, Duration::ZERO).await.unwrap();
+    let ns: Vec<u8> = all.iter().map(|e| e.field("n").unwrap()[0]).collect();
+    assert_eq!(ns, vec![0, 1, 2, 3, 4]);
+    assert_eq!(all[0].field("topic"), Some(&b"t"[..]));
+    assert!(all
+        .windows(2)
+        .all(|w| stream_id_order(&w[0].id) < stream_id_order(&w[1].id)));
+    let after = s
+        .xread(&stream, &all[1].id, 2, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(after, all[2..4].to_vec(), "count and start are honoured");
+    s.apply(vec![
+        Write::XDel {
+            key: stream.clone(),
+            id: all[0].id.clone(),
+        },
+        Write::XDel {
+            key: stream.clone(),
+            id: all[2].id.clone(),
+        },
+    ])
+    .await
+    .unwrap();
+    let left = s.xread(&stream, "0", 100, Duration::ZERO).await.unwrap();
+    let ns: Vec<u8> = left.iter().map(|e| e.field("n").unwrap()[0]).collect();
+    assert_eq!(ns, vec![1, 3, 4]);
+    assert_eq!(s.xlen(&stream).await.unwrap(), 3);
+    // Nothing after the last: an empty answer once the block time is up.
+    let t = Instant::now();
+    let none = s
+        .xread(&stream, &all[4].id, 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert!(
+        t.elapsed() >= Duration::from_millis(90),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+/// A reader blocked on an empty stream returns as soon as an entry is added, well before
+/// its block time is up.
+pub async fn blocked_xread_wakes_on_add<S: Store>(s: &S, p: &str) {
+    let stream = format!("{p}wake");
+    let t = Instant::now();
+    let (got, ()) = tokio::join!(s.xread(&stream, "0", 10, Duration::from_secs(5)), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.apply_atomic(vec![Write::XAdd {
+            key: stream.clone(),
+            fields: vec![("x".into(), b"1".to_vec())],
+        }])
+        .await
+        .unwrap();
+    });
+    assert_eq!(got.unwrap().len(), 1);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+/// One holder at a time; the holder renews; a lapsed or released lease can be taken.
+pub async fn leases_are_exclusive<S: Store>(s: &S, p: &str) {
+    let key = format!("{p}lease");
+    let ttl = Duration::from_millis(300);
+    assert!(s.lease(&key, "a", ttl).await.unwrap());
+    assert!(!s.lease(&key, "b", ttl).await.unwrap(), "held by a");
+    assert!(s.lease(&key, "a", ttl).await.unwrap(), "a renews");
+    s.release(&key, "b").await.unwrap();
+    assert!(
+        !s.lease(&key, "b", ttl).await.unwrap(),
+        "b cannot release a's lease"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(s.lease(&key, "b", ttl).await.unwrap(), "a's lease lapsed");
+    s.release(&key, "b").await.unwrap();
+    assert!(s.lease(&key, "a", ttl).await.unwrap(), "released");
+    s.release(&key, "a").await.unwrap();
 }

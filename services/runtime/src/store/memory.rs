@@ -2,12 +2,16 @@
 //! use, in a mutex-guarded map. Nothing survives the process, which is what `starling up`
 //! with no `--redis` promises.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
 
-use super::{Lex, Store, StoreError, StoreResult, Write};
+use super::{stream_id_order, Lex, Store, StoreError, StoreResult, StreamEntry, Write};
+
+type Fields = Vec<(String, Vec<u8>)>;
 
 #[derive(Debug, Clone)]
 enum Value {
@@ -15,11 +19,20 @@ enum Value {
     Lex(BTreeSet<String>),
     Scored(HashMap<String, f64>),
     Hash(HashMap<String, Vec<u8>>),
+    /// Entries by id: (milliseconds since the epoch, sequence), as Redis makes them.
+    Stream(BTreeMap<(u64, u64), Fields>),
 }
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     data: Mutex<HashMap<String, Value>>,
+    /// Leases: key -> (holder, lapses at).
+    leases: Mutex<HashMap<String, (String, Instant)>>,
+    /// The last stream id given out: ids increase across the store even if the wall
+    /// clock steps back (Redis's increase per stream, likewise).
+    last_stream_id: Mutex<(u64, u64)>,
+    /// Wakes blocked [`Store::xread`] calls when an entry is added.
+    added: Notify,
 }
 
 impl MemoryStore {
@@ -49,7 +62,11 @@ fn top(set: &HashMap<String, f64>, limit: usize) -> Vec<(String, f64)> {
 }
 
 impl MemoryStore {
-    fn apply_one(map: &mut HashMap<String, Value>, w: Write) -> StoreResult<()> {
+    fn apply_one(
+        map: &mut HashMap<String, Value>,
+        last_id: &Mutex<(u64, u64)>,
+        w: Write,
+    ) -> StoreResult<()> {
         match w {
             Write::Set { key, value } => {
                 map.insert(key, Value::Bytes(value));
@@ -86,13 +103,39 @@ impl MemoryStore {
             Write::HSet { key, field, value } => {
                 entry!(map, key, Hash).insert(field, value);
             }
+            Write::XAdd { key, fields } => {
+                let id = {
+                    let mut last = last_id.lock().unwrap_or_else(|e| e.into_inner());
+                    let now = crate::events::now_ms().max(0) as u64;
+                    *last = if now > last.0 {
+                        (now, 0)
+                    } else {
+                        (last.0, last.1 + 1)
+                    };
+                    *last
+                };
+                entry!(map, key, Stream).insert(id, fields);
+            }
+            Write::XTrimBefore { key, min_ms } => {
+                if let Some(Value::Stream(s)) = map.get_mut(&key) {
+                    *s = s.split_off(&(min_ms, 0));
+                }
+            }
+            Write::XDel { key, id } => {
+                if let (Some(Value::Stream(s)), Some(id)) =
+                    (map.get_mut(&key), stream_id_order(&id))
+                {
+                    s.remove(&id);
+                }
+            }
         }
         // Like Redis, an emptied collection does not exist.
         map.retain(|_, v| match v {
             Value::Lex(s) => !s.is_empty(),
             Value::Scored(s) => !s.is_empty(),
             Value::Hash(h) => !h.is_empty(),
-            Value::Bytes(_) => true,
+            // Redis keeps an emptied stream (and its last id).
+            Value::Bytes(_) | Value::Stream(_) => true,
         });
         Ok(())
     }
@@ -201,10 +244,108 @@ impl Store for MemoryStore {
     }
 
     async fn apply(&self, writes: Vec<Write>) -> StoreResult<()> {
-        let mut map = self.lock();
-        for w in writes {
-            Self::apply_one(&mut map, w)?;
+        let streamed = writes.iter().any(|w| matches!(w, Write::XAdd { .. }));
+        {
+            let mut map = self.lock();
+            for w in writes {
+                Self::apply_one(&mut map, &self.last_stream_id, w)?;
+            }
         }
+        if streamed {
+            self.added.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn apply_atomic(&self, writes: Vec<Write>) -> StoreResult<()> {
+        // One lock around all of them: as atomic as MULTI/EXEC. Like EXEC, a failing write
+        // does not stop the others; the first error is reported.
+        let streamed = writes.iter().any(|w| matches!(w, Write::XAdd { .. }));
+        let mut first_error = None;
+        {
+            let mut map = self.lock();
+            for w in writes {
+                if let Err(e) = Self::apply_one(&mut map, &self.last_stream_id, w) {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if streamed {
+            self.added.notify_waiters();
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn xread(
+        &self,
+        key: &str,
+        after: &str,
+        count: usize,
+        block: Duration,
+    ) -> StoreResult<Vec<StreamEntry>> {
+        let after = stream_id_order(after).unwrap_or((0, 0));
+        let deadline = Instant::now() + block;
+        loop {
+            // Register interest before looking, so an add in between is not missed.
+            let notified = self.added.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let map = self.lock();
+                let found: Vec<StreamEntry> = match map.get(key) {
+                    None => Vec::new(),
+                    Some(Value::Stream(s)) => s
+                        .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                        .take(count.max(1))
+                        .map(|((ms, seq), fields)| StreamEntry {
+                            id: format!("{ms}-{seq}"),
+                            fields: fields.clone(),
+                        })
+                        .collect(),
+                    Some(_) => return Err(StoreError::WrongType(key.to_string())),
+                };
+                if !found.is_empty() {
+                    return Ok(found);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let _ = tokio::time::timeout(deadline - now, notified).await;
+        }
+    }
+
+    async fn xlen(&self, key: &str) -> StoreResult<u64> {
+        match self.lock().get(key) {
+            None => Ok(0),
+            Some(Value::Stream(s)) => Ok(s.len() as u64),
+            Some(_) => Err(StoreError::WrongType(key.to_string())),
+        }
+    }
+
+    async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<bool> {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let free = match leases.get(key) {
+            None => true,
+            Some((h, until)) => h == holder || *until <= now,
+        };
+        if free {
+            leases.insert(key.to_string(), (holder.to_string(), now + ttl));
+        }
+        Ok(free)
+    }
+
+    async fn release(&self, key: &str, holder: &str) -> StoreResult<()> {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        if leases.get(key).is_some_and(|(h, _)| h == holder) {
+            leases.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
         Ok(())
     }
 }

@@ -12,6 +12,8 @@ pub mod contract;
 mod memory;
 mod redis;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 pub use self::memory::MemoryStore;
@@ -101,6 +103,47 @@ pub enum Write {
         field: String,
         value: Vec<u8>,
     },
+    /// Appends an entry to a stream; the store assigns its id (increasing in commit order).
+    XAdd {
+        key: String,
+        fields: Vec<(String, Vec<u8>)>,
+    },
+    /// Removes one entry of a stream.
+    XDel {
+        key: String,
+        id: String,
+    },
+    /// Removes the entries of a stream older than `min_ms` milliseconds since the epoch
+    /// (by their ids, which start with the time they were added).
+    XTrimBefore {
+        key: String,
+        min_ms: u64,
+    },
+}
+
+/// One entry of a stream (see [`Write::XAdd`]), as [`Store::xread`] returns it. Its id is
+/// `<ms>-<seq>`: the time it was added, in milliseconds since the epoch, and a sequence
+/// number within that millisecond; ids increase in the order entries were added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    /// `<ms>-<seq>`, as Redis writes them; compare with [`stream_id_order`].
+    pub id: String,
+    pub fields: Vec<(String, Vec<u8>)>,
+}
+
+impl StreamEntry {
+    pub fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(f, _)| f == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// The numeric order of a stream id (`<ms>-<seq>`); `None` for anything else.
+pub fn stream_id_order(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 #[async_trait]
@@ -121,6 +164,31 @@ pub trait Store: Send + Sync + 'static {
     async fn hgetall(&self, key: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
     /// Applies writes in order, pipelined (one round trip per chunk); not atomic.
     async fn apply(&self, writes: Vec<Write>) -> StoreResult<()>;
+    /// Applies writes in order as one atomic step (Redis MULTI/EXEC): no reader sees a part
+    /// of them, and a crash of the caller or a lost connection cannot leave a part applied.
+    /// This is what makes the outbox work: a change and the event announcing it are stored
+    /// together or not at all. (As in Redis, a write that fails inside the step, such as
+    /// one on a key of another type, does not undo the others; the call reports the error.)
+    async fn apply_atomic(&self, writes: Vec<Write>) -> StoreResult<()>;
+    /// Up to `count` entries of stream `key` with ids after `after` (`"0"`: from the
+    /// start), oldest first. When there is none, waits up to `block` for one to be added.
+    async fn xread(
+        &self,
+        key: &str,
+        after: &str,
+        count: usize,
+        block: Duration,
+    ) -> StoreResult<Vec<StreamEntry>>;
+    /// Entries in stream `key`.
+    async fn xlen(&self, key: &str) -> StoreResult<u64>;
+    /// Takes the lease `key` for `holder` if it is free or expired, or renews it if
+    /// `holder` has it; true while `holder` holds it. The lease lapses `ttl` after the last
+    /// successful call unless renewed.
+    async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<bool>;
+    /// Gives the lease `key` up if `holder` has it.
+    async fn release(&self, key: &str, holder: &str) -> StoreResult<()>;
+    /// Checks the store answers.
+    async fn ping(&self) -> StoreResult<()>;
 }
 
 #[cfg(test)]

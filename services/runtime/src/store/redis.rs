@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::redis::aio::MultiplexedConnection;
@@ -16,7 +17,7 @@ use deadpool_redis::redis::io::tcp::TcpSettings;
 use deadpool_redis::redis::IntoConnectionInfo;
 use deadpool_redis::{redis, Manager, Pool, Runtime};
 
-use super::{Lex, Store, StoreError, StoreResult, Write};
+use super::{Lex, Store, StoreError, StoreResult, StreamEntry, Write};
 
 /// Commands per pipeline round trip: large enough to amortise the round trip, small enough
 /// that one batch does not monopolise Redis for long.
@@ -60,7 +61,9 @@ impl RedisStore {
             .set_tcp_settings(TcpSettings::default().set_nodelay(true));
         let manager = Manager::new(info).map_err(|e| bad(&e))?;
         let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
+            // One connection is shared by every command; the outbox relay's blocking
+            // read needs one of its own.
+            .max_size(pool_size.max(2))
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| bad(&e))?;
@@ -116,27 +119,151 @@ impl RedisStore {
         format!("{}{key}", self.prefix)
     }
 
-    fn add_write(&self, pipe: &mut redis::Pipeline, w: &Write) {
+    fn write_cmd(&self, w: &Write) -> redis::Cmd {
+        let mut cmd;
         match w {
-            Write::Set { key, value } => pipe.cmd("SET").arg(self.k(key)).arg(value),
-            Write::Del { key } => pipe.cmd("DEL").arg(self.k(key)),
-            Write::ZAdd { key, member } => pipe.cmd("ZADD").arg(self.k(key)).arg(0).arg(member),
-            Write::ZRem { key, member } => pipe.cmd("ZREM").arg(self.k(key)).arg(member),
-            Write::ZKeepLast { key, keep } | Write::ZKeepTop { key, keep } => pipe
-                .cmd("ZREMRANGEBYRANK")
-                .arg(self.k(key))
-                .arg(0)
-                .arg(-(*keep as i64) - 1),
+            Write::Set { key, value } => {
+                cmd = redis::cmd("SET");
+                cmd.arg(self.k(key)).arg(value);
+            }
+            Write::Del { key } => {
+                cmd = redis::cmd("DEL");
+                cmd.arg(self.k(key));
+            }
+            Write::ZAdd { key, member } => {
+                cmd = redis::cmd("ZADD");
+                cmd.arg(self.k(key)).arg(0).arg(member);
+            }
+            Write::ZRem { key, member } => {
+                cmd = redis::cmd("ZREM");
+                cmd.arg(self.k(key)).arg(member);
+            }
+            Write::ZKeepLast { key, keep } | Write::ZKeepTop { key, keep } => {
+                cmd = redis::cmd("ZREMRANGEBYRANK");
+                cmd.arg(self.k(key)).arg(0).arg(-(*keep as i64) - 1);
+            }
             Write::ZIncr { key, member, delta } => {
-                pipe.cmd("ZINCRBY").arg(self.k(key)).arg(*delta).arg(member)
+                cmd = redis::cmd("ZINCRBY");
+                cmd.arg(self.k(key)).arg(*delta).arg(member);
             }
             Write::HSet { key, field, value } => {
-                pipe.cmd("HSET").arg(self.k(key)).arg(field).arg(value)
+                cmd = redis::cmd("HSET");
+                cmd.arg(self.k(key)).arg(field).arg(value);
+            }
+            Write::XAdd { key, fields } => {
+                cmd = redis::cmd("XADD");
+                cmd.arg(self.k(key)).arg("*");
+                for (f, v) in fields {
+                    cmd.arg(f).arg(v);
+                }
+            }
+            Write::XDel { key, id } => {
+                cmd = redis::cmd("XDEL");
+                cmd.arg(self.k(key)).arg(id);
+            }
+            Write::XTrimBefore { key, min_ms } => {
+                cmd = redis::cmd("XTRIM");
+                cmd.arg(self.k(key)).arg("MINID").arg(*min_ms);
             }
         }
-        .ignore();
+        cmd
+    }
+
+    /// A connection of its own for a blocking command (XREAD BLOCK), which would hold up
+    /// every other request on the shared multiplexed connection.
+    /// The pooled object must be kept until the command is answered, so the pool does not
+    /// hand the same socket to anyone else meanwhile.
+    async fn blocking_conn(
+        &self,
+        block: Duration,
+    ) -> StoreResult<(deadpool_redis::Connection, MultiplexedConnection)> {
+        let conn = tokio::time::timeout(Duration::from_secs(2), self.pool.get())
+            .await
+            .map_err(|_| StoreError::Redis("no free redis connection within 2 s".into()))?
+            .map_err(|e| StoreError::Redis(format!("no redis connection: {e}")))?;
+        let mut handle = (*conn).clone();
+        // The default response timeout (500 ms) would cut a longer block short.
+        handle.set_response_timeout(block + Duration::from_secs(2));
+        Ok((conn, handle))
     }
 }
+
+/// Entries of an XREAD reply (RESP2 arrays or RESP3 maps), for one stream.
+fn stream_entries(reply: redis::Value) -> Vec<StreamEntry> {
+    use redis::Value;
+    fn items(v: Value) -> Vec<Value> {
+        match v {
+            Value::Array(a) | Value::Set(a) => a,
+            Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            _ => Vec::new(),
+        }
+    }
+    fn bytes(v: Value) -> Option<Vec<u8>> {
+        match v {
+            Value::BulkString(b) => Some(b),
+            Value::SimpleString(s) => Some(s.into_bytes()),
+            Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+            _ => None,
+        }
+    }
+    let mut out = Vec::new();
+    // [[stream, [[id, [f, v, ...]], ...]], ...] or {stream: [[id, [f, v, ...]], ...]}
+    let streams = items(reply);
+    let mut it = streams.into_iter();
+    let mut pairs = Vec::new();
+    while let Some(first) = it.next() {
+        match first {
+            Value::Array(pair) if pair.len() == 2 => pairs.push(pair),
+            other => {
+                if let Some(entries) = it.next() {
+                    pairs.push(vec![other, entries]);
+                }
+            }
+        }
+    }
+    for mut pair in pairs {
+        let entries = pair.pop().map(items).unwrap_or_default();
+        for entry in entries {
+            let mut parts = items(entry).into_iter();
+            let Some(id) = parts.next().and_then(bytes) else {
+                continue;
+            };
+            let mut fields = Vec::new();
+            let mut kv = parts.next().map(items).unwrap_or_default().into_iter();
+            while let (Some(f), Some(v)) = (kv.next(), kv.next()) {
+                if let (Some(f), Some(v)) = (bytes(f), bytes(v)) {
+                    fields.push((String::from_utf8_lossy(&f).into_owned(), v));
+                }
+            }
+            out.push(StreamEntry {
+                id: String::from_utf8_lossy(&id).into_owned(),
+                fields,
+            });
+        }
+    }
+    out
+}
+
+/// Takes a free or expired lease, or renews one's own: one atomic step.
+const LEASE_SCRIPT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+";
 
 #[async_trait]
 impl Store for RedisStore {
@@ -261,12 +388,100 @@ impl Store for RedisStore {
         for chunk in writes.chunks(PIPELINE_CHUNK) {
             let mut pipe = redis::pipe();
             for w in chunk {
-                self.add_write(&mut pipe, w);
+                pipe.add_command(self.write_cmd(w)).ignore();
             }
             pipe.query_async::<()>(&mut c)
                 .await
                 .map_err(|e| self.fail("<pipeline>", e))?;
         }
+        Ok(())
+    }
+
+    async fn apply_atomic(&self, writes: Vec<Write>) -> StoreResult<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for w in &writes {
+            pipe.add_command(self.write_cmd(w)).ignore();
+        }
+        pipe.query_async::<()>(&mut c)
+            .await
+            .map_err(|e| self.fail("<multi>", e))
+    }
+
+    async fn xread(
+        &self,
+        key: &str,
+        after: &str,
+        count: usize,
+        block: Duration,
+    ) -> StoreResult<Vec<StreamEntry>> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(count.max(1));
+        let (_pooled, mut c) = if block.is_zero() {
+            (None, self.conn().await?)
+        } else {
+            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+            let (pooled, handle) = self.blocking_conn(block).await?;
+            (Some(pooled), handle)
+        };
+        cmd.arg("STREAMS").arg(self.k(key)).arg(after);
+        let reply: redis::Value = cmd.query_async(&mut c).await.map_err(|e| {
+            if e.is_timeout() {
+                // Only this command's own connection timed out; nothing to drop.
+                err(key, e)
+            } else {
+                self.fail(key, e)
+            }
+        })?;
+        Ok(stream_entries(reply))
+    }
+
+    async fn xlen(&self, key: &str) -> StoreResult<u64> {
+        let mut c = self.conn().await?;
+        redis::cmd("XLEN")
+            .arg(self.k(key))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.fail(key, e))
+    }
+
+    async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<bool> {
+        let mut c = self.conn().await?;
+        let held: i64 = redis::cmd("EVAL")
+            .arg(LEASE_SCRIPT)
+            .arg(1)
+            .arg(self.k(key))
+            .arg(holder)
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.fail(key, e))?;
+        Ok(held == 1)
+    }
+
+    async fn release(&self, key: &str, holder: &str) -> StoreResult<()> {
+        let mut c = self.conn().await?;
+        redis::cmd("EVAL")
+            .arg(RELEASE_SCRIPT)
+            .arg(1)
+            .arg(self.k(key))
+            .arg(holder)
+            .query_async::<i64>(&mut c)
+            .await
+            .map_err(|e| self.fail(key, e))?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let mut c = self.conn().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map_err(|e| self.fail("<ping>", e))?;
         Ok(())
     }
 }
