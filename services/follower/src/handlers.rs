@@ -1,14 +1,13 @@
 //! gRPC handlers of `starling.follower.v1.FollowerService`.
 
-use std::sync::Arc;
-
 use prost::Message as _;
 use starling_proto::events::v1::FollowChanged;
 use starling_proto::follower::v1::follower_service_server::FollowerService;
 use starling_proto::follower::v1::*;
 use starling_runtime::events::topics::FOLLOW_CHANGED;
-use starling_runtime::events::{self, now_ms, EventBus, Message};
-use starling_runtime::{bus_error, check_user, page_size, store_error};
+use starling_runtime::events::{self, now_ms, Message};
+use starling_runtime::outbox::Outbox;
+use starling_runtime::{check_user, page_size, store_error};
 use tonic::{Request, Response, Status};
 
 use crate::storage::{followers_key, following_key, FollowStorage};
@@ -18,12 +17,12 @@ pub const MAX_PAGE: u32 = 10_000;
 
 pub struct FollowerHandler {
     storage: FollowStorage,
-    bus: Arc<dyn EventBus>,
+    outbox: Outbox,
 }
 
 impl FollowerHandler {
-    pub fn new(storage: FollowStorage, bus: Arc<dyn EventBus>) -> Self {
-        Self { storage, bus }
+    pub fn new(storage: FollowStorage, outbox: Outbox) -> Self {
+        Self { storage, outbox }
     }
 
     fn check_pair(follower: &str, followee: &str) -> Result<(), Status> {
@@ -35,12 +34,8 @@ impl FollowerHandler {
         Ok(())
     }
 
-    async fn announce(
-        &self,
-        follower: &str,
-        followee: &str,
-        following: bool,
-    ) -> Result<(), events::BusError> {
+    /// Changes the edge and stores its `FollowChanged` in the outbox, atomically.
+    async fn set(&self, follower: &str, followee: &str, following: bool) -> Result<bool, Status> {
         let at = now_ms();
         let event = FollowChanged {
             event_id: events::event_id(),
@@ -49,14 +44,16 @@ impl FollowerHandler {
             followee: followee.to_string(),
             following,
         };
-        self.bus
-            .publish(Message::new(
-                FOLLOW_CHANGED,
-                follower,
-                event.encode_to_vec(),
-                at,
-            ))
+        let announce = self.outbox.entry(&Message::new(
+            FOLLOW_CHANGED,
+            follower,
+            event.encode_to_vec(),
+            at,
+        ));
+        self.storage
+            .set(follower, followee, following, announce)
             .await
+            .map_err(store_error)
     }
 
     async fn list(
@@ -98,20 +95,7 @@ impl FollowerService for FollowerHandler {
     ) -> Result<Response<FollowResponse>, Status> {
         let FollowRequest { follower, followee } = req.into_inner();
         Self::check_pair(&follower, &followee)?;
-        let changed = self
-            .storage
-            .follow(&follower, &followee)
-            .await
-            .map_err(store_error)?;
-        if changed {
-            if let Err(e) = self.announce(&follower, &followee, true).await {
-                // Keep the graph and the timelines consistent: undo, and let the client retry.
-                if let Err(undo) = self.storage.unfollow(&follower, &followee).await {
-                    tracing::error!(%follower, %followee, error = %undo, "could not undo unannounced follow");
-                }
-                return Err(bus_error(e));
-            }
-        }
+        let changed = self.set(&follower, &followee, true).await?;
         Ok(Response::new(FollowResponse {
             changed,
             followed_at: Some(events::timestamp(now_ms())),
@@ -124,19 +108,7 @@ impl FollowerService for FollowerHandler {
     ) -> Result<Response<UnfollowResponse>, Status> {
         let UnfollowRequest { follower, followee } = req.into_inner();
         Self::check_pair(&follower, &followee)?;
-        let changed = self
-            .storage
-            .unfollow(&follower, &followee)
-            .await
-            .map_err(store_error)?;
-        if changed {
-            if let Err(e) = self.announce(&follower, &followee, false).await {
-                if let Err(undo) = self.storage.follow(&follower, &followee).await {
-                    tracing::error!(%follower, %followee, error = %undo, "could not undo unannounced unfollow");
-                }
-                return Err(bus_error(e));
-            }
-        }
+        let changed = self.set(&follower, &followee, false).await?;
         Ok(Response::new(UnfollowResponse { changed }))
     }
 
@@ -166,6 +138,21 @@ impl FollowerService for FollowerHandler {
             users,
             next_page_token,
         }))
+    }
+
+    async fn is_following(
+        &self,
+        req: Request<IsFollowingRequest>,
+    ) -> Result<Response<IsFollowingResponse>, Status> {
+        let IsFollowingRequest { follower, followee } = req.into_inner();
+        check_user("follower", &follower)?;
+        check_user("followee", &followee)?;
+        let following = self
+            .storage
+            .is_following(&follower, &followee)
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(IsFollowingResponse { following }))
     }
 
     async fn get_follow_counts(

@@ -24,29 +24,53 @@ impl FollowStorage {
         Self { store }
     }
 
-    /// Adds the edge; true if it is new.
-    pub async fn follow(&self, follower: &str, followee: &str) -> StoreResult<bool> {
-        let added = self.store.zadd(&followers_key(followee), follower).await?;
-        // Written every time (idempotent), so a half-written earlier attempt is completed.
+    pub async fn is_following(&self, follower: &str, followee: &str) -> StoreResult<bool> {
         self.store
-            .apply(vec![Write::ZAdd {
-                key: following_key(follower),
-                member: followee.to_string(),
-            }])
-            .await?;
-        Ok(added)
+            .zcontains(&following_key(follower), followee)
+            .await
     }
 
-    /// Removes the edge; true if it existed.
-    pub async fn unfollow(&self, follower: &str, followee: &str) -> StoreResult<bool> {
-        let removed = self.store.zrem(&followers_key(followee), follower).await?;
+    /// Adds or removes the edge, both directions and `announce` (its outbox entry) in one
+    /// atomic step; true if the graph changed (nothing is written otherwise).
+    pub async fn set(
+        &self,
+        follower: &str,
+        followee: &str,
+        following: bool,
+        announce: Write,
+    ) -> StoreResult<bool> {
+        if self.is_following(follower, followee).await? == following {
+            return Ok(false);
+        }
+        let (ers, ing) = (followers_key(followee), following_key(follower));
+        let (follower, followee) = (follower.to_string(), followee.to_string());
+        let edge = if following {
+            vec![
+                Write::ZAdd {
+                    key: ers,
+                    member: follower,
+                },
+                Write::ZAdd {
+                    key: ing,
+                    member: followee,
+                },
+            ]
+        } else {
+            vec![
+                Write::ZRem {
+                    key: ers,
+                    member: follower,
+                },
+                Write::ZRem {
+                    key: ing,
+                    member: followee,
+                },
+            ]
+        };
         self.store
-            .apply(vec![Write::ZRem {
-                key: following_key(follower),
-                member: followee.to_string(),
-            }])
+            .apply_atomic(edge.into_iter().chain([announce]).collect())
             .await?;
-        Ok(removed)
+        Ok(true)
     }
 
     pub async fn page(

@@ -14,8 +14,9 @@ use starling_proto::events::v1::Engagement;
 use starling_proto::recommendation::v1::recommendation_service_server::RecommendationService;
 use starling_proto::recommendation::v1::*;
 use starling_runtime::events::topics::ENGAGEMENT;
-use starling_runtime::events::{self, now_ms, EventBus, Message};
-use starling_runtime::{bus_error, check_user, page_size, store_error};
+use starling_runtime::events::{self, now_ms, Message};
+use starling_runtime::outbox::Outbox;
+use starling_runtime::{check_user, page_size, store_error};
 use tonic::{Request, Response, Status};
 
 use crate::peers::Peers;
@@ -35,15 +36,15 @@ pub const HYDRATE_SLACK: usize = 20;
 pub struct RecommendationHandler {
     storage: RecStorage,
     peers: Arc<dyn Peers>,
-    bus: Arc<dyn EventBus>,
+    outbox: Outbox,
 }
 
 impl RecommendationHandler {
-    pub fn new(storage: RecStorage, peers: Arc<dyn Peers>, bus: Arc<dyn EventBus>) -> Self {
+    pub fn new(storage: RecStorage, peers: Arc<dyn Peers>, outbox: Outbox) -> Self {
         Self {
             storage,
             peers,
-            bus,
+            outbox,
         }
     }
 }
@@ -177,15 +178,18 @@ impl RecommendationService for RecommendationHandler {
             tweet_id: req.tweet_id,
             kind: kind as i32,
         };
-        self.bus
-            .publish(Message::new(
+        // The event is the record: stored in the outbox (one atomic write), counted by the
+        // Engagement consumer once per (user, tweet, kind).
+        self.storage
+            .store()
+            .apply_atomic(vec![self.outbox.entry(&Message::new(
                 ENGAGEMENT,
                 &req.user,
                 event.encode_to_vec(),
                 at,
-            ))
+            ))])
             .await
-            .map_err(bus_error)?;
+            .map_err(store_error)?;
         Ok(Response::new(RecordEngagementResponse {
             event_id: event.event_id,
         }))

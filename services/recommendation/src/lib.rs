@@ -1,6 +1,7 @@
 //! The recommendation service: personal recommendations from tags and engagement.
 //!
-//! * [`handlers`]: the gRPC API (RecordEngagement publishes, Recommend ranks and hydrates);
+//! * [`handlers`]: the gRPC API (RecordEngagement stores an `Engagement` event in the outbox,
+//!   Recommend ranks and hydrates);
 //! * [`events`]: the TweetTagged and Engagement consumers that build the state;
 //! * [`storage`]: the keys (documented there) and store access;
 //! * [`scoring`]: the pure arithmetic: decay, forward-decayed popularity, ranking;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use starling_proto::recommendation::v1::recommendation_service_server::RecommendationServiceServer;
 use starling_runtime::events::consumer::{ConsumerConfig, Handler};
 use starling_runtime::events::topics::{groups, ENGAGEMENT, TWEET_TAGGED};
+use starling_runtime::outbox::Outbox;
 use starling_runtime::{ServiceContext, ServiceParts};
 use tonic::service::Routes;
 
@@ -24,21 +26,21 @@ use tonic::service::Routes;
 pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
     let storage = storage::RecStorage::new(ctx.store.clone());
     let peers: Arc<dyn peers::Peers> = Arc::new(peers::MeshPeers::new(&ctx.mesh));
+    let outbox = Outbox::new("recommendation");
     let handler =
-        handlers::RecommendationHandler::new(storage.clone(), peers.clone(), ctx.bus.clone());
+        handlers::RecommendationHandler::new(storage.clone(), peers.clone(), outbox.clone());
     let tagged: Arc<dyn Handler> = Arc::new(events::TaggedHandler::new(storage.clone()));
     let engagement: Arc<dyn Handler> = Arc::new(events::EngagementHandler::new(storage, peers));
-    Ok(ServiceParts {
-        routes: Routes::new(RecommendationServiceServer::new(handler)),
-        consumers: vec![
-            (
+    Ok(
+        ServiceParts::new(Routes::new(RecommendationServiceServer::new(handler)))
+            .consumer(
                 ConsumerConfig::new(TWEET_TAGGED, groups::RECOMMENDATION),
                 tagged,
-            ),
-            (
+            )
+            .consumer(
                 ConsumerConfig::new(ENGAGEMENT, groups::RECOMMENDATION),
                 engagement,
-            ),
-        ],
-    })
+            )
+            .outbox(outbox),
+    )
 }

@@ -137,6 +137,10 @@ pub struct RecStorage {
 }
 
 impl RecStorage {
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self { store }
     }
@@ -203,7 +207,7 @@ impl RecStorage {
             key: RECENT_KEY.to_string(),
             keep: RECENT_CAP,
         });
-        self.store.apply(writes).await
+        self.store.apply_atomic(writes).await
     }
 
     /// True if this engagement was counted already.
@@ -273,7 +277,7 @@ impl RecStorage {
             key: engagements_key(e.user),
             keep: ENGAGEMENTS_CAP,
         });
-        self.store.apply(writes).await
+        self.store.apply_atomic(writes).await
     }
 
     /// The tweets the user engaged with (the newest [`ENGAGED_CAP`]).

@@ -19,8 +19,9 @@ use starling_recommendation::scoring::popularity_epoch;
 use starling_recommendation::storage::{self, RecStorage};
 use starling_runtime::events::consumer::{HandleError, Handler};
 use starling_runtime::events::topics::{ENGAGEMENT, TWEET_TAGGED};
-use starling_runtime::events::{event_id, now_ms, timestamp, MemoryBus, Message};
+use starling_runtime::events::{event_id, now_ms, timestamp, Message};
 use starling_runtime::ids::EPOCH_MS;
+use starling_runtime::outbox::Outbox;
 use starling_runtime::store::{MemoryStore, Store};
 use tonic::{Code, Request, Status};
 
@@ -71,9 +72,26 @@ impl Peers for FakePeers {
     }
 }
 
+/// The events of `topic` waiting in the recommendation service's outbox.
+async fn outboxed(store: &MemoryStore, topic: &str) -> Vec<Message> {
+    let entries = store
+        .xread(
+            Outbox::new("recommendation").key(),
+            "0",
+            1000,
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    entries
+        .iter()
+        .filter_map(starling_runtime::outbox::decode)
+        .filter(|m| m.topic == topic)
+        .collect()
+}
+
 struct Fixture {
     store: Arc<MemoryStore>,
-    bus: Arc<MemoryBus>,
     peers: Arc<FakePeers>,
     tagged: TaggedHandler,
     engagement: EngagementHandler,
@@ -84,15 +102,17 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let store = Arc::new(MemoryStore::new());
-        let bus = Arc::new(MemoryBus::new());
         let peers = Arc::new(FakePeers::default());
         let storage = RecStorage::new(store.clone());
         Self {
             tagged: TaggedHandler::new(storage.clone()),
             engagement: EngagementHandler::new(storage.clone(), peers.clone()),
-            service: RecommendationHandler::new(storage, peers.clone(), bus.clone()),
+            service: RecommendationHandler::new(
+                storage,
+                peers.clone(),
+                Outbox::new("recommendation"),
+            ),
             store,
-            bus,
             peers,
             next: 0,
         }
@@ -359,13 +379,13 @@ async fn record_engagement_validates_then_publishes_for_the_consumer() {
         assert_eq!(e.code(), code, "{}", e.message());
         assert!(e.message().starts_with(field), "{}", e.message());
     }
-    assert!(f.bus.messages(ENGAGEMENT).is_empty());
+    assert!(outboxed(&f.store, ENGAGEMENT).await.is_empty());
 
     let answer = call("bob", t, EngagementKind::Like as i32)
         .await
         .unwrap()
         .into_inner();
-    let published = f.bus.messages(ENGAGEMENT);
+    let published = outboxed(&f.store, ENGAGEMENT).await;
     assert_eq!(published.len(), 1);
     assert_eq!(published[0].key, "bob");
     let event = Engagement::decode(published[0].payload.as_slice()).unwrap();

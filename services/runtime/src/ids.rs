@@ -77,6 +77,14 @@ impl Snowflake {
         }
     }
 
+    /// Whether ids can be issued now (for the health monitor).
+    pub fn check(&self) -> Result<(), String> {
+        match &self.worker {
+            Worker::Claimed(c) if !c.is_valid() => Err(IdError::ClaimLost(c.id).to_string()),
+            _ => Ok(()),
+        }
+    }
+
     pub fn next_id(&self) -> Result<u64, IdError> {
         if let Worker::Claimed(c) = &self.worker {
             if !c.is_valid() {

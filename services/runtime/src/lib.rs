@@ -3,8 +3,10 @@
 //! logging set-up and signal handling ([`shutdown`]).
 
 pub mod events;
+pub mod health;
 pub mod ids;
 pub mod metrics;
+pub mod outbox;
 pub mod server;
 pub mod shutdown;
 pub mod store;
@@ -115,14 +117,58 @@ impl Default for AppSettings {
     }
 }
 
-/// What a service crate hands the runtime: its gRPC routes and its event consumers.
+/// What a service crate hands the runtime: its gRPC routes, its event consumers, its
+/// outbox (if its handlers publish events) and the checks of what else it depends on.
 pub struct ServiceParts {
     pub routes: tonic::service::Routes,
     pub consumers: Vec<(
         events::consumer::ConsumerConfig,
         Arc<dyn events::consumer::Handler>,
     )>,
+    /// The runtime relays this outbox to the bus (see [`outbox`]).
+    pub outbox: Option<outbox::Outbox>,
+    pub probes: Vec<Probe>,
 }
+
+impl ServiceParts {
+    pub fn new(routes: tonic::service::Routes) -> Self {
+        Self {
+            routes,
+            consumers: Vec::new(),
+            outbox: None,
+            probes: Vec::new(),
+        }
+    }
+
+    pub fn consumer(
+        mut self,
+        config: events::consumer::ConsumerConfig,
+        handler: Arc<dyn events::consumer::Handler>,
+    ) -> Self {
+        self.consumers.push((config, handler));
+        self
+    }
+
+    pub fn outbox(mut self, outbox: outbox::Outbox) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
+    pub fn probe(mut self, probe: Probe) -> Self {
+        self.probes.push(probe);
+        self
+    }
+}
+
+/// A dependency check the runtime runs every second (a held worker id, say): its name in
+/// the health verdict, and the check.
+pub struct Probe {
+    pub name: &'static str,
+    pub check: ProbeCheck,
+}
+
+/// A [`Probe`]'s check: `Err` says what is missing.
+pub type ProbeCheck = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Validates a user name: `[a-z0-9_]{1,32}`. The message names the field, so the error a
 /// client sees says what to fix.
@@ -148,16 +194,30 @@ pub fn page_size(requested: u32, default: u32, max: u32) -> usize {
     }
 }
 
-/// Maps a storage failure to UNAVAILABLE (the client may retry), logging the cause.
+/// Maps a storage failure to UNAVAILABLE, logging the cause. The status carries gRPC's
+/// retry pushback "do not retry" (`grpc-retry-pushback-ms: -1`): every replica shares the
+/// store, so retrying elsewhere would only multiply the load on a failing dependency, hop
+/// after hop; the caller's own caller decides.
 pub fn store_error(e: store::StoreError) -> tonic::Status {
     tracing::error!(error = %e, "storage failure");
-    tonic::Status::unavailable(format!("storage unavailable: {e}"))
+    dependency_failure("storage unavailable")
 }
 
-/// Maps a publish failure to UNAVAILABLE.
+/// UNAVAILABLE for a failed dependency, marked not to be retried by the mesh (see
+/// [`store_error`]). The message says what failed, not how (details are in the log).
+pub fn dependency_failure(what: &str) -> tonic::Status {
+    let mut status = tonic::Status::unavailable(what.to_string());
+    status.metadata_mut().insert(
+        starling_discovery::RETRY_PUSHBACK,
+        tonic::metadata::MetadataValue::from_static("-1"),
+    );
+    status
+}
+
+/// Maps a publish failure to UNAVAILABLE (not retried by the mesh, see [`store_error`]).
 pub fn bus_error(e: events::BusError) -> tonic::Status {
     tracing::error!(error = %e, "event bus failure");
-    tonic::Status::unavailable(format!("event bus unavailable: {e}"))
+    dependency_failure("event bus unavailable")
 }
 
 /// Logs to stderr, filtered by `STARLING_LOG` (or `RUST_LOG`), default `info`.

@@ -9,11 +9,10 @@
 //! them to notice, then stop accepting and let in-flight calls finish.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use starling_discovery::{DeadlineLayer, Registration, Registry, ServiceInstance};
+use starling_discovery::{DeadlineLayer, Registration, ServiceInstance};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
@@ -21,9 +20,10 @@ use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 use tracing::{info, warn};
 
-use crate::events::{consumer, EventBus};
+use crate::events::consumer;
+use crate::health::{Component, Health};
 use crate::metrics::CallMetricsLayer;
-use crate::{ServiceKind, ServiceParts};
+use crate::{ServiceContext, ServiceKind, ServiceParts};
 
 /// Response header naming the instance that served a call: shows up in `grpcurl -v` and
 /// lets tests see where the balancer sent each call.
@@ -72,6 +72,11 @@ pub struct RunningService {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     consumers_stop: tokio::sync::watch::Sender<bool>,
     consumers: Vec<JoinHandle<()>>,
+    relay_stop: tokio::sync::watch::Sender<bool>,
+    relay: Option<JoinHandle<()>>,
+    monitor: JoinHandle<()>,
+    /// Whether the instance can do its job (see [`crate::health`]).
+    pub health_state: Health,
 }
 
 fn advertised(config: &ServerConfig, local: SocketAddr) -> String {
@@ -116,18 +121,20 @@ pub fn reflection() -> anyhow::Result<(
     ))
 }
 
-/// Starts `parts` as an instance of `config.kind`: its consumers on `bus`, its routes on
-/// the listener; then registers it in `registry`.
+/// Starts `parts` as an instance of `config.kind`: its consumers and outbox relay on the
+/// context's bus, its routes on the listener, the health monitor; then registers it.
 pub async fn start(
     config: ServerConfig,
     parts: ServiceParts,
-    registry: Arc<dyn Registry>,
-    bus: Arc<dyn EventBus>,
+    ctx: &ServiceContext,
 ) -> anyhow::Result<RunningService> {
     let ServiceParts {
         routes,
         consumers: specs,
+        outbox,
+        probes,
     } = parts;
+    let (registry, bus, store) = (ctx.registry.clone(), ctx.bus.clone(), ctx.store.clone());
     let kind = config.kind;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -181,27 +188,63 @@ pub async fn start(
         );
     let server = tokio::spawn(server);
 
+    let health_state = Health::new();
+    let store_health = health_state.add(Component::new("store"), Duration::ZERO);
+    // With an outbox, writes go on while the broker is away; past this the instance says so.
+    let bus_health = health_state.add(Component::new("bus"), BUS_GRACE);
+    let probe_health: Vec<(Component, crate::ProbeCheck)> = probes
+        .into_iter()
+        .map(|p| {
+            (
+                health_state.add(Component::new(p.name), Duration::ZERO),
+                p.check,
+            )
+        })
+        .collect();
+
     let (consumers_stop, consumers_stopped) = tokio::sync::watch::channel(false);
     let consumers: Vec<JoinHandle<()>> = specs
         .into_iter()
         .map(|(config, handler)| {
-            let (bus, stopped) = (bus.clone(), consumers_stopped.clone());
-            tokio::spawn(async move {
-                let (topic, group) = (config.topic.clone(), config.group.clone());
-                if let Err(e) = consumer::run(bus, config, handler, stopped).await {
-                    tracing::error!(%topic, %group, error = %e, "consumer failed");
-                }
-            })
+            let component = health_state.add(Component::new("consumer"), Duration::ZERO);
+            tokio::spawn(supervise(
+                bus.clone(),
+                config,
+                handler,
+                consumers_stopped.clone(),
+                component,
+            ))
         })
         .collect();
+    let (relay_stop, relay_stopped) = tokio::sync::watch::channel(false);
+    let relay = outbox.map(|outbox| {
+        tokio::spawn(crate::outbox::relay(
+            store.clone(),
+            bus.clone(),
+            outbox,
+            instance.id.clone(),
+            bus_health.clone(),
+            relay_stopped,
+        ))
+    });
     let registration = match registry.register(kind.name(), instance.clone()).await {
         Ok(r) => r,
         Err(e) => {
             server.abort();
             consumers_stop.send_replace(true);
+            relay_stop.send_replace(true);
             return Err(anyhow::Error::new(e).context(format!("cannot register {kind}")));
         }
     };
+    let monitor = tokio::spawn(monitor(
+        kind,
+        store,
+        store_health,
+        probe_health,
+        health_state.clone(),
+        health.clone(),
+        registration.serving_handle(),
+    ));
     info!(service = %kind, instance = %instance.id, address = %instance.address, %local_addr, "serving");
     Ok(RunningService {
         kind,
@@ -215,13 +258,130 @@ pub async fn start(
         server,
         consumers_stop,
         consumers,
+        relay_stop,
+        relay,
+        monitor,
+        health_state,
     })
+}
+
+/// How long the broker may refuse the outbox relay before the instance stops serving.
+pub const BUS_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs a consumer, and runs it again (with back-off, counted in
+/// `starling_consumer_restarts_total`) if it fails or panics, until shutdown.
+async fn supervise(
+    bus: std::sync::Arc<dyn crate::events::EventBus>,
+    config: consumer::ConsumerConfig,
+    handler: std::sync::Arc<dyn consumer::Handler>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+    health: Component,
+) {
+    let (topic, group) = (config.topic.clone(), config.group.clone());
+    let first = Duration::from_millis(200);
+    let mut backoff = first;
+    loop {
+        let started = tokio::time::Instant::now();
+        let run = tokio::spawn(consumer::run(
+            bus.clone(),
+            config.clone(),
+            handler.clone(),
+            stopped.clone(),
+            health.clone(),
+        ));
+        let (why, broker) = match run.await {
+            Ok(Ok(())) if *stopped.borrow() => return,
+            Ok(Ok(())) => ("returned".to_string(), false),
+            Ok(Err(e)) => (
+                e.to_string(),
+                matches!(e, crate::events::BusError::BrokerLost),
+            ),
+            Err(e) => (format!("task died: {e}"), false),
+        };
+        // A broker outage is the bus's business (it has a grace period); a consumer that
+        // died on its own is this instance's.
+        if !broker {
+            health.failing(&format!("consumer {topic}/{group}: {why}"));
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = first;
+        }
+        metrics::counter!("starling_consumer_restarts_total", "topic" => topic.clone(), "group" => group.clone())
+            .increment(1);
+        tracing::error!(%topic, %group, reason = %why, restart_in = ?backoff, "consumer failed; restarting");
+        let mut stopped = stopped.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Every second: checks the store and the service's probes, and publishes the verdict of
+/// all components through grpc.health.v1 and the registry (balancers skip an instance
+/// registered as not serving while another one serves).
+async fn monitor(
+    kind: ServiceKind,
+    store: std::sync::Arc<dyn crate::store::Store>,
+    store_health: Component,
+    probes: Vec<(Component, crate::ProbeCheck)>,
+    state: Health,
+    reporter: tonic_health::server::HealthReporter,
+    registered: starling_discovery::ServingHandle,
+) {
+    let mut serving = true;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let pinged = tokio::time::timeout(Duration::from_secs(1), store.ping()).await;
+        store_health.set(match pinged {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 1 s".into()),
+        });
+        for (component, check) in &probes {
+            component.set(check());
+        }
+        let verdict = state.verdict();
+        metrics::gauge!("starling_serving", "service" => kind.name()).set(if verdict.is_ok() {
+            1.0
+        } else {
+            0.0
+        });
+        registered.set_serving(verdict.is_ok());
+        match (&verdict, serving) {
+            (Err(why), true) => {
+                warn!(service = %kind, reason = %why, "NOT_SERVING");
+                reporter
+                    .set_service_status(kind.grpc_name(), ServingStatus::NotServing)
+                    .await;
+                reporter
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+                serving = false;
+            }
+            (Ok(()), false) => {
+                info!(service = %kind, "SERVING again");
+                reporter
+                    .set_service_status(kind.grpc_name(), ServingStatus::Serving)
+                    .await;
+                reporter
+                    .set_service_status("", ServingStatus::Serving)
+                    .await;
+                serving = true;
+            }
+            _ => {}
+        }
+    }
 }
 
 impl RunningService {
     /// Graceful stop (see the module docs). Returns once in-flight calls have finished.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         let kind = self.kind;
+        self.monitor.abort();
         self.health
             .set_service_status(kind.grpc_name(), ServingStatus::NotServing)
             .await;
@@ -248,6 +408,17 @@ impl RunningService {
                 warn!(service = %kind, grace = ?self.shutdown_grace,
                     "in-flight calls did not finish in time; closing them");
                 self.server.abort();
+            }
+        }
+        // Last: the relay publishes what the final calls put in the outbox, then gives its
+        // lease up so another instance takes over at once.
+        self.relay_stop.send_replace(true);
+        if let Some(relay) = self.relay.take() {
+            if tokio::time::timeout(self.shutdown_grace, relay)
+                .await
+                .is_err()
+            {
+                warn!(service = %kind, "the outbox relay did not stop in time");
             }
         }
         info!(service = %kind, instance = %self.instance.id, "stopped");

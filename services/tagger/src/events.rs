@@ -1,5 +1,8 @@
 //! Consumes `TweetCreated` (group `tagger`), tags the text and publishes `TweetTagged`.
-//! Idempotent: the classifier is deterministic, so a redelivered tweet is tagged the same.
+//! Idempotent: the classifier is deterministic, so a redelivered tweet is tagged the same,
+//! and the event id is derived from the tweet id, so a repeated `TweetTagged` is the same
+//! event. It stores nothing itself, so it publishes directly (at least once) rather than
+//! through an outbox: a crash before the commit only repeats the publish.
 
 use std::sync::Arc;
 
@@ -29,7 +32,7 @@ impl Handler for TweetCreatedHandler {
             .map_err(|e| HandleError::Poison(format!("not a TweetCreated: {e}")))?;
         let at = now_ms();
         let tagged = TweetTagged {
-            event_id: events::event_id(),
+            event_id: format!("tagged-{}", created.tweet_id),
             occurred_at: Some(events::timestamp(at)),
             tweet_id: created.tweet_id,
             author: created.author.clone(),

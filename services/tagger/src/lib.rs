@@ -20,11 +20,11 @@ use starling_runtime::{ServiceContext, ServiceParts};
 use tonic::service::Routes;
 
 pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
-    Ok(ServiceParts {
-        routes: Routes::new(TaggerServiceServer::new(handlers::TaggerHandler)),
-        consumers: vec![(
-            ConsumerConfig::new(TWEET_CREATED, groups::TAGGER),
-            Arc::new(events::TweetCreatedHandler::new(ctx.bus.clone())),
-        )],
-    })
+    Ok(ServiceParts::new(Routes::new(TaggerServiceServer::new(
+        handlers::TaggerHandler,
+    )))
+    .consumer(
+        ConsumerConfig::new(TWEET_CREATED, groups::TAGGER),
+        Arc::new(events::TweetCreatedHandler::new(ctx.bus.clone())),
+    ))
 }

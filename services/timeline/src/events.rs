@@ -2,8 +2,11 @@
 //!
 //! * `TweetCreated` → [`crate::fanout::Fanout`]. Redelivery is harmless: adds are
 //!   idempotent and a checkpoint skips what was done.
-//! * `FollowChanged` → merge the followee's recent tweets into the follower's home timeline
-//!   on follow, remove them on unfollow (both idempotent).
+//! * `FollowChanged` → asks the follower service whether the follower follows the followee
+//!   *now*, and merges the followee's recent tweets into the follower's home timeline if so,
+//!   removes them if not. Acting on the current state rather than on the event makes the
+//!   handler idempotent and order-insensitive: a repeated or late event (an outbox relay
+//!   handing over, a redelivery after a crash) cannot undo a newer change.
 
 use std::sync::Arc;
 
@@ -11,6 +14,8 @@ use async_trait::async_trait;
 use prost::Message as _;
 use starling_discovery::MeshChannel;
 use starling_proto::events::v1::{FollowChanged, TweetCreated};
+use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
+use starling_proto::follower::v1::IsFollowingRequest;
 use starling_proto::tweet::v1::tweet_service_client::TweetServiceClient;
 use starling_proto::tweet::v1::ListUserTweetsRequest;
 use starling_runtime::events::consumer::{HandleError, Handler};
@@ -53,11 +58,28 @@ impl Handler for TweetCreatedHandler {
 pub struct FollowChangedHandler {
     storage: TimelineStorage,
     tweets: MeshChannel,
+    followers: MeshChannel,
 }
 
 impl FollowChangedHandler {
-    pub fn new(storage: TimelineStorage, tweets: MeshChannel) -> Self {
-        Self { storage, tweets }
+    pub fn new(storage: TimelineStorage, tweets: MeshChannel, followers: MeshChannel) -> Self {
+        Self {
+            storage,
+            tweets,
+            followers,
+        }
+    }
+
+    async fn following_now(&self, follower: &str, followee: &str) -> Result<bool, HandleError> {
+        let mut client = FollowerServiceClient::new(self.followers.clone());
+        let resp = client
+            .is_following(IsFollowingRequest {
+                follower: follower.to_string(),
+                followee: followee.to_string(),
+            })
+            .await
+            .map_err(|s| HandleError::Transient(format!("follower service: {}", s.message())))?;
+        Ok(resp.into_inner().following)
     }
 
     async fn recent_ids(&self, author: &str, limit: u32) -> Result<Vec<u64>, HandleError> {
@@ -81,7 +103,7 @@ impl Handler for FollowChangedHandler {
             .map_err(|e| HandleError::Poison(format!("not a FollowChanged: {e}")))?;
         let transient =
             |e: starling_runtime::store::StoreError| HandleError::Transient(e.to_string());
-        if e.following {
+        if self.following_now(&e.follower, &e.followee).await? {
             let ids = self.recent_ids(&e.followee, MERGE_ON_FOLLOW).await?;
             self.storage
                 .push_many(&e.follower, &ids)

@@ -30,21 +30,23 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
         followers,
         ctx.settings.clone(),
     ));
-    Ok(ServiceParts {
-        routes: Routes::new(TimelineServiceServer::new(handlers::TimelineHandler::new(
+    Ok(ServiceParts::new(Routes::new(TimelineServiceServer::new(
+        handlers::TimelineHandler::new(
             storage.clone(),
             ctx.mesh.channel("follower"),
             tweets.clone(),
-        ))),
-        consumers: vec![
-            (
-                ConsumerConfig::new(TWEET_CREATED, groups::TIMELINE),
-                Arc::new(events::TweetCreatedHandler::new(engine)),
-            ),
-            (
-                ConsumerConfig::new(FOLLOW_CHANGED, groups::TIMELINE),
-                Arc::new(events::FollowChangedHandler::new(storage, tweets)),
-            ),
-        ],
-    })
+        ),
+    )))
+    .consumer(
+        ConsumerConfig::new(TWEET_CREATED, groups::TIMELINE),
+        Arc::new(events::TweetCreatedHandler::new(engine)),
+    )
+    .consumer(
+        ConsumerConfig::new(FOLLOW_CHANGED, groups::TIMELINE),
+        Arc::new(events::FollowChangedHandler::new(
+            storage,
+            tweets,
+            ctx.mesh.channel("follower"),
+        )),
+    ))
 }

@@ -27,8 +27,8 @@ impl Handler for TagsHandler {
         let transient =
             |e: starling_runtime::store::StoreError| HandleError::Transient(e.to_string());
         let Some(mut tweet) = self.storage.get(event.tweet_id).await.map_err(transient)? else {
-            // Tweets are stored before TweetCreated is published, so a missing one was
-            // removed (its announcement failed): nothing to tag.
+            // A tweet and its TweetCreated are stored in one atomic step, so a tweet that
+            // is missing here was lost with the store's data: nothing to tag.
             return Ok(());
         };
         if tweet.tags != event.tags {

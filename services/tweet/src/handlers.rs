@@ -7,9 +7,10 @@ use starling_proto::events::v1::TweetCreated;
 use starling_proto::tweet::v1::tweet_service_server::TweetService;
 use starling_proto::tweet::v1::*;
 use starling_runtime::events::topics::TWEET_CREATED;
-use starling_runtime::events::{self, EventBus, Message};
+use starling_runtime::events::{self, Message};
 use starling_runtime::ids::{id_time_ms, Snowflake};
-use starling_runtime::{bus_error, check_user, page_size, store_error};
+use starling_runtime::outbox::Outbox;
+use starling_runtime::{check_user, page_size, store_error};
 use tonic::{Request, Response, Status};
 
 use crate::storage::TweetStorage;
@@ -20,12 +21,16 @@ pub const MAX_BATCH: usize = 500;
 pub struct TweetHandler {
     storage: TweetStorage,
     ids: Arc<Snowflake>,
-    bus: Arc<dyn EventBus>,
+    outbox: Outbox,
 }
 
 impl TweetHandler {
-    pub fn new(storage: TweetStorage, ids: Arc<Snowflake>, bus: Arc<dyn EventBus>) -> Self {
-        Self { storage, ids, bus }
+    pub fn new(storage: TweetStorage, ids: Arc<Snowflake>, outbox: Outbox) -> Self {
+        Self {
+            storage,
+            ids,
+            outbox,
+        }
     }
 }
 
@@ -85,7 +90,6 @@ impl TweetService for TweetHandler {
             created_at: Some(events::timestamp(created_ms)),
             tags: Vec::new(),
         };
-        self.storage.insert(&tweet).await.map_err(store_error)?;
         let event = TweetCreated {
             event_id: events::event_id(),
             occurred_at: Some(events::timestamp(created_ms)),
@@ -93,23 +97,18 @@ impl TweetService for TweetHandler {
             author: tweet.author.clone(),
             text: tweet.text.clone(),
         };
-        let published = self
-            .bus
-            .publish(Message::new(
-                TWEET_CREATED,
-                &tweet.author,
-                event.encode_to_vec(),
-                created_ms,
-            ))
-            .await;
-        if let Err(e) = published {
-            // Nothing half-done: a tweet nobody will ever see in a timeline is removed, and
-            // the client is told to try again.
-            if let Err(undo) = self.storage.remove(&tweet).await {
-                tracing::error!(id, error = %undo, "could not remove unannounced tweet");
-            }
-            return Err(bus_error(e));
-        }
+        // The tweet and its announcement in one atomic step (see `outbox`): the answer
+        // does not wait for the broker, and a crash cannot store one without the other.
+        let announce = self.outbox.entry(&Message::new(
+            TWEET_CREATED,
+            &tweet.author,
+            event.encode_to_vec(),
+            created_ms,
+        ));
+        self.storage
+            .insert(&tweet, announce)
+            .await
+            .map_err(store_error)?;
         tracing::debug!(id, author = %tweet.author, "tweet created");
         Ok(Response::new(CreateTweetResponse { tweet: Some(tweet) }))
     }

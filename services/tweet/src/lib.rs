@@ -1,6 +1,7 @@
 //! The tweet service: creates, stores and serves tweets.
 //!
-//! * [`handlers`]: the gRPC API (validation, Snowflake ids, publish-then-answer);
+//! * [`handlers`]: the gRPC API (validation, Snowflake ids, the tweet and its
+//!   `TweetCreated` stored in one atomic step with the outbox);
 //! * [`storage`]: tweets and per-author lists in the store;
 //! * [`events`]: consumes `TweetTagged` to store the tagger's tags on the tweet.
 
@@ -14,7 +15,8 @@ use starling_proto::tweet::v1::tweet_service_server::TweetServiceServer;
 use starling_runtime::events::consumer::ConsumerConfig;
 use starling_runtime::events::topics::{groups, TWEET_TAGGED};
 use starling_runtime::ids::{Snowflake, MAX_WORKERS};
-use starling_runtime::{ServiceContext, ServiceParts};
+use starling_runtime::outbox::Outbox;
+use starling_runtime::{Probe, ServiceContext, ServiceParts};
 use tonic::service::Routes;
 
 /// Claims a worker id for Snowflake ids, then assembles the service.
@@ -22,16 +24,19 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
     let claim = ctx.registry.claim("tweet-worker-ids", MAX_WORKERS).await?;
     tracing::info!(worker = claim.id, "snowflake worker id claimed");
     let storage = storage::TweetStorage::new(ctx.store.clone());
-    let handler = handlers::TweetHandler::new(
-        storage.clone(),
-        Arc::new(Snowflake::new(claim)),
-        ctx.bus.clone(),
-    );
-    Ok(ServiceParts {
-        routes: Routes::new(TweetServiceServer::new(handler)),
-        consumers: vec![(
-            ConsumerConfig::new(TWEET_TAGGED, groups::TWEET),
-            Arc::new(events::TagsHandler::new(storage)),
-        )],
-    })
+    let ids = Arc::new(Snowflake::new(claim));
+    let outbox = Outbox::new("tweet");
+    let handler = handlers::TweetHandler::new(storage.clone(), ids.clone(), outbox.clone());
+    Ok(
+        ServiceParts::new(Routes::new(TweetServiceServer::new(handler)))
+            .consumer(
+                ConsumerConfig::new(TWEET_TAGGED, groups::TWEET),
+                Arc::new(events::TagsHandler::new(storage)),
+            )
+            .outbox(outbox)
+            .probe(Probe {
+                name: "worker id",
+                check: Box::new(move || ids.check()),
+            }),
+    )
 }

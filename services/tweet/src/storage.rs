@@ -26,10 +26,11 @@ impl TweetStorage {
         Self { store }
     }
 
-    /// Stores the tweet and appends it to its author's list, in one pipelined round trip.
-    pub async fn insert(&self, tweet: &Tweet) -> StoreResult<()> {
+    /// Stores the tweet, appends it to its author's list and applies `announce` (its outbox
+    /// entry), as one atomic step.
+    pub async fn insert(&self, tweet: &Tweet, announce: Write) -> StoreResult<()> {
         self.store
-            .apply(vec![
+            .apply_atomic(vec![
                 Write::Set {
                     key: tweet_key(tweet.id),
                     value: tweet.encode_to_vec(),
@@ -38,21 +39,7 @@ impl TweetStorage {
                     key: user_tweets_key(&tweet.author),
                     member: id_member(tweet.id),
                 },
-            ])
-            .await
-    }
-
-    /// Undoes [`Self::insert`] (when the announcement could not be published).
-    pub async fn remove(&self, tweet: &Tweet) -> StoreResult<()> {
-        self.store
-            .apply(vec![
-                Write::Del {
-                    key: tweet_key(tweet.id),
-                },
-                Write::ZRem {
-                    key: user_tweets_key(&tweet.author),
-                    member: id_member(tweet.id),
-                },
+                announce,
             ])
             .await
     }

@@ -1,24 +1,46 @@
-//! The consumer loop every service uses, so at-least-once delivery, retries, dead letters
-//! and lag metrics are written once.
+//! The consumer loop every service uses, so at-least-once delivery, ordering, retries, dead
+//! letters and lag metrics are written once.
 //!
-//! For each message: record the lag (now - `occurred_at`), run the handler (a few quick
-//! in-place attempts for transient errors), then commit. A message that still fails goes
-//! to the group's retry topic (which this loop also consumes, after a delay), and after
-//! [`ConsumerConfig::retry_rounds`] rounds to the dead-letter topic; a message the handler
-//! calls poison (it cannot be decoded) goes to the dead-letter topic at once. Either way the
-//! offset is committed only once the message is handled or safely forwarded, and the
-//! partition moves on: one poison message never stalls it. Handlers must be idempotent,
-//! since a crash between handling and committing delivers a message again.
+//! * **Order per key, concurrency across keys.** Messages with one key (an author, a
+//!   follower, a user) are handled one after another in offset order; messages with
+//!   different keys run concurrently (up to [`ConsumerConfig::max_in_flight`]), so one slow
+//!   fan-out does not hold up the others.
+//! * **Retry in place, park only the key.** A message that fails transiently is tried again
+//!   with growing back-off while later messages *with the same key* wait behind it; other
+//!   keys keep flowing. So a follow and an unfollow of one pair can never be applied in the
+//!   wrong order.
+//! * **Dead letters only for what fails alone.** After [`ConsumerConfig::attempts`] failed
+//!   attempts a message goes to the group's dead-letter topic (headers: the error and the
+//!   attempt count), if other messages succeeded meanwhile: when nothing succeeds the cause
+//!   is likely a dependency (Redis down, say), and the message is retried four times as
+//!   long before it goes. A poison message (cannot be decoded) goes to the dead-letter
+//!   topic at once.
+//! * **Commit what is contiguous.** Per partition, the committed offset is the lowest offset
+//!   still in hand (or one past the highest handled): a crash redelivers everything not
+//!   finished and nothing is skipped. Handlers are idempotent, so what was finished but
+//!   not yet committed is harmless when it comes again.
+//! * **Lag and stalls.** `starling_consumer_lag_seconds` (now − `occurred_at`) per message;
+//!   `starling_consumer_oldest_pending_seconds` grows while a message waits; the offset lag
+//!   (end offset − committed) where the broker reports it. A consumer with messages in hand
+//!   and none finished for [`ConsumerConfig::stall_after`] reports its health component
+//!   failing, which turns the instance NOT_SERVING.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::topics::{dead_letter_topic, retry_topic};
-use super::{now_ms, BusError, EventBus, Message};
+use super::topics::dead_letter_topic;
+use super::{now_ms, BusError, Delivery, EventBus, Message};
+use crate::health::Component;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
@@ -39,12 +61,15 @@ pub trait Handler: Send + Sync + 'static {
 pub struct ConsumerConfig {
     pub topic: String,
     pub group: String,
-    /// Attempts in place before a message goes to the retry topic.
+    /// Failed attempts before a message that fails alone goes to the dead-letter topic.
     pub attempts: u32,
-    /// Rounds through the retry topic before the dead-letter topic.
-    pub retry_rounds: u32,
-    /// How long a message waits on the retry topic before it is tried again.
-    pub retry_delay: Duration,
+    /// Wait after the first failure; doubles per attempt up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Messages in hand at once, across keys.
+    pub max_in_flight: usize,
+    /// No progress for this long while messages wait: the consumer is stalled.
+    pub stall_after: Duration,
 }
 
 impl ConsumerConfig {
@@ -52,88 +77,303 @@ impl ConsumerConfig {
         Self {
             topic: topic.to_string(),
             group: group.to_string(),
-            attempts: 3,
-            retry_rounds: 2,
-            retry_delay: Duration::from_secs(1),
+            attempts: 8,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            max_in_flight: 256,
+            stall_after: Duration::from_secs(60),
         }
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Handled,
-    Retried,
     DeadLettered,
+    /// Shutdown came first: not committed, delivered again after the restart.
+    Abandoned,
 }
 
-/// Consumes until `shutdown` turns true, then finishes the message in hand and returns.
+/// Offsets in hand on one partition.
+#[derive(Debug, Default)]
+struct PartitionOffsets {
+    in_hand: BTreeSet<i64>,
+    /// One past the highest offset received.
+    next: i64,
+    committed: i64,
+}
+
+impl PartitionOffsets {
+    /// The offset to commit if it moved: the lowest in hand, or one past the highest seen.
+    fn committable(&mut self) -> Option<i64> {
+        let at = self.in_hand.first().copied().unwrap_or(self.next);
+        (at > self.committed).then(|| {
+            self.committed = at;
+            at
+        })
+    }
+}
+
+/// Failed receives in a row after which the loop gives up its subscription.
+const RESUBSCRIBE_AFTER: u32 = 25;
+
+/// Shared between the loop and the per-key tasks: when any message last succeeded.
+type LastSuccess = Arc<Mutex<Instant>>;
+
+/// Consumes until `shutdown` turns true, then lets the messages in hand finish (a message
+/// still being retried is given up and comes back after the restart) and returns.
+/// `health` reports a stall.
 pub async fn run(
     bus: Arc<dyn EventBus>,
     config: ConsumerConfig,
     handler: Arc<dyn Handler>,
     mut shutdown: watch::Receiver<bool>,
+    health: Component,
 ) -> Result<(), BusError> {
-    let retry = retry_topic(&config.topic, &config.group);
     let dead = dead_letter_topic(&config.topic, &config.group);
     let mut sub = bus
-        .subscribe(&config.group, &[config.topic.clone(), retry.clone()])
+        .subscribe(&config.group, std::slice::from_ref(&config.topic))
         .await?;
     info!(topic = %config.topic, group = %config.group, "consuming");
-    let lag = metrics::histogram!("starling_consumer_lag_seconds",
-        "topic" => config.topic.clone(), "group" => config.group.clone());
+    let labels = [
+        ("topic", config.topic.clone()),
+        ("group", config.group.clone()),
+    ];
+    let lag = metrics::histogram!("starling_consumer_lag_seconds", &labels);
+    let oldest_pending = metrics::gauge!("starling_consumer_oldest_pending_seconds", &labels);
+    let offset_lag = metrics::gauge!("starling_consumer_offset_lag", &labels);
+    let in_flight_gauge = metrics::gauge!("starling_consumer_in_flight", &labels);
+
+    // key -> messages of that key in hand; the front one is running.
+    let mut keys: HashMap<String, VecDeque<Delivery>> = HashMap::new();
+    let mut partitions: HashMap<i32, PartitionOffsets> = HashMap::new();
+    let mut running: FuturesUnordered<BoxFuture<'static, (Delivery, Outcome)>> =
+        FuturesUnordered::new();
+    let mut in_flight = 0usize;
+    let mut receive_errors = 0u32;
+    let last_success: LastSuccess = Arc::new(Mutex::new(Instant::now()));
+    let mut last_progress = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let task_shutdown = shutdown.clone();
+    let start = |d: Delivery| -> BoxFuture<'static, (Delivery, Outcome)> {
+        let (handler, bus, config, dead, shutdown, last_success) = (
+            handler.clone(),
+            bus.clone(),
+            config.clone(),
+            dead.clone(),
+            task_shutdown.clone(),
+            last_success.clone(),
+        );
+        async move {
+            let outcome = process(
+                &*handler,
+                &*bus,
+                &config,
+                &dead,
+                &d.message,
+                shutdown,
+                &last_success,
+            )
+            .await;
+            (d, outcome)
+        }
+        .boxed()
+    };
+
     loop {
-        let delivery = tokio::select! {
+        tokio::select! {
+            biased;
             _ = stopped(&mut shutdown) => break,
-            d = sub.next() => match d {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!(topic = %config.topic, group = %config.group, error = %e, "receive failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+            Some((d, outcome)) = running.next(), if !running.is_empty() => {
+                in_flight -= 1;
+                last_progress = Instant::now();
+                let label = match outcome {
+                    Outcome::Handled => "handled",
+                    Outcome::DeadLettered => "dead_lettered",
+                    Outcome::Abandoned => "abandoned",
+                };
+                metrics::counter!("starling_consumer_messages_total",
+                    "topic" => config.topic.clone(), "group" => config.group.clone(), "outcome" => label)
+                .increment(1);
+                if outcome != Outcome::Abandoned {
+                    let p = partitions.entry(d.partition).or_default();
+                    p.in_hand.remove(&d.offset);
+                    if let Some(at) = p.committable() {
+                        if let Err(e) = sub.commit_at(&d, at).await {
+                            // Not fatal: the messages come again, and handlers are idempotent.
+                            warn!(topic = %config.topic, group = %config.group, error = %e, "commit failed");
+                        }
+                    }
+                }
+                // The next message of the same key, if one waits (not after an abandoned
+                // one: it must come first, after the restart).
+                if outcome == Outcome::Abandoned {
                     continue;
                 }
-            },
-        };
-        let m = &delivery.message;
-        lag.record((now_ms() - m.occurred_at_ms).max(0) as f64 / 1000.0);
-        if m.topic == retry {
-            // Give the cause (a dependency restarting, say) time to pass.
-            let due =
-                m.occurred_at_ms + (config.retry_delay.as_millis() as i64) * i64::from(m.attempt);
-            let wait = (due - now_ms()).clamp(0, config.retry_delay.as_millis() as i64);
-            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
-        }
-        let outcome = match handle(&*handler, m, config.attempts).await {
-            Ok(()) => Outcome::Handled,
-            Err(HandleError::Transient(reason)) if m.attempt < config.retry_rounds => {
-                warn!(topic = %m.topic, group = %config.group, attempt = m.attempt, %reason, "handler failed; to the retry topic");
-                let mut again = m.clone();
-                again.topic = retry.clone();
-                again.attempt += 1;
-                forward(&*bus, again, &mut shutdown).await;
-                Outcome::Retried
+                if let Some(queue) = keys.get_mut(&d.message.key) {
+                    queue.pop_front();
+                    match queue.front() {
+                        Some(next) => running.push(start(next.clone())),
+                        None => { keys.remove(&d.message.key); }
+                    }
+                }
             }
-            Err(e) => {
-                error!(topic = %m.topic, group = %config.group, attempt = m.attempt, error = %e, "to the dead-letter topic");
-                let mut dead_letter = m.clone();
-                dead_letter.topic = dead.clone();
-                forward(&*bus, dead_letter, &mut shutdown).await;
-                Outcome::DeadLettered
+            received = sub.next(), if in_flight < config.max_in_flight => {
+                let d = match received {
+                    Ok(d) => {
+                        receive_errors = 0;
+                        d
+                    }
+                    Err(e) => {
+                        receive_errors += 1;
+                        if receive_errors >= RESUBSCRIBE_AFTER || matches!(e, BusError::BrokerLost) {
+                            warn!(topic = %config.topic, group = %config.group, error = %e, "giving up this subscription");
+                            drop_blocking(sub);
+                            // A fresh subscription (a new client) is the cure for a broker
+                            // that lost its state; the supervisor makes one.
+                            return Err(e);
+                        }
+                        warn!(topic = %config.topic, group = %config.group, error = %e, "receive failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                            _ = stopped(&mut shutdown) => break,
+                        }
+                        continue;
+                    }
+                };
+                lag.record((now_ms() - d.message.occurred_at_ms).max(0) as f64 / 1000.0);
+                if in_flight == 0 {
+                    // Idle until now: the stall clock starts with this message.
+                    last_progress = Instant::now();
+                }
+                in_flight += 1;
+                let p = partitions.entry(d.partition).or_default();
+                if p.in_hand.is_empty() && p.next == 0 {
+                    // First message of this partition here: nothing before it is ours.
+                    p.committed = d.offset;
+                }
+                p.in_hand.insert(d.offset);
+                p.next = p.next.max(d.offset + 1);
+                let queue = keys.entry(d.message.key.clone()).or_default();
+                queue.push_back(d.clone());
+                if queue.len() == 1 {
+                    running.push(start(d));
+                }
             }
-        };
-        let label = match outcome {
-            Outcome::Handled => "handled",
-            Outcome::Retried => "retried",
-            Outcome::DeadLettered => "dead_lettered",
-        };
-        metrics::counter!("starling_consumer_messages_total",
-            "topic" => config.topic.clone(), "group" => config.group.clone(), "outcome" => label)
-        .increment(1);
-        if let Err(e) = sub.commit(&delivery).await {
-            // Not fatal: the message will be delivered again, and handlers are idempotent.
-            warn!(topic = %m.topic, group = %config.group, error = %e, "commit failed");
+            _ = tick.tick() => {
+                in_flight_gauge.set(in_flight as f64);
+                let oldest = keys.values().filter_map(|q| q.front()).map(|d| d.message.occurred_at_ms).min();
+                oldest_pending.set(oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0));
+                if let Some(behind) = sub.offset_lag() {
+                    offset_lag.set(behind as f64);
+                }
+                // Stalled: messages in hand and none finished for a while. (Not judged from
+                // the offset lag: the test broker's end offsets are not reliable.)
+                if in_flight > 0 && last_progress.elapsed() >= config.stall_after {
+                    health.failing(&format!(
+                        "consumer {}/{} finished no message for {:?} with {in_flight} in hand",
+                        config.topic, config.group, last_progress.elapsed()
+                    ));
+                } else {
+                    health.ok();
+                }
+            }
         }
     }
+    // Let what is in hand finish; `process` gives up retries once shutdown is set.
+    while let Some((d, outcome)) = running.next().await {
+        if outcome == Outcome::Abandoned {
+            continue;
+        }
+        let p = partitions.entry(d.partition).or_default();
+        p.in_hand.remove(&d.offset);
+        if let Some(queue) = keys.get_mut(&d.message.key) {
+            queue.pop_front();
+            // The rest of this key's queue is not started: it stays in hand, uncommitted.
+        }
+        if let Some(at) = p.committable() {
+            let _ = sub.commit_at(&d, at).await;
+        }
+    }
+    drop_blocking(sub);
     info!(topic = %config.topic, group = %config.group, "consumer stopped");
     Ok(())
+}
+
+/// Closing a Kafka consumer blocks (it leaves its group): not on a runtime thread.
+fn drop_blocking(sub: Box<dyn super::Subscription>) {
+    tokio::task::spawn_blocking(move || drop(sub));
+}
+
+/// Handles one message: attempts with back-off until it succeeds, is poison, or failed
+/// alone `attempts` times; then forwards it to the dead-letter topic.
+async fn process(
+    handler: &dyn Handler,
+    bus: &dyn EventBus,
+    config: &ConsumerConfig,
+    dead: &str,
+    m: &Message,
+    mut shutdown: watch::Receiver<bool>,
+    last_success: &LastSuccess,
+) -> Outcome {
+    let mut delay = config.backoff;
+    let mut attempt = 0u32;
+    let first_failure = Instant::now();
+    let reason = loop {
+        attempt += 1;
+        let result = AssertUnwindSafe(handler.handle(m))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                metrics::counter!("starling_consumer_handler_panics_total",
+                    "topic" => config.topic.clone(), "group" => config.group.clone())
+                .increment(1);
+                Err(HandleError::Transient(format!("handler panicked: {what}")))
+            });
+        match result {
+            Ok(()) => {
+                *last_success.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                return Outcome::Handled;
+            }
+            Err(HandleError::Poison(reason)) => break format!("poison: {reason}"),
+            Err(HandleError::Transient(reason)) => {
+                let others_succeeded =
+                    *last_success.lock().unwrap_or_else(|e| e.into_inner()) > first_failure;
+                // Failing alone: a dead letter. Failing with everything else: probably a
+                // dependency outage, so retry longer; but not for ever, since messages of
+                // this key waiting behind it can fill every slot and starve the rest.
+                if (attempt >= config.attempts && others_succeeded)
+                    || attempt >= config.attempts * 4
+                {
+                    break reason;
+                }
+                warn!(topic = %m.topic, group = %config.group, key = %m.key, attempt, %reason,
+                    "handler failed; later messages of this key wait");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopped(&mut shutdown) => return Outcome::Abandoned,
+                }
+                delay = (delay * 2).min(config.max_backoff);
+            }
+        }
+    };
+    error!(topic = %m.topic, group = %config.group, key = %m.key, attempt, %reason, "to the dead-letter topic");
+    let mut letter = m.clone();
+    letter.topic = dead.to_string();
+    letter.attempt = attempt;
+    letter.error = Some(reason);
+    if forward(bus, letter, &mut shutdown).await {
+        Outcome::DeadLettered
+    } else {
+        Outcome::Abandoned
+    }
 }
 
 /// Resolves once shutdown is requested (or its sender is gone).
@@ -142,39 +382,49 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.is_ok();
 }
 
-async fn handle(handler: &dyn Handler, m: &Message, attempts: u32) -> Result<(), HandleError> {
-    let mut delay = Duration::from_millis(50);
-    let mut n = 1;
-    loop {
-        match handler.handle(m).await {
-            Err(HandleError::Transient(reason)) if n < attempts => {
-                warn!(topic = %m.topic, attempt = n, %reason, "handler failed; trying again");
-                tokio::time::sleep(delay).await;
-                delay *= 4;
-                n += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Publishes until it succeeds: committing past a message that was neither handled nor
-/// forwarded would lose it. Gives up only at shutdown (the message is then not committed
-/// and comes back after the restart).
-async fn forward(bus: &dyn EventBus, m: Message, shutdown: &mut watch::Receiver<bool>) {
+/// forwarded would lose it. False if shutdown came first (the message is then not
+/// committed and comes back after the restart).
+async fn forward(bus: &dyn EventBus, m: Message, shutdown: &mut watch::Receiver<bool>) -> bool {
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
         match bus.publish(m.clone()).await {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(e) => {
                 warn!(topic = %m.topic, error = %e, waited = ?started.elapsed(), "cannot forward; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stopped(shutdown) => return,
+                    _ = stopped(shutdown) => return false,
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_stop_at_the_lowest_offset_in_hand() {
+        let mut p = PartitionOffsets {
+            committed: 10,
+            next: 10,
+            ..Default::default()
+        };
+        for o in 10..15 {
+            p.in_hand.insert(o);
+            p.next = o + 1;
+        }
+        // 11..14 done, 10 still retrying: nothing can be committed.
+        for o in 11..15 {
+            p.in_hand.remove(&o);
+        }
+        assert_eq!(p.committable(), None);
+        p.in_hand.remove(&10);
+        assert_eq!(p.committable(), Some(15));
+        assert_eq!(p.committable(), None, "only when it moves");
     }
 }

@@ -5,31 +5,88 @@
 //! earliest offset for a new group, and a 6 s session timeout so group joins and rebalances
 //! after a crash are quick. Settings chosen with Tansu, the Kafka-protocol broker used in
 //! the tests, in mind: see `../shared/design.md`.
+//!
+//! **A broker that goes away.** librdkafka 2.12 can crash (SIGSEGV in
+//! `rd_kafka_metadata_cache_find`, librdkafka issues 4778 and 4964) when a client that
+//! cached a topic's metadata meets the topic again under a new id, which is what a broker
+//! restarted without its log (the test broker keeps topics in memory) shows it. So a client
+//! that sees every broker connection go down is replaced at once by a fresh one, which has
+//! no cache to trip over: the producer by a watchdog task here, a consumer by its
+//! supervisor (its `next` answers [`BusError::BrokerLost`]). When the broker answers again,
+//! the topics are created before the first publish; if they had to be created (the broker
+//! lost them), [`EventBus::losses`] ticks, and the outbox relay publishes again what the
+//! lost log may have held.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{watch, Notify};
 
 use super::topics::PARTITIONS;
 use super::{BusError, Delivery, EventBus, Message, Subscription};
 
 const OCCURRED_AT: &str = "occurred-at-ms";
 const ATTEMPT: &str = "attempt";
+const ERROR: &str = "error";
+
+/// librdkafka reconnects with exponential back-off up to this: short, so a restarted
+/// broker is found again within about a second.
+const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 
 #[derive(Clone)]
 pub struct KafkaBus {
     brokers: String,
     /// `<namespace>.`, prepended to every topic and group name on the broker.
     prefix: String,
-    producer: FutureProducer,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    producer: RwLock<Arc<ProducerSlot>>,
+    /// Wakes the watchdog (see [`watchdog`]).
+    down: Arc<Notify>,
+    /// Topics created through this bus, created again after the broker lost them.
+    topics: Mutex<Vec<String>>,
+    /// Set when the producer was replaced: create the topics before the next publish.
+    needs_topics: AtomicBool,
+    /// One restorer at a time; the publishes behind it wait their turn in order.
+    restoring: tokio::sync::Mutex<()>,
+    /// Ticks each time the broker turned out to have lost the topics.
+    losses: watch::Sender<u64>,
+}
+
+/// A producer and what its context saw.
+struct ProducerSlot {
+    producer: FutureProducer<Watch>,
+    /// The client has cached metadata (it talked to a broker), so it must not meet a
+    /// restarted broker (see the module docs).
+    warm: Arc<AtomicBool>,
+}
+
+/// Reports "all brokers down" to the watchdog.
+struct Watch {
+    down: Arc<Notify>,
+}
+
+impl ClientContext for Watch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.down.notify_one();
+        }
+        tracing::debug!("librdkafka: {error}: {reason}");
+    }
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -44,19 +101,30 @@ fn kafka(e: impl std::fmt::Display) -> BusError {
     BusError::Kafka(e.to_string())
 }
 
+fn new_producer(brokers: &str, down: Arc<Notify>) -> Result<ProducerSlot, BusError> {
+    let producer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        // The outbox keeps what could not be published, so waiting long helps nobody.
+        .set("message.timeout.ms", "5000")
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
+        .create_with_context(Watch { down })
+        .map_err(kafka)?;
+    Ok(ProducerSlot {
+        producer,
+        warm: Arc::new(AtomicBool::new(false)),
+    })
+}
+
 impl KafkaBus {
     /// `brokers` like `127.0.0.1:9092` (comma-separated); topics and groups live under
     /// `namespace`. Checks the cluster answers.
     pub async fn connect(brokers: &str, namespace: &str) -> Result<Self, BusError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", "15000")
-            .create()
-            .map_err(kafka)?;
-        let probe = producer.clone();
+        let down = Arc::new(Notify::new());
+        let first = new_producer(brokers, down.clone())?;
+        let probe = first.producer.clone();
         tokio::task::spawn_blocking(move || {
             probe
                 .client()
@@ -66,21 +134,29 @@ impl KafkaBus {
         .await
         .map_err(kafka)?
         .map_err(|e| BusError::Kafka(format!("cannot reach kafka at {brokers}: {e}")))?;
+        first.warm.store(true, Ordering::Relaxed);
+        let shared = Arc::new(Shared {
+            producer: RwLock::new(Arc::new(first)),
+            down: down.clone(),
+            topics: Mutex::new(Vec::new()),
+            needs_topics: AtomicBool::new(false),
+            restoring: tokio::sync::Mutex::new(()),
+            losses: watch::channel(0).0,
+        });
+        tokio::spawn(watchdog(Arc::downgrade(&shared), brokers.to_string(), down));
         Ok(Self {
             brokers: brokers.to_string(),
             prefix: format!("{namespace}."),
-            producer,
+            shared,
         })
     }
 
     fn name(&self, topic: &str) -> String {
         format!("{}{topic}", self.prefix)
     }
-}
 
-#[async_trait]
-impl EventBus for KafkaBus {
-    async fn create_topics(&self, topics: &[String]) -> Result<(), BusError> {
+    /// Creates the topics that are missing; how many were.
+    async fn create_missing(&self, topics: &[String]) -> Result<usize, BusError> {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .create()
@@ -90,26 +166,118 @@ impl EventBus for KafkaBus {
             .iter()
             .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
             .collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        for result in admin
-            .create_topics(new.iter(), &opts)
-            .await
-            .map_err(kafka)?
-        {
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(5)))
+            .request_timeout(Some(Duration::from_secs(5)));
+        let mut created = 0;
+        let results = admin.create_topics(new.iter(), &opts).await;
+        // Dropping an admin client blocks on its threads.
+        tokio::task::spawn_blocking(move || drop(admin));
+        for result in results.map_err(kafka)? {
             match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Ok(_) => created += 1,
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
                     return Err(BusError::Kafka(format!("creating {topic}: {code}")))
                 }
             }
         }
+        Ok(created)
+    }
+
+    /// After the producer was replaced: creates the topics again before anything is
+    /// published (else the broker would auto-create them with its own partition count),
+    /// and reports a loss if they were gone.
+    async fn restore_topics(&self) -> Result<(), BusError> {
+        if !self.shared.needs_topics.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let _turn = self.shared.restoring.lock().await;
+        if !self.shared.needs_topics.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let topics = self
+            .shared
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let created = self.create_missing(&topics).await?;
+        self.shared.needs_topics.store(false, Ordering::Relaxed);
+        if created > 0 {
+            tracing::warn!(
+                created,
+                "the broker had lost its topics; created them again"
+            );
+            self.shared.losses.send_modify(|n| *n += 1);
+        }
         Ok(())
+    }
+}
+
+/// Replaces the producer as soon as it reports every broker down (if it had talked to one,
+/// see the module docs) or has failed fatally (an idempotent producer can, and then never
+/// publishes again). Ends when the bus is dropped.
+async fn watchdog(shared: Weak<Shared>, brokers: String, down: Arc<Notify>) {
+    loop {
+        down.notified().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let (warm, fatal) = {
+            let slot = shared.producer.read().unwrap_or_else(|e| e.into_inner());
+            (
+                slot.warm.load(Ordering::Relaxed),
+                slot.producer.client().fatal_error(),
+            )
+        };
+        if !warm && fatal.is_none() {
+            continue;
+        }
+        match new_producer(&brokers, down.clone()) {
+            Ok(fresh) => {
+                // Before the swap, so no publish reaches the broker (which would create a
+                // lost topic with its own defaults) before the topics are restored.
+                shared.needs_topics.store(true, Ordering::Relaxed);
+                let old = std::mem::replace(
+                    &mut *shared.producer.write().unwrap_or_else(|e| e.into_inner()),
+                    Arc::new(fresh),
+                );
+                match fatal {
+                    Some((code, reason)) => {
+                        tracing::warn!(%brokers, ?code, %reason, "the kafka producer failed fatally; replaced it")
+                    }
+                    None => {
+                        tracing::warn!(%brokers, "every broker connection is down; replaced the kafka producer")
+                    }
+                }
+                // Dropping a producer flushes and joins its threads: not on a runtime thread.
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot build a new kafka producer"),
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for KafkaBus {
+    async fn create_topics(&self, topics: &[String]) -> Result<(), BusError> {
+        {
+            let mut known = self.shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+            for t in topics {
+                if !known.contains(t) {
+                    known.push(t.clone());
+                }
+            }
+        }
+        self.create_missing(topics).await.map(|_| ())
     }
 
     async fn publish(&self, m: Message) -> Result<(), BusError> {
+        self.restore_topics().await?;
         let occurred = m.occurred_at_ms.to_string();
         let attempt = m.attempt.to_string();
-        let headers = OwnedHeaders::new()
+        let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: OCCURRED_AT,
                 value: Some(&occurred),
@@ -118,16 +286,38 @@ impl EventBus for KafkaBus {
                 key: ATTEMPT,
                 value: Some(&attempt),
             });
+        if let Some(error) = &m.error {
+            headers = headers.insert(Header {
+                key: ERROR,
+                value: Some(error),
+            });
+        }
         let topic = self.name(&m.topic);
         let record = FutureRecord::to(&topic)
             .key(&m.key)
             .payload(&m.payload)
             .headers(headers);
-        self.producer
+        let producer = self
+            .shared
+            .producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let sent = producer
+            .producer
             .send(record, Duration::from_secs(5))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| BusError::Kafka(format!("publishing to {}: {e}", m.topic)))
+            .map_err(|(e, _)| BusError::Kafka(format!("publishing to {}: {e}", m.topic)));
+        match &sent {
+            Ok(()) => producer.warm.store(true, Ordering::Relaxed),
+            // Let the watchdog look at it (it replaces a fatally failed producer).
+            Err(_) if producer.producer.client().fatal_error().is_some() => {
+                self.shared.down.notify_one()
+            }
+            Err(_) => {}
+        }
+        sent
     }
 
     async fn subscribe(
@@ -135,7 +325,7 @@ impl EventBus for KafkaBus {
         group: &str,
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, BusError> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let consumer: StreamConsumer<LagContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", self.name(group))
             .set("enable.auto.commit", "false")
@@ -145,7 +335,14 @@ impl EventBus for KafkaBus {
             // librdkafka long-polls the broker for up to 500 ms by default; the pipeline's
             // end-to-end delay is dominated by it unless the broker answers early.
             .set("fetch.wait.max.ms", "20")
-            .create()
+            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
+            // Topics that appear (created again after a broker lost them) are found soon.
+            .set("topic.metadata.refresh.interval.ms", "5000")
+            // For the offset-lag metric (see `LagContext`).
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(LagContext {
+                lag: AtomicI64::new(-1),
+            })
             .map_err(kafka)?;
         let names: Vec<String> = topics.iter().map(|t| self.name(t)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -155,10 +352,41 @@ impl EventBus for KafkaBus {
             prefix: self.prefix.clone(),
         }))
     }
+
+    fn losses(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.shared.losses.subscribe())
+    }
 }
 
+/// Keeps librdkafka's own view of the consumer lag (end offset − committed offset, summed
+/// over the assigned partitions), from the statistics it emits every few seconds.
+struct LagContext {
+    /// -1 until the broker has reported end offsets.
+    lag: AtomicI64,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut total = 0;
+        let mut known = false;
+        for topic in statistics.topics.values() {
+            for (id, p) in &topic.partitions {
+                // Partition -1 is librdkafka's internal one; -1 lag means "not known".
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    total += p.consumer_lag;
+                    known = true;
+                }
+            }
+        }
+        self.lag
+            .store(if known { total } else { -1 }, Ordering::Relaxed);
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
 struct KafkaSubscription {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
     prefix: String,
 }
 
@@ -176,7 +404,13 @@ fn header<'a>(
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn next(&mut self) -> Result<Delivery, BusError> {
-        let m = self.consumer.recv().await.map_err(kafka)?;
+        let m = self.consumer.recv().await.map_err(|e| {
+            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+                BusError::BrokerLost
+            } else {
+                kafka(e)
+            }
+        })?;
         let headers = m.headers();
         Ok(Delivery {
             message: Message {
@@ -200,17 +434,23 @@ impl Subscription for KafkaSubscription {
                 attempt: header(headers, ATTEMPT)
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0),
+                error: header(headers, ERROR).map(str::to_string),
             },
             partition: m.partition(),
             offset: m.offset(),
         })
     }
 
-    async fn commit(&mut self, d: &Delivery) -> Result<(), BusError> {
+    async fn commit_at(&mut self, d: &Delivery, next: i64) -> Result<(), BusError> {
         let mut tpl = TopicPartitionList::new();
         let topic = format!("{}{}", self.prefix, d.message.topic);
-        tpl.add_partition_offset(&topic, d.partition, Offset::Offset(d.offset + 1))
+        tpl.add_partition_offset(&topic, d.partition, Offset::Offset(next))
             .map_err(kafka)?;
         self.consumer.commit(&tpl, CommitMode::Async).map_err(kafka)
+    }
+
+    fn offset_lag(&self) -> Option<i64> {
+        let lag = self.consumer.context().lag.load(Ordering::Relaxed);
+        (lag >= 0).then_some(lag)
     }
 }

@@ -127,7 +127,7 @@ impl Subscription for MemorySubscription {
         }
     }
 
-    async fn commit(&mut self, _delivery: &Delivery) -> Result<(), BusError> {
+    async fn commit_at(&mut self, _delivery: &Delivery, _next: i64) -> Result<(), BusError> {
         Ok(())
     }
 }

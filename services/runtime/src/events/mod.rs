@@ -1,11 +1,11 @@
 //! Asynchronous events: the [`EventBus`] trait with a Kafka implementation ([`KafkaBus`],
 //! rdkafka) and an in-process one ([`MemoryBus`]) for the embedded mode, checked by one
 //! [`contract`] suite; the topic catalogue ([`topics`]); and the consumer loop every service
-//! uses ([`consumer`]): commit after success, retry topic, dead-letter topic, lag metric.
+//! uses ([`consumer`]): order per key, retry in place, dead-letter topic, lag metrics.
 //!
 //! Payloads are protobuf messages from `starling.events.v1`; the bus carries bytes plus the
 //! event's `occurred_at` (as a header, so lag is measured without decoding, and never from
-//! broker watermarks) and the retry round.
+//! broker watermarks) and, on dead letters, the attempt count and the error.
 
 pub mod consumer;
 pub mod contract;
@@ -26,6 +26,10 @@ pub enum BusError {
     Kafka(String),
     #[error("subscription closed")]
     Closed,
+    /// Every broker connection is down: the subscription should be replaced by a fresh
+    /// one (see `kafka`'s module docs).
+    #[error("kafka: every broker connection is down")]
+    BrokerLost,
 }
 
 /// One event on the bus.
@@ -37,8 +41,10 @@ pub struct Message {
     pub payload: Vec<u8>,
     /// When the event happened, in milliseconds since the Unix epoch.
     pub occurred_at_ms: i64,
-    /// Retry rounds already behind it (0 when first published).
+    /// Failed attempts behind it (0 when first published; set on dead letters).
     pub attempt: u32,
+    /// Why the last attempt failed (dead letters only).
+    pub error: Option<String>,
 }
 
 impl Message {
@@ -49,6 +55,7 @@ impl Message {
             payload,
             occurred_at_ms,
             attempt: 0,
+            error: None,
         }
     }
 }
@@ -74,13 +81,28 @@ pub trait EventBus: Send + Sync + 'static {
         group: &str,
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, BusError>;
+    /// Ticks whenever the broker is found to have lost its topics (and so perhaps events it
+    /// had acknowledged); `None` for a bus that cannot lose them.
+    fn losses(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 #[async_trait]
 pub trait Subscription: Send {
     async fn next(&mut self) -> Result<Delivery, BusError>;
-    /// Records that `delivery` (and what came before it on its partition) is processed.
-    async fn commit(&mut self, delivery: &Delivery) -> Result<(), BusError>;
+    /// Records that everything before `next_offset` on `delivery`'s partition is
+    /// processed: the group resumes there.
+    async fn commit_at(&mut self, delivery: &Delivery, next_offset: i64) -> Result<(), BusError>;
+    /// Records that `delivery` and what came before it on its partition are processed.
+    async fn commit(&mut self, delivery: &Delivery) -> Result<(), BusError> {
+        self.commit_at(delivery, delivery.offset + 1).await
+    }
+    /// Messages on the assigned partitions after the committed offsets, where the broker
+    /// reports its end offsets; `None` when it does not.
+    fn offset_lag(&self) -> Option<i64> {
+        None
+    }
 }
 
 pub fn now_ms() -> i64 {

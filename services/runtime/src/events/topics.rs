@@ -10,10 +10,11 @@
 //! On Kafka every topic and group name is prefixed with the namespace (`--namespace`,
 //! default `starling`): `starling.tweet-created.v1`, group `starling.timeline`.
 //!
-//! Keying by author keeps one author's events in order on one partition. Each consuming
-//! group has its own retry topic `<topic>.retry.<group>` and dead-letter topic
-//! `<topic>.dlq.<group>`: a retry meant for one group must not be seen again by the others
-//! (the seed article's republish-to-the-main-topic approach breaks exactly there).
+//! Keying by author keeps one author's events in order on one partition. A failing event is
+//! retried in place while later events of its key wait (see `consumer`), so there are no
+//! retry topics (which would let later events of the key overtake it). Each consuming group
+//! has its own dead-letter topic `<topic>.dlq.<group>`, inspected with `starling dlq list`
+//! and sent round again with `starling dlq replay` (which publishes on the original topic).
 
 pub const TWEET_CREATED: &str = "tweet-created.v1";
 pub const TWEET_TAGGED: &str = "tweet-tagged.v1";
@@ -40,22 +41,17 @@ pub const CONSUMERS: &[(&str, &str)] = &[
     (FOLLOW_CHANGED, groups::TIMELINE),
 ];
 
-pub fn retry_topic(topic: &str, group: &str) -> String {
-    format!("{topic}.retry.{group}")
-}
-
 pub fn dead_letter_topic(topic: &str, group: &str) -> String {
     format!("{topic}.dlq.{group}")
 }
 
-/// Every topic the system uses, main, retry and dead-letter.
+/// Every topic the system uses, main and dead-letter.
 pub fn all_topics() -> Vec<String> {
     let mut all: Vec<String> = [TWEET_CREATED, TWEET_TAGGED, ENGAGEMENT, FOLLOW_CHANGED]
         .iter()
         .map(|t| t.to_string())
         .collect();
     for (topic, group) in CONSUMERS {
-        all.push(retry_topic(topic, group));
         all.push(dead_letter_topic(topic, group));
     }
     all
