@@ -37,6 +37,84 @@ pub enum Command {
     /// Benchmarks (loopback only).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Inspect and re-drive dead letters (events a consumer group could not handle).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Fault injection: etcd, Redis, the broker and two replicas of every service as
+    /// processes on loopback, a steady workload, faults one after another; then every
+    /// acknowledged operation is checked. Needs etcd, redis-server and the Tansu broker.
+    Chaos(ChaosArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ChaosArgs {
+    /// Keep injecting (the fault list over again) for this many minutes; 0 = one pass.
+    #[arg(long, default_value_t = 0.0)]
+    pub minutes: f64,
+    /// Faults to inject, in order (default: all): kill:<service>, freeze, rolling, redis,
+    /// broker, etcd, etcd-wipe.
+    #[arg(long, value_delimiter = ',', value_parser = crate::chaos::Fault::parse)]
+    pub faults: Vec<crate::chaos::Fault>,
+    /// Users the workload drives.
+    #[arg(long, default_value_t = 30)]
+    pub users: usize,
+    /// Operations per second, all users together.
+    #[arg(long, default_value_t = 25.0)]
+    pub rate: f64,
+    /// Followers of the big account (each of its posts is a fan-out this large).
+    #[arg(long, default_value_t = 2_000)]
+    pub fans: usize,
+    /// Seconds a frozen (SIGSTOP) replica stays frozen.
+    #[arg(long, default_value_t = 20)]
+    pub stop_secs: u64,
+    /// Seconds of plain load between faults.
+    #[arg(long, default_value_t = 3.0)]
+    pub settle_secs: f64,
+    /// After the load stops, how long the checks may wait for the system to catch up.
+    #[arg(long, default_value_t = 60)]
+    pub converge_secs: u64,
+    /// Seed of the workload and of the fault choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Keep the data and logs directory.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+impl ChaosArgs {
+    pub fn settle(&self) -> Duration {
+        Duration::from_secs_f64(self.settle_secs.max(0.0))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Print the dead letters (one JSON object per line: topic, key, attempts, error, ...)
+    /// without consuming them.
+    List(DlqArgs),
+    /// Publish the dead letters of one group again on their original topic, and consume
+    /// them from the dead-letter topic.
+    Replay(DlqArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DlqArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "STARLING_KAFKA", required = true)]
+    pub kafka: String,
+    /// Topics and groups live under this namespace (see `starling serve --help`).
+    #[arg(long, env = "STARLING_NAMESPACE", default_value = "starling")]
+    pub namespace: String,
+    /// The event topic, e.g. tweet-created.v1 (default: every topic of the catalogue).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// The consumer group whose dead letters to read, e.g. timeline (default: every group).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Stop once no dead letter has arrived for this many seconds (the first one may take a
+    /// few seconds while the reader joins its group).
+    #[arg(long, default_value_t = 10)]
+    pub wait_secs: u64,
 }
 
 /// Where the gateway listens and how it signs tokens.
@@ -106,6 +184,10 @@ pub struct MeshArgs {
     /// Seconds a registration outlives a crashed instance.
     #[arg(long, env = "STARLING_LEASE_TTL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_ttl: u64,
+    /// Seconds a Snowflake worker-id claim outlives its last renewal: ids keep being issued
+    /// through an etcd outage this long, and a crashed instance's worker id is free after it.
+    #[arg(long, env = "STARLING_CLAIM_TTL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..=3600))]
+    pub claim_ttl: u64,
     /// Balancing policy per target service, e.g. `timeline=consistent_hash:x-user-id,tweet=p2c_ewma`.
     /// Policies: round_robin, p2c_ewma, consistent_hash[:<header>]. Unlisted targets use round_robin.
     #[arg(long = "policy", env = "STARLING_POLICY", value_delimiter = ',', value_parser = parse_target_policy)]
@@ -150,6 +232,7 @@ impl MeshArgs {
         config.namespace = self.namespace.clone();
         config.lease_ttl = Duration::from_secs(self.lease_ttl);
         config.relist_grace = Duration::from_secs(self.lease_ttl * 2);
+        config.claim_ttl = Duration::from_secs(self.claim_ttl);
         config
     }
 }
@@ -200,6 +283,10 @@ pub struct ServeArgs {
     /// On shutdown, time between deregistering and closing the listener, in ms.
     #[arg(long, env = "STARLING_DRAIN_MS", default_value_t = 1_000)]
     pub drain_ms: u64,
+    /// Allow in-memory storage and events when --redis or --kafka is missing. Each process
+    /// then has its own private data, lost when it exits: for experiments only.
+    #[arg(long, env = "STARLING_EMBEDDED")]
+    pub embedded: bool,
     #[command(flatten)]
     pub mesh: MeshArgs,
     #[command(flatten)]
@@ -238,6 +325,25 @@ pub enum BenchCommand {
     /// Tweets posted at a steady rate through the whole system; delay until every
     /// follower's timeline shows them.
     E2e(E2eBenchArgs),
+    /// CreateTweet's write path with the outbox against the store-then-publish path it
+    /// replaced, on one Redis and one broker.
+    Post(PostBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PostBenchArgs {
+    /// Redis to write to (keys under a fresh namespace, removed at the end).
+    #[arg(long, env = "STARLING_REDIS")]
+    pub redis: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "STARLING_KAFKA")]
+    pub kafka: String,
+    /// Calls per path.
+    #[arg(long, default_value_t = 3_000)]
+    pub calls: usize,
+    /// Rounds the calls are split into, the two paths alternating.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 #[derive(Debug, Clone, Args)]

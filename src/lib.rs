@@ -1,9 +1,11 @@
 //! The `starling` program: command line ([`cli`]), the service table ([`services`]), the
-//! embedded all-in-one mode ([`up`]), one instance against etcd ([`serve`]) and the
-//! benchmarks ([`bench`]).
+//! embedded all-in-one mode ([`up`]), one instance against etcd ([`serve`]), dead letters
+//! ([`dlq`]), fault injection ([`chaos`]) and the benchmarks ([`bench`]).
 
 pub mod bench;
+pub mod chaos;
 pub mod cli;
+pub mod dlq;
 pub mod gateway;
 pub mod serve;
 pub mod services;
@@ -17,5 +19,7 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Gateway(args) => gateway::run(args).await,
         cli::Command::Health(args) => gateway::health(args).await,
         cli::Command::Bench(cmd) => bench::run(cmd).await,
+        cli::Command::Dlq(cmd) => dlq::run(cmd).await,
+        cli::Command::Chaos(args) => chaos::run(args).await,
     }
 }

@@ -24,7 +24,7 @@ pub async fn start_all(
         for _ in 0..replicas {
             let config = ServerConfig::new(kind, SocketAddr::new(host, 0));
             let parts = crate::services::build(kind, ctx).await?;
-            let r = server::start(config, parts, ctx.registry.clone(), ctx.bus.clone()).await?;
+            let r = server::start(config, parts, ctx).await?;
             if announce {
                 println!(
                     "starling: {:<15} {}  ({})",

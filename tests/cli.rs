@@ -17,6 +17,9 @@ fn starling(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_starling"))
         .args(args)
         .env_remove("STARLING_ETCD")
+        .env_remove("STARLING_REDIS")
+        .env_remove("STARLING_KAFKA")
+        .env_remove("STARLING_EMBEDDED")
         .output()
         .expect("run starling")
 }
@@ -52,6 +55,28 @@ fn bad_input_gets_a_precise_error() {
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--etcd"),
+        "{out:?}"
+    );
+
+    // No silent fallback to private in-memory data for a served instance.
+    let out = starling(&["serve", "tagger", "--etcd", "http://127.0.0.1:1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--redis") && err.contains("--kafka") && err.contains("--embedded"),
+        "{out:?}"
+    );
+    let out = starling(&[
+        "serve",
+        "tagger",
+        "--etcd",
+        "http://127.0.0.1:1",
+        "--redis",
+        "redis://127.0.0.1:1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--kafka") && !err.contains("needs --redis"),
         "{out:?}"
     );
 

@@ -70,7 +70,7 @@ impl World {
             config.drain_delay = Duration::ZERO;
             let parts = build(kind, &ctx).await.expect("build service");
             services.push(
-                server::start(config, parts, ctx.registry.clone(), ctx.bus.clone())
+                server::start(config, parts, &ctx)
                     .await
                     .expect("start service"),
             );

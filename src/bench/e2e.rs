@@ -53,6 +53,7 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     let mesh_args = MeshArgs {
         namespace: format!("e2ebench{:08x}", rand::random::<u32>()),
         lease_ttl: 10,
+        claim_ttl: 60,
         policies: Vec::new(),
         call_timeout_ms: 10_000,
         no_endpoint_timeout_ms: 2_000,

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod balancer;
 pub mod e2e;
 pub mod fanout;
+pub mod post;
 
 use crate::cli::BenchCommand;
 
@@ -13,5 +14,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Balancer(args) => balancer::run(args).await,
         BenchCommand::Fanout(args) => fanout::run(args).await,
         BenchCommand::E2e(args) => e2e::run(args).await,
+        BenchCommand::Post(args) => post::run(args).await,
     }
 }

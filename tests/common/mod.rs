@@ -198,6 +198,91 @@ impl Drop for Etcd {
     }
 }
 
+/// A Kafka-protocol broker (Tansu, memory storage) of one test's own, so the test can kill
+/// and restart it. A restart loses every topic, as Tansu keeps them in memory.
+pub struct Broker {
+    bin: PathBuf,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// `None` (skip) off CI when Tansu is not installed; a panic under CI.
+    pub async fn start() -> Option<Broker> {
+        let out = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/find-tansu.py"
+            ))
+            .output();
+        let bin = match out {
+            Ok(o) if o.status.success() => {
+                PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string())
+            }
+            _ if ci() => panic!("tansu is not installed, and CI=true forbids skipping (scripts/install-deps.sh installs it)"),
+            _ => {
+                eprintln!("SKIPPED: tansu is not installed (scripts/install-deps.sh installs it)");
+                return None;
+            }
+        };
+        let mut broker = Broker {
+            bin,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        broker.spawn().await;
+        Some(broker)
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .expect("log file");
+        let child = Command::new(&self.bin)
+            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let port = self.port;
+        let up = eventually(Duration::from_secs(30), || async move {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        assert!(up, "tansu did not start on port {port}");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the broker and starts it again on the same port, with no topics.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Everything an application test runs against: the shared Redis and Kafka-protocol broker
 /// of `scripts/test.sh`, an etcd of its own, and a namespace no other test uses.
 pub struct AppBackends {
@@ -278,6 +363,8 @@ impl Instance {
                 &ttl,
                 "--drain-ms",
                 "300",
+                // Mesh tests need no Redis or Kafka; those that do pass them in `extra`.
+                "--embedded",
             ])
             .args(extra)
             .env("STARLING_LOG", level)

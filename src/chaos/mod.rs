@@ -1,0 +1,486 @@
+//! `starling chaos`: the whole system as separate processes (etcd, Redis, the broker, two
+//! replicas of every service) under a steady workload, while faults are injected one after
+//! another; then the history of acknowledged operations is checked against what the system
+//! holds (see [`check`]). Prints a table per fault and fails if anything acknowledged was
+//! lost, duplicated or reordered.
+//!
+//! * [`cluster`]: the processes, and how to kill, freeze and restart them;
+//! * [`load`]: the workload and its history;
+//! * [`check`]: the checks.
+//!
+//! Traffic goes to loopback only; every process is started by the suite and stopped at the
+//! end; the run is bounded by `--minutes` (one pass over the faults at least).
+
+pub mod check;
+pub mod cluster;
+pub mod load;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use starling_discovery::{EtcdConfig, EtcdRegistry, Mesh, MeshConfig};
+use starling_runtime::outbox::{pending, Outbox};
+use starling_runtime::store::RedisStore;
+use tokio::sync::watch;
+
+use crate::cli::ChaosArgs;
+use check::{Violation, ViolationKind};
+use cluster::{Backends, Launcher, Replica};
+use load::{History, Kind, Workload};
+
+pub const SERVICES: [&str; 5] = ["tweet", "follower", "timeline", "tagger", "recommendation"];
+const OUTBOXES: [&str; 3] = ["tweet", "follower", "recommendation"];
+const PROBE_AUTHOR: &str = "probe_author";
+const PROBE_READER: &str = "probe_reader";
+const BIG_ACCOUNT: &str = "big";
+
+/// One fault the suite can inject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// kill -9 of one replica of a service, restarted 2 s later.
+    Kill(&'static str),
+    /// SIGSTOP of one replica for `--stop-secs`, then SIGCONT.
+    Freeze,
+    /// SIGTERM and restart of every replica, one after another.
+    Rolling,
+    /// kill -9 of Redis, restarted 2 s later (append-only file on).
+    Redis,
+    /// The broker killed and restarted: it comes back without its topics.
+    Broker,
+    /// etcd killed and restarted with its data 5 s later.
+    Etcd,
+    /// etcd killed, its data deleted, restarted.
+    EtcdWipe,
+}
+
+impl Fault {
+    pub fn all() -> Vec<Fault> {
+        let mut all: Vec<Fault> = SERVICES.iter().map(|s| Fault::Kill(s)).collect();
+        all.extend([
+            Fault::Freeze,
+            Fault::Rolling,
+            Fault::Redis,
+            Fault::Broker,
+            Fault::Etcd,
+            Fault::EtcdWipe,
+        ]);
+        all
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Fault::Kill(s) => format!("kill-9 {s}"),
+            Fault::Freeze => "sigstop replica".into(),
+            Fault::Rolling => "rolling restart".into(),
+            Fault::Redis => "redis kill-9".into(),
+            Fault::Broker => "broker restart".into(),
+            Fault::Etcd => "etcd restart".into(),
+            Fault::EtcdWipe => "etcd wiped".into(),
+        }
+    }
+
+    /// Parses `kill:<service>`, `freeze`, `rolling`, `redis`, `broker`, `etcd`, `etcd-wipe`.
+    pub fn parse(s: &str) -> Result<Fault, String> {
+        match s {
+            "freeze" => Ok(Fault::Freeze),
+            "rolling" => Ok(Fault::Rolling),
+            "redis" => Ok(Fault::Redis),
+            "broker" => Ok(Fault::Broker),
+            "etcd" => Ok(Fault::Etcd),
+            "etcd-wipe" => Ok(Fault::EtcdWipe),
+            other => match other.strip_prefix("kill:") {
+                Some(svc) => SERVICES
+                    .iter()
+                    .find(|s| **s == svc)
+                    .map(|s| Fault::Kill(s))
+                    .ok_or_else(|| format!("unknown service {svc:?} in {other:?}")),
+                None => Err(format!(
+                    "unknown fault {other:?}: use kill:<service>, freeze, rolling, redis, broker, etcd or etcd-wipe"
+                )),
+            },
+        }
+    }
+}
+
+struct System {
+    backends: Backends,
+    launcher: Launcher,
+    replicas: Vec<Replica>,
+}
+
+impl System {
+    async fn restart_replica(&mut self, i: usize) -> anyhow::Result<()> {
+        let (service, index) = (self.replicas[i].service, self.replicas[i].index);
+        self.replicas[i] = self.launcher.start(service, index).await?;
+        Ok(())
+    }
+}
+
+/// What happened while one fault was on.
+struct Phase {
+    fault: Fault,
+    started: Instant,
+    ended: Instant,
+    recovery: Option<Duration>,
+}
+
+/// Runs the suite; an error if any check failed (after printing the table).
+pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
+    let faults = if args.faults.is_empty() {
+        Fault::all()
+    } else {
+        args.faults.clone()
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("starling-chaos-")
+        .tempdir()
+        .context("temporary directory")?;
+    let work = dir.path().to_path_buf();
+    println!("starling chaos: logs and data in {}", work.display());
+    let backends = Backends::start(&work).await?;
+    let namespace = format!("chaos{:08x}", rand::random::<u32>());
+    let launcher = Launcher {
+        exe: std::env::current_exe().context("this program's path")?,
+        dir: work.clone(),
+        namespace: namespace.clone(),
+        etcd: backends.etcd_url(),
+        redis: backends.redis_url(),
+        kafka: backends.kafka(),
+    };
+    let mut replicas = Vec::new();
+    for service in SERVICES {
+        for index in 0..2 {
+            replicas.push(launcher.start(service, index).await?);
+        }
+    }
+    let mut system = System {
+        backends,
+        launcher,
+        replicas,
+    };
+    let mut config = EtcdConfig::new(vec![system.backends.etcd_url()]);
+    config.namespace = namespace.clone();
+    config.lease_ttl = Duration::from_secs(3);
+    config.relist_grace = Duration::from_secs(9);
+    let registry = Arc::new(EtcdRegistry::connect(config).await?);
+    let mesh = Arc::new(Mesh::new(
+        registry,
+        MeshConfig::new(starling_proto::idempotent_methods()).with_policy(
+            "timeline",
+            starling_discovery::Policy::ConsistentHash {
+                header: "x-user-id".into(),
+            },
+        ),
+    ));
+    for s in SERVICES {
+        let ready = mesh
+            .channel(s)
+            .wait_for_endpoints(Duration::from_secs(30), |e| e.len() >= 2)
+            .await;
+        if !ready {
+            bail!("{s} did not register both replicas");
+        }
+    }
+    let history = Arc::new(History::default());
+    setup(&mesh, &history, args.fans).await?;
+    println!(
+        "starling chaos: {} replicas up; {} users, {} ops/s, faults: {}",
+        system.replicas.len(),
+        args.users,
+        args.rate,
+        faults
+            .iter()
+            .map(Fault::name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let (stop_load, load_stopped) = watch::channel(false);
+    let workload = Workload {
+        users: args.users,
+        rate: args.rate,
+        workers: args.users.clamp(1, 16),
+        seed: args.seed,
+        big_account: BIG_ACCOUNT.into(),
+    };
+    let load = tokio::spawn(load::drive(
+        mesh.clone(),
+        history.clone(),
+        workload,
+        load_stopped,
+    ));
+
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let run_until = Instant::now() + Duration::from_secs_f64(args.minutes * 60.0);
+    let mut phases = Vec::new();
+    let mut round = 0;
+    loop {
+        for fault in &faults {
+            tokio::time::sleep(args.settle()).await;
+            let started = Instant::now();
+            inject(&mut system, fault, &mut rng, &args).await?;
+            let recovery = probe(&mesh, &history, Duration::from_secs(90)).await;
+            phases.push(Phase {
+                fault: fault.clone(),
+                started,
+                ended: Instant::now(),
+                recovery,
+            });
+            println!(
+                "starling chaos: {:<18} recovered in {}",
+                fault.name(),
+                recovery.map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64()))
+            );
+        }
+        round += 1;
+        if Instant::now() >= run_until {
+            break;
+        }
+        println!("starling chaos: round {round} done; again until --minutes is up");
+    }
+    tokio::time::sleep(args.settle()).await;
+    stop_load.send_replace(true);
+    let _ = load.await;
+
+    // Let every outbox drain and every consumer catch up, then check; a check that still
+    // fails after the wait is a violation.
+    let store =
+        RedisStore::connect(&system.backends.redis_url(), &format!("{namespace}:"), 4).await?;
+    let quiet_until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut left = 0;
+        for s in OUTBOXES {
+            left += pending(&store, &Outbox::new(s)).await.unwrap_or(1);
+        }
+        if left == 0 || Instant::now() >= quiet_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ops = history.ops();
+    let check_until = Instant::now() + Duration::from_secs(args.converge_secs);
+    let violations = loop {
+        let v = check::check(&store, &ops).await?;
+        if v.is_empty() || Instant::now() >= check_until {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    report(&phases, &ops, &violations);
+    for mut r in system.replicas.drain(..) {
+        r.terminate(Duration::from_secs(5)).await;
+    }
+    if args.keep {
+        println!("starling chaos: kept {}", dir.keep().display());
+    }
+    if violations.is_empty() {
+        println!("chaos: 0 lost, 0 duplicated, 0 reordered");
+        Ok(())
+    } else {
+        for v in violations.iter().take(20) {
+            eprintln!("starling chaos: {:?}: {}", v.what, v.detail);
+        }
+        bail!(
+            "{} acknowledged operations were lost, duplicated or reordered",
+            violations.len()
+        )
+    }
+}
+
+/// Accounts the probes and the big account use, and the big account's followers.
+async fn setup(mesh: &Arc<Mesh>, history: &History, fans: usize) -> anyhow::Result<()> {
+    let follow = |follower: String, followee: &str| Kind::Follow {
+        follower,
+        followee: followee.to_string(),
+    };
+    load::run_op(mesh, history, follow(PROBE_READER.into(), PROBE_AUTHOR))
+        .await
+        .map_err(|c| anyhow::anyhow!("setting up the probe failed: {c:?}"))?;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..fans {
+        let mesh = mesh.clone();
+        set.spawn(async move {
+            let mut client =
+                starling_proto::follower::v1::follower_service_client::FollowerServiceClient::new(
+                    mesh.channel("follower"),
+                );
+            client
+                .follow(starling_proto::follower::v1::FollowRequest {
+                    follower: format!("fan{i:05}"),
+                    followee: BIG_ACCOUNT.into(),
+                })
+                .await
+        });
+        if set.len() >= 32 {
+            if let Some(r) = set.join_next().await {
+                r??;
+            }
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+/// Posts as the probe author until the post shows in the probe reader's timeline: how
+/// long the write path and the pipeline took to work again.
+async fn probe(mesh: &Mesh, history: &History, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut posted: Option<u64> = None;
+    while started.elapsed() < within {
+        if posted.is_none() {
+            if let Ok(id) = load::run_op(
+                mesh,
+                history,
+                Kind::Post {
+                    author: PROBE_AUTHOR.into(),
+                    text: format!("probe at {:?}", started.elapsed()),
+                },
+            )
+            .await
+            {
+                posted = Some(id);
+            }
+        }
+        if let Some(id) = posted {
+            let mut client =
+                starling_proto::timeline::v1::timeline_service_client::TimelineServiceClient::new(
+                    mesh.channel("timeline"),
+                );
+            let home = client
+                .get_home_timeline(starling_proto::timeline::v1::GetHomeTimelineRequest {
+                    user: PROBE_READER.into(),
+                    page_size: 5,
+                    page_token: String::new(),
+                })
+                .await;
+            if home.is_ok_and(|h| h.into_inner().tweets.iter().any(|t| t.id == id)) {
+                return Some(started.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+async fn inject(
+    system: &mut System,
+    fault: &Fault,
+    rng: &mut StdRng,
+    args: &ChaosArgs,
+) -> anyhow::Result<()> {
+    let pick = |rng: &mut StdRng, system: &System, service: Option<&str>| -> usize {
+        let candidates: Vec<usize> = (0..system.replicas.len())
+            .filter(|&i| service.is_none_or(|s| system.replicas[i].service == s))
+            .collect();
+        candidates[rng.random_range(0..candidates.len())]
+    };
+    match fault {
+        Fault::Kill(service) => {
+            let i = pick(rng, system, Some(service));
+            // At a random moment within the next second: mid-call, mid-fan-out.
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..1000))).await;
+            system.replicas[i].kill9();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            system.restart_replica(i).await?;
+        }
+        Fault::Freeze => {
+            let i = pick(rng, system, None);
+            println!(
+                "starling chaos: freezing {} replica {} for {} s",
+                system.replicas[i].service, system.replicas[i].index, args.stop_secs
+            );
+            system.replicas[i].freeze();
+            tokio::time::sleep(Duration::from_secs(args.stop_secs)).await;
+            system.replicas[i].thaw();
+        }
+        Fault::Rolling => {
+            for i in 0..system.replicas.len() {
+                system.replicas[i].terminate(Duration::from_secs(15)).await;
+                system.restart_replica(i).await?;
+            }
+        }
+        Fault::Redis => {
+            system.backends.redis.kill9();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            system.backends.redis.restart().await?;
+        }
+        Fault::Broker => {
+            system.backends.broker.kill9();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            system.backends.broker.restart().await?;
+        }
+        Fault::Etcd => {
+            system.backends.etcd.kill9();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            system.backends.etcd.restart().await?;
+        }
+        Fault::EtcdWipe => {
+            system.backends.etcd.kill9();
+            system.backends.etcd.wipe();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            system.backends.etcd.restart().await?;
+        }
+    }
+    Ok(())
+}
+
+fn report(phases: &[Phase], ops: &[load::Op], violations: &[Violation]) {
+    println!();
+    println!(
+        "| fault | ops | acknowledged | lost | duplicated | reordered | failed calls by code | recovery |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut rows: Vec<(String, Instant, Instant, Option<Duration>)> = Vec::new();
+    if let (Some(first), Some(earliest)) = (phases.first(), ops.iter().map(|o| o.started).min()) {
+        rows.push(("(before faults)".into(), earliest, first.started, None));
+    }
+    for (i, p) in phases.iter().enumerate() {
+        // A phase runs until the next one's fault starts.
+        let end = phases.get(i + 1).map_or(Instant::now(), |n| n.started);
+        let _ = p.ended;
+        rows.push((p.fault.name(), p.started, end, p.recovery));
+    }
+    for (name, from, to, recovery) in rows {
+        let in_phase: Vec<&load::Op> = ops
+            .iter()
+            .filter(|o| o.started >= from && o.started < to)
+            .collect();
+        let acked = in_phase.iter().filter(|o| o.acked()).count();
+        let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+        for o in &in_phase {
+            if let Err(c) = o.outcome {
+                *codes.entry(format!("{c:?}")).or_default() += 1;
+            }
+        }
+        let count = |k: ViolationKind| {
+            violations
+                .iter()
+                .filter(|v| v.what == k && v.at >= from && v.at < to)
+                .count()
+        };
+        let failed = if codes.is_empty() {
+            "0".to_string()
+        } else {
+            codes
+                .iter()
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "| {name} | {} | {acked} | {} | {} | {} | {failed} | {} |",
+            in_phase.len(),
+            count(ViolationKind::Lost),
+            count(ViolationKind::Duplicated),
+            count(ViolationKind::Reordered),
+            recovery.map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64()))
+        );
+    }
+    println!();
+}

@@ -1,0 +1,165 @@
+//! Delivery guarantees on real backends: a post is acknowledged once it and its event are
+//! stored together (the outbox), so it succeeds while the broker is down, and its event
+//! reaches the followers' timelines once the broker is back, even though the broker lost
+//! every topic in its restart.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use starling_discovery::{Mesh, MeshConfig};
+use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
+use starling_proto::follower::v1::FollowRequest;
+use starling_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
+use starling_proto::timeline::v1::GetHomeTimelineRequest;
+use starling_proto::tweet::v1::tweet_service_client::TweetServiceClient;
+use starling_proto::tweet::v1::CreateTweetRequest;
+use starling_runtime::outbox::{pending, Outbox};
+use starling_runtime::store::RedisStore;
+
+async fn home_ids(mesh: &Mesh, user: &str) -> Vec<u64> {
+    let resp = TimelineServiceClient::new(mesh.channel("timeline"))
+        .get_home_timeline(GetHomeTimelineRequest {
+            user: user.into(),
+            page_size: 100,
+            page_token: String::new(),
+        })
+        .await;
+    match resp {
+        Ok(r) => r.into_inner().tweets.iter().map(|t| t.id).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn post(mesh: &Mesh, text: &str) -> Result<u64, tonic::Status> {
+    let resp = TweetServiceClient::new(mesh.channel("tweet"))
+        .create_tweet(CreateTweetRequest {
+            author: "bob".into(),
+            text: text.into(),
+        })
+        .await?;
+    Ok(resp.into_inner().tweet.map(|t| t.id).unwrap_or(0))
+}
+
+#[tokio::test]
+async fn posts_succeed_while_the_broker_is_down_and_reach_timelines_after() {
+    let _serial = serial().await;
+    let Some(redis) = shared("STARLING_TEST_REDIS") else {
+        return;
+    };
+    let Some(mut broker) = Broker::start().await else {
+        return;
+    };
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let ns = fresh_namespace("outbox");
+    let kafka = broker.address();
+    let args = ["--redis", redis.as_str(), "--kafka", kafka.as_str()];
+    let mut instances = Vec::new();
+    for s in ["tweet", "follower", "timeline"] {
+        instances.push(Instance::serve_with(s, &etcd, &ns, &args, Stdio::inherit()).await);
+    }
+    let registry = Arc::new(etcd.registry(&ns, LEASE_TTL).await);
+    let mesh = Mesh::new(
+        registry,
+        MeshConfig::new(starling_proto::idempotent_methods()),
+    );
+    for s in ["tweet", "follower", "timeline"] {
+        assert!(
+            mesh.channel(s)
+                .wait_for_endpoints(Duration::from_secs(15), |e| !e.is_empty())
+                .await
+        );
+    }
+    FollowerServiceClient::new(mesh.channel("follower"))
+        .follow(FollowRequest {
+            follower: "alice".into(),
+            followee: "bob".into(),
+        })
+        .await
+        .expect("follow");
+    let first = post(&mesh, "before the outage").await.expect("post");
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            home_ids(&mesh, "alice").await.contains(&first)
+        })
+        .await,
+        "the first post reached alice"
+    );
+
+    broker.kill();
+    let mut during = Vec::new();
+    for i in 0..5 {
+        let t = Instant::now();
+        let id = post(&mesh, &format!("during the outage {i}"))
+            .await
+            .expect("a post succeeds while the broker is down");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the post did not wait for the broker: {:?}",
+            t.elapsed()
+        );
+        during.push(id);
+    }
+    let store = RedisStore::connect(&redis, &format!("{ns}:"), 1)
+        .await
+        .expect("redis");
+    let outbox = Outbox::new("tweet");
+    assert!(
+        pending(&store, &outbox).await.expect("outbox") >= 5,
+        "the events wait in the outbox"
+    );
+
+    broker.restart().await;
+    let delivered = eventually(Duration::from_secs(90), || async {
+        let home = home_ids(&mesh, "alice").await;
+        during.iter().all(|id| home.contains(id))
+    })
+    .await;
+    assert!(
+        delivered,
+        "posts made during the outage reached alice after the broker came back: {:?} of {:?}",
+        home_ids(&mesh, "alice").await,
+        during
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            pending(&store, &outbox).await.unwrap_or(1) == 0
+        })
+        .await,
+        "the outbox is empty once everything is published"
+    );
+    // Each post exactly once in the timeline.
+    let home = home_ids(&mesh, "alice").await;
+    let mut unique = home.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), home.len(), "{home:?}");
+    drop(instances);
+}
+
+/// `starling bench post` stays runnable: a tiny run against the shared backends prints its
+/// ratio line.
+#[tokio::test]
+async fn bench_post_runs() {
+    let (Some(redis), Some(kafka)) = (shared("STARLING_TEST_REDIS"), shared("STARLING_TEST_KAFKA"))
+    else {
+        return;
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+        .args(["bench", "post", "--redis", &redis, "--kafka", &kafka])
+        .args(["--calls", "20", "--rounds", "2"])
+        .output()
+        .expect("run the bench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("outbox vs store + publish: p50 "),
+        "{text}"
+    );
+}
