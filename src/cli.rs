@@ -67,6 +67,9 @@ pub struct ChaosArgs {
     /// Seconds a frozen (SIGSTOP) replica stays frozen.
     #[arg(long, default_value_t = 20)]
     pub stop_secs: u64,
+    /// Seconds etcd stays down in the etcd-restart fault.
+    #[arg(long, default_value_t = 30)]
+    pub etcd_down_secs: u64,
     /// Seconds of plain load between faults.
     #[arg(long, default_value_t = 3.0)]
     pub settle_secs: f64,
@@ -198,6 +201,10 @@ pub struct MeshArgs {
     /// How long a call waits for a target with no endpoint before failing UNAVAILABLE, in ms.
     #[arg(long, env = "STARLING_NO_ENDPOINT_TIMEOUT_MS", default_value_t = 2_000)]
     pub no_endpoint_timeout_ms: u64,
+    /// How long one attempt of an outgoing call waits for its answer before the endpoint is
+    /// taken for stalled, ejected, and an idempotent call retried elsewhere, in ms (0: off).
+    #[arg(long, env = "STARLING_ATTEMPT_TIMEOUT_MS", default_value_t = 1_000)]
+    pub attempt_timeout_ms: u64,
 }
 
 fn parse_target_policy(s: &str) -> Result<(String, Policy), String> {
@@ -221,6 +228,8 @@ impl MeshArgs {
         );
         config.call_timeout = Duration::from_millis(self.call_timeout_ms);
         config.no_endpoint_timeout = Duration::from_millis(self.no_endpoint_timeout_ms);
+        config.attempt_timeout =
+            (self.attempt_timeout_ms > 0).then(|| Duration::from_millis(self.attempt_timeout_ms));
         for (service, policy) in &self.policies {
             config = config.with_policy(service, policy.clone());
         }

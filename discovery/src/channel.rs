@@ -86,6 +86,10 @@ pub struct MeshConfig {
     pub connect_timeout: Duration,
     /// Total attempts for an idempotent call (1 = no retry).
     pub max_attempts: usize,
+    /// How long one attempt may wait for its answer before the endpoint is taken for
+    /// stalled (a frozen or overloaded process that still holds its connections): it is
+    /// ejected, and an idempotent call is retried elsewhere. `None`: only the deadline.
+    pub attempt_timeout: Option<Duration>,
     pub ejection: EjectionConfig,
     /// gRPC paths that may be retried; see `starling_proto::idempotent_methods`.
     pub idempotent_methods: Arc<HashSet<String>>,
@@ -100,6 +104,7 @@ impl MeshConfig {
             no_endpoint_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             max_attempts: 3,
+            attempt_timeout: Some(Duration::from_secs(1)),
             ejection: EjectionConfig {
                 base: Duration::from_secs(1),
                 max: Duration::from_secs(30),
@@ -514,9 +519,31 @@ impl Target {
         endpoint.picks.increment(1);
         let flight = endpoint.start();
         let mut channel = endpoint.channel.clone();
-        let result = match channel.ready().await {
-            Ok(ch) => ch.call(req).await,
-            Err(e) => Err(e),
+        let attempt = async {
+            match channel.ready().await {
+                Ok(ch) => ch.call(req).await,
+                Err(e) => Err(e),
+            }
+        };
+        let result = match self.config.attempt_timeout {
+            None => attempt.await,
+            Some(limit) => match tokio::time::timeout(limit, attempt).await {
+                Ok(r) => r,
+                Err(_) => {
+                    drop(flight);
+                    let period = endpoint.eject(&self.config.ejection);
+                    warn!(service = %self.service, endpoint = %endpoint.instance.address,
+                        instance = %endpoint.id(), ejected_for = ?period,
+                        "no answer within {limit:?}; endpoint ejected as stalled");
+                    return Err(fail(
+                        Status::unavailable(format!(
+                            "{} endpoint {} did not answer within {limit:?}",
+                            self.service, endpoint.instance.address
+                        )),
+                        true,
+                    ));
+                }
+            },
         };
         match result {
             Ok(resp) => {

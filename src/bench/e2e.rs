@@ -57,6 +57,7 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
         policies: Vec::new(),
         call_timeout_ms: 10_000,
         no_endpoint_timeout_ms: 2_000,
+        attempt_timeout_ms: 1_000,
     };
     let ctx = crate::services::context(&args.backends, &mesh_args, &[]).await?;
     println!(

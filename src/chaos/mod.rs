@@ -51,7 +51,7 @@ pub enum Fault {
     Redis,
     /// The broker killed and restarted: it comes back without its topics.
     Broker,
-    /// etcd killed and restarted with its data 5 s later.
+    /// etcd killed and restarted with its data `--etcd-down-secs` later.
     Etcd,
     /// etcd killed, its data deleted, restarted.
     EtcdWipe,
@@ -390,7 +390,10 @@ async fn inject(
             system.restart_replica(i).await?;
         }
         Fault::Freeze => {
-            let i = pick(rng, system, None);
+            // A service the workload calls synchronously, so callers meet the frozen one.
+            let services = ["tweet", "follower", "timeline", "recommendation"];
+            let service = services[rng.random_range(0..services.len())];
+            let i = pick(rng, system, Some(service));
             println!(
                 "starling chaos: freezing {} replica {} for {} s",
                 system.replicas[i].service, system.replicas[i].index, args.stop_secs
@@ -417,7 +420,7 @@ async fn inject(
         }
         Fault::Etcd => {
             system.backends.etcd.kill9();
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::time::sleep(Duration::from_secs(args.etcd_down_secs)).await;
             system.backends.etcd.restart().await?;
         }
         Fault::EtcdWipe => {
