@@ -217,7 +217,8 @@ fn parse_target_policy(s: &str) -> Result<(String, Policy), String> {
 
 impl MeshArgs {
     pub fn mesh_config(&self) -> MeshConfig {
-        let mut config = MeshConfig::new(starling_proto::idempotent_methods());
+        let mut config = MeshConfig::new(starling_proto::idempotent_methods())
+            .with_unary_methods(starling_proto::unary_methods());
         // A user's timeline reads go to the same instance (and its caches) unless told
         // otherwise.
         config = config.with_policy(

@@ -3,9 +3,10 @@
 //! Dead letters live on `<topic>.dlq.<group>` (see `events::topics`), each with the original
 //! key, payload and `occurred_at`, plus the error and the number of attempts as headers.
 //! `list` reads them with a throw-away consumer group, so nothing is consumed. `replay`
-//! publishes each one again on its original topic (attempt count reset) and commits it
-//! on the dead-letter topic under the group `dlq-replay.<group>`, so a second replay does
-//! not send the same letters again. Every group consuming the topic sees a replayed event
+//! reads what is there, then publishes each one again on its original topic (attempt count
+//! reset) and commits it on the dead-letter topic under the group `dlq-replay.<group>`, so
+//! a second replay does not send the same letters again (and a letter that fails again
+//! during the replay waits for the next one). Every group consuming the topic sees a replayed event
 //! again; that is harmless because every handler is idempotent.
 
 use std::sync::Arc;
@@ -72,6 +73,8 @@ async fn next_letter(
     match tokio::time::timeout(Duration::from_secs(wait_secs), sub.next()).await {
         Err(_) => Ok(None),
         Ok(Ok(d)) => Ok(Some(d)),
+        // No dead-letter topic yet: nothing was ever dead-lettered there.
+        Ok(Err(e)) if e.to_string().contains("UnknownTopicOrPartition") => Ok(None),
         Ok(Err(e)) => Err(anyhow::Error::new(e).context(format!("reading {dlq}"))),
     }
 }
@@ -110,8 +113,14 @@ async fn replay(args: DlqArgs) -> anyhow::Result<()> {
     let mut sub = bus
         .subscribe(&format!("dlq-replay.{group}"), std::slice::from_ref(&dlq))
         .await?;
-    let mut replayed = 0;
+    // First read what is there, then publish it: a letter that fails again while this runs
+    // comes back to the dead-letter topic, and must not be sent round once more.
+    let mut letters = Vec::new();
     while let Some(d) = next_letter(&mut sub, args.wait_secs, &dlq).await? {
+        letters.push(d);
+    }
+    let mut replayed = 0;
+    for d in letters {
         let mut again = d.message.clone();
         again.topic = topic.to_string();
         again.attempt = 0;

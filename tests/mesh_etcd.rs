@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use starling::bench::backend::TestBackend;
 use starling_discovery::{
-    EtcdRegistry, Mesh, MeshChannel, MeshConfig, Policy, Registry, ServiceInstance,
+    EtcdConfig, EtcdRegistry, Mesh, MeshChannel, MeshConfig, Policy, Registry, ServiceInstance,
 };
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -504,4 +504,57 @@ async fn a_deleted_key_with_a_live_lease_is_put_back() {
     .await
     .expect("the keeper puts the key back within a renewal period");
     reg.deregister().await;
+}
+
+/// Worker-id claims: a claim survives an etcd outage shorter than its TTL, stops being
+/// trusted once its TTL has passed since the last confirmed renewal, and a number is never
+/// held by two live claimants at once (here: etcd comes back wiped, a second claimant takes
+/// the number, and the first one stays invalid).
+#[tokio::test]
+async fn a_worker_id_claim_outlives_a_short_outage_and_is_never_shared() {
+    let _serial = serial().await;
+    let Some(mut etcd) = Etcd::start().await else {
+        return;
+    };
+    let url = etcd.url();
+    let registry = |ns: &str| {
+        let mut config = EtcdConfig::new(vec![url.clone()]);
+        config.namespace = ns.to_string();
+        config.claim_ttl = Duration::from_secs(6);
+        config.request_timeout = Duration::from_secs(1);
+        EtcdRegistry::connect(config)
+    };
+    let a = registry("claims").await.unwrap();
+    let claim_a = a.claim("ids", 1).await.expect("first claim");
+    etcd.kill();
+    // Within the TTL: still ours, ids keep flowing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(claim_a.is_valid(), "a short outage costs nothing");
+    // Past the TTL since the last confirmed renewal: no longer trusted.
+    assert!(
+        eventually(Duration::from_secs(8), || async { !claim_a.is_valid() }).await,
+        "a claim is not trusted past its TTL"
+    );
+    // etcd comes back without the lease: the first claimant tries to take its number
+    // again while a second one tries to take it too. Whoever gets it, never both.
+    etcd.restart(true).await;
+    let b = registry("claims").await.unwrap();
+    let mut claim_b = None;
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        if claim_b.is_none() {
+            claim_b = b.claim("ids", 1).await.ok();
+        }
+        let b_valid = claim_b.as_ref().is_some_and(|c| c.is_valid());
+        assert!(
+            !(claim_a.is_valid() && b_valid),
+            "two live claimants of one number"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b_valid = claim_b.as_ref().is_some_and(|c| c.is_valid());
+    assert!(
+        claim_a.is_valid() ^ b_valid,
+        "exactly one claimant holds the number once etcd is back"
+    );
 }

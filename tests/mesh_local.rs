@@ -172,6 +172,33 @@ async fn non_idempotent_calls_are_not_retried() {
     );
 }
 
+/// A refused connection means the request never left: even a call that must not run twice
+/// is sent to another endpoint, when the channel knows the method is unary (so its request
+/// could be buffered).
+#[tokio::test]
+async fn a_refused_connection_is_retried_even_for_non_idempotent_calls() {
+    let registry = MemoryRegistry::new();
+    let live = TestBackend::start("live", Duration::ZERO).await.unwrap();
+    let _a = register(&registry, "live", &live.addr.to_string()).await;
+    let _b = register(&registry, "dead", &dead_address()).await;
+    let mut config = MeshConfig::new(HashSet::new())
+        .with_unary_methods([CHECK.to_string()].into_iter().collect());
+    config.no_endpoint_timeout = Duration::from_millis(200);
+    let mesh = Mesh::new(Arc::new(registry.clone()), config);
+    let ch = mesh.channel("svc");
+    assert!(
+        ch.wait_for_endpoints(Duration::from_secs(2), |e| e.len() == 2)
+            .await
+    );
+    let mut client = HealthClient::new(ch);
+    for i in 0..4 {
+        client
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap_or_else(|e| panic!("call {i} failed: {e:?}"));
+    }
+}
+
 #[tokio::test]
 async fn a_target_without_endpoints_fails_fast_and_recovers_when_one_registers() {
     let registry = MemoryRegistry::new();

@@ -189,4 +189,41 @@ async fn poison_message_goes_to_dead_letters_and_later_ones_flow() {
     })
     .await;
     assert!(flowed, "the message after the poison one was processed");
+    assert!(
+        d.message.error.as_deref().unwrap_or("").contains("poison"),
+        "the dead letter says why: {:?}",
+        d.message.error
+    );
+
+    // `starling dlq list` shows it (without consuming it), `replay` sends it round again
+    // (and it comes back to the dead-letter topic, being poison).
+    let dlq = |verb: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+            .args(["dlq", verb, "--kafka", &b.kafka, "--namespace", &ns])
+            .args(["--topic", TWEET_CREATED, "--group", groups::TIMELINE])
+            .args(["--wait-secs", "10"])
+            .output()
+            .expect("run starling dlq")
+    };
+    let listed = dlq("list");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{listed:?}");
+    let letter: serde_json::Value =
+        serde_json::from_str(text.lines().next().unwrap_or("{}")).expect("a JSON line");
+    assert_eq!(letter["key"], "zed", "{text}");
+    assert!(
+        letter["error"].as_str().unwrap_or("").contains("poison"),
+        "{text}"
+    );
+    let replayed = dlq("replay");
+    assert!(replayed.status.success(), "{replayed:?}");
+    assert!(
+        String::from_utf8_lossy(&replayed.stderr).contains("replayed 1 dead letters"),
+        "{replayed:?}"
+    );
+    let again = tokio::time::timeout(Duration::from_secs(90), dead.next())
+        .await
+        .expect("the replayed poison message is dead-lettered again")
+        .unwrap();
+    assert_eq!(again.message.payload, b"\xff\xfe not protobuf");
 }

@@ -45,11 +45,13 @@ use crate::retry::{rebuild, BufferedBody, RetryPolicy};
 
 /// An error of the mesh itself (as opposed to an answer from a server). Tonic turns it into
 /// the carried [`Status`]; `retryable` tells the retry policy whether another endpoint
-/// might succeed.
+/// might succeed, `unsent` that the request certainly never reached a server (the
+/// connection was refused), so even a call that must not run twice may be sent again.
 #[derive(Debug)]
 pub struct MeshError {
     pub status: Status,
     pub retryable: bool,
+    pub unsent: bool,
 }
 
 impl std::fmt::Display for MeshError {
@@ -65,8 +67,31 @@ impl std::error::Error for MeshError {
 }
 
 fn fail(status: Status, retryable: bool) -> BoxError {
-    Box::new(MeshError { status, retryable })
+    Box::new(MeshError {
+        status,
+        retryable,
+        unsent: false,
+    })
 }
+
+/// Whether `e` says the connection was refused: the request was never sent.
+fn connection_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Marks a request whose method may be retried on any failure (see `MeshConfig`); other
+/// buffered requests are resent only when they were certainly never sent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Idempotent;
 
 #[derive(Debug, Clone)]
 pub struct TargetConfig {
@@ -93,6 +118,10 @@ pub struct MeshConfig {
     pub ejection: EjectionConfig,
     /// gRPC paths that may be retried; see `starling_proto::idempotent_methods`.
     pub idempotent_methods: Arc<HashSet<String>>,
+    /// gRPC paths of unary methods (`starling_proto::unary_methods`): their requests are
+    /// buffered too, so that one sent to an endpoint that refused the connection can go to
+    /// another, idempotent or not. Empty: only idempotent methods are ever resent.
+    pub unary_methods: Arc<HashSet<String>>,
 }
 
 impl MeshConfig {
@@ -110,7 +139,14 @@ impl MeshConfig {
                 max: Duration::from_secs(30),
             },
             idempotent_methods: Arc::new(idempotent_methods),
+            unary_methods: Arc::new(HashSet::new()),
         }
+    }
+
+    /// See [`MeshConfig::unary_methods`].
+    pub fn with_unary_methods(mut self, methods: HashSet<String>) -> Self {
+        self.unary_methods = Arc::new(methods);
+        self
     }
 
     pub fn with_policy(mut self, service: &str, policy: Policy) -> Self {
@@ -361,12 +397,16 @@ impl Service<http::Request<Body>> for MeshChannel {
         };
         req.extensions_mut().insert(CallDeadline(deadline));
         let idempotent = config.idempotent_methods.contains(req.uri().path());
+        let buffer = idempotent || config.unary_methods.contains(req.uri().path());
+        if idempotent {
+            req.extensions_mut().insert(Idempotent);
+        }
         let stack = self.stack.clone();
         let service = self.target.service.clone();
         Box::pin(async move {
             let attempt = async move {
-                // 2. Buffer idempotent requests so that the retry layer can resend them.
-                let req = if idempotent {
+                // 2. Buffer unary requests so that the retry layer can resend them.
+                let req = if buffer {
                     let (parts, body) = req.into_parts();
                     let bytes = body.collect().await.map_err(|s| fail(s, false))?.to_bytes();
                     let shell = http::Request::from_parts(parts, Body::empty());
@@ -572,16 +612,18 @@ impl Target {
             Err(e) => {
                 drop(flight);
                 let period = endpoint.eject(&self.config.ejection);
+                let unsent = connection_refused(&e);
                 warn!(service = %self.service, endpoint = %endpoint.instance.address,
-                    instance = %endpoint.id(), error = %e, ejected_for = ?period,
+                    instance = %endpoint.id(), error = %e, ejected_for = ?period, unsent,
                     "transport failure; endpoint ejected");
-                Err(fail(
-                    Status::unavailable(format!(
+                Err(Box::new(MeshError {
+                    status: Status::unavailable(format!(
                         "{} endpoint {} failed: {e}",
                         self.service, endpoint.instance.address
                     )),
-                    true,
-                ))
+                    retryable: true,
+                    unsent,
+                }))
             }
         }
     }

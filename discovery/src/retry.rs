@@ -1,6 +1,7 @@
-//! Retry policy: a call is retried on another endpoint only when its method is declared
+//! Retry policy: a call is retried on another endpoint when its method is declared
 //! idempotent in the `.proto` file and the failure says the endpoint, not the request, was
-//! the problem. A shared budget caps retries at a fraction of traffic so that an outage
+//! the problem; or, whatever its method, when the endpoint refused the connection, so the
+//! request certainly never ran. A shared budget caps retries at a fraction of traffic so that an outage
 //! does not turn into a retry storm.
 
 use std::future::Future;
@@ -14,10 +15,10 @@ use rand::Rng;
 use tonic::body::Body;
 use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::channel::MeshError;
+use crate::channel::{Idempotent, MeshError};
 
-/// The request body, kept so the request can be sent again. Only idempotent unary calls
-/// carry it (see `channel.rs`).
+/// The request body, kept so the request can be sent again. Unary calls carry it (see
+/// `channel.rs`); whether they may be sent again is the policy's question.
 #[derive(Debug, Clone)]
 pub struct BufferedBody(pub Bytes);
 
@@ -66,7 +67,11 @@ impl tower::retry::Policy<http::Request<Body>, http::Response<Body>, tower::BoxE
                 self.budget.deposit();
                 false
             }
-            Err(e) => e.downcast_ref::<MeshError>().is_some_and(|m| m.retryable),
+            // Any failure of an idempotent call that another endpoint might not have; any
+            // call at all that never left (a refused connection).
+            Err(e) => e.downcast_ref::<MeshError>().is_some_and(|m| {
+                m.unsent || (m.retryable && req.extensions().get::<Idempotent>().is_some())
+            }),
         };
         if !retryable || self.attempts_left == 0 || req.extensions().get::<BufferedBody>().is_none()
         {

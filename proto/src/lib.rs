@@ -58,6 +58,29 @@ pub fn idempotent_methods() -> HashSet<String> {
     ])
 }
 
+/// gRPC paths of every unary method (no client or server streaming): the mesh buffers
+/// their requests, so one that met a refused connection can be sent elsewhere.
+pub fn unary_methods() -> HashSet<String> {
+    let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET)
+        .expect("descriptor set written by build.rs decodes");
+    let mut paths = HashSet::new();
+    for file in &fds.file {
+        for service in &file.service {
+            for method in &service.method {
+                if !method.client_streaming() && !method.server_streaming() {
+                    paths.insert(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+    }
+    paths
+}
+
 /// gRPC paths of every method declared `idempotency_level = NO_SIDE_EFFECTS`: the reads.
 /// The gateway's unauthenticated gRPC-Web endpoint passes only these.
 pub fn read_only_methods() -> HashSet<String> {

@@ -169,12 +169,14 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let registry = Arc::new(EtcdRegistry::connect(config).await?);
     let mesh = Arc::new(Mesh::new(
         registry,
-        MeshConfig::new(starling_proto::idempotent_methods()).with_policy(
-            "timeline",
-            starling_discovery::Policy::ConsistentHash {
-                header: "x-user-id".into(),
-            },
-        ),
+        MeshConfig::new(starling_proto::idempotent_methods())
+            .with_unary_methods(starling_proto::unary_methods())
+            .with_policy(
+                "timeline",
+                starling_discovery::Policy::ConsistentHash {
+                    header: "x-user-id".into(),
+                },
+            ),
     ));
     for s in SERVICES {
         let ready = mesh

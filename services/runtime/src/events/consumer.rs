@@ -406,6 +406,77 @@ async fn forward(bus: &dyn EventBus, m: Message, shutdown: &mut watch::Receiver<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::MemoryBus;
+
+    /// Panics on `boom`, counts the rest.
+    struct Panicky(std::sync::atomic::AtomicU32);
+
+    #[async_trait]
+    impl Handler for Panicky {
+        async fn handle(&self, m: &Message) -> Result<(), HandleError> {
+            if m.payload == b"boom" {
+                panic!("handler bug");
+            }
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// A panicking handler does not take the consumer down: the message is retried, then
+    /// dead-lettered with the panic as its error, and the messages after it are handled.
+    #[tokio::test]
+    async fn a_panicking_handler_is_contained() {
+        let bus = MemoryBus::new();
+        let handler = Arc::new(Panicky(Default::default()));
+        let mut config = ConsumerConfig::new("t", "g");
+        config.backoff = Duration::from_millis(5);
+        config.attempts = 2;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(
+            Arc::new(bus.clone()),
+            config,
+            handler.clone(),
+            stopped,
+            Component::new("consumer"),
+        ));
+        for payload in [&b"ok"[..], b"boom", b"ok", b"ok"] {
+            bus.publish(Message::new("t", "k", payload.to_vec(), now_ms()))
+                .await
+                .unwrap();
+        }
+        // Other keys succeed meanwhile, so "boom" fails alone and goes after 2 attempts.
+        for i in 0..20 {
+            bus.publish(Message::new(
+                "t",
+                &format!("other{i}"),
+                b"ok".to_vec(),
+                now_ms(),
+            ))
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while bus.messages(&dead_letter_topic("t", "g")).is_empty()
+            || handler.0.load(std::sync::atomic::Ordering::SeqCst) < 23
+        {
+            assert!(Instant::now() < deadline, "not contained");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let letters = bus.messages(&dead_letter_topic("t", "g"));
+        assert_eq!(letters[0].payload, b"boom");
+        assert!(
+            letters[0]
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("panicked: handler bug"),
+            "{:?}",
+            letters[0].error
+        );
+        stop.send_replace(true);
+        task.await.unwrap().unwrap();
+    }
 
     #[test]
     fn commits_stop_at_the_lowest_offset_in_hand() {
