@@ -168,6 +168,36 @@ async fn check_timelines(
             }
         }
     }
+    // Who each user ever touched a follow with (any outcome), and all acknowledged posts
+    // by author: what could have entered the user's timeline and pushed older entries
+    // out of its 800. Unacknowledged posts may be stored too, with ids unknown: counted
+    // against every timeline.
+    let mut touched: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for (follower, followee) in pairs.keys() {
+        touched
+            .entry(follower.as_str())
+            .or_default()
+            .insert(followee.as_str());
+    }
+    let mut posts_by: HashMap<&str, Vec<u64>> = HashMap::new();
+    let mut unacked_posts = 0usize;
+    for op in ops {
+        if let Kind::Post { author, .. } = &op.kind {
+            match op.outcome {
+                Ok(id) => posts_by.entry(author.as_str()).or_default().push(id),
+                Err(_) => unacked_posts += 1,
+            }
+        }
+    }
+    let newer_candidates = |follower: &str, id: u64| -> usize {
+        let authors = touched.get(follower);
+        let own = std::iter::once(follower);
+        own.chain(authors.into_iter().flatten().copied())
+            .filter_map(|a| posts_by.get(a))
+            .map(|ids| ids.iter().filter(|&&x| x > id).count())
+            .sum::<usize>()
+            + unacked_posts
+    };
     let mut timelines: HashMap<String, Vec<String>> = HashMap::new();
     for op in ops {
         let (Kind::Post { author, .. }, Ok(id)) = (&op.kind, op.outcome) else {
@@ -199,15 +229,31 @@ async fn check_timelines(
             if home.contains(&id_member(id)) {
                 continue;
             }
-            // Pushed out by the cap: only the newest entries are kept.
+            // Pushed out by the cap: only the newest entries are kept, and entries removed
+            // later (an unfollow) can leave a timeline below the cap that once was full.
             let oldest = home.last().and_then(|m| parse_id_member(m)).unwrap_or(0);
-            if home.len() >= TIMELINE_CAP && id < oldest {
+            if (home.len() >= TIMELINE_CAP && id < oldest)
+                || newer_candidates(follower, id) >= TIMELINE_CAP
+            {
                 continue;
             }
+            // What the fan-out got to, for whoever reads the report: it writes the author's
+            // own timeline first, and leaves a checkpoint while it runs.
+            let started = store
+                .zcontains(&format!("home:{author}"), &id_member(id))
+                .await?;
+            let checkpoint = store.get(&format!("fanout:{id}")).await?.is_some();
+            let listed = store
+                .zcontains(&format!("followers:{author}"), follower)
+                .await?;
             found.push(Violation {
                 at: op.started,
                 what: ViolationKind::Lost,
-                detail: format!("tweet {id} by {author} is missing from the home timeline of {follower}, who followed before and still does"),
+                detail: format!(
+                    "tweet {id} by {author} is missing from the home timeline of {follower}, who followed before and still does \
+                     (fan-out started: {started}, checkpoint left: {checkpoint}, {follower} in followers:{author}: {listed}, {follower}'s timeline has {} entries)",
+                    home.len()
+                ),
             });
         }
     }

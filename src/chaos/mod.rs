@@ -276,7 +276,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     for mut r in system.replicas.drain(..) {
         r.terminate(Duration::from_secs(5)).await;
     }
-    if args.keep {
+    // A failed run keeps its logs and data for whoever looks into it.
+    if args.keep || !violations.is_empty() {
         println!("starling chaos: kept {}", dir.keep().display());
     }
     if violations.is_empty() {
