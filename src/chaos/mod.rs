@@ -24,7 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use starling_discovery::{EtcdConfig, EtcdRegistry, Mesh, MeshConfig};
 use starling_runtime::outbox::{pending, Outbox};
-use starling_runtime::store::RedisStore;
+use starling_runtime::store::{RedisStore, Store as _};
 use tokio::sync::watch;
 
 use crate::cli::ChaosArgs;
@@ -188,6 +188,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         }
     }
     let history = Arc::new(History::default());
+    let store =
+        RedisStore::connect(&system.backends.redis_url(), &format!("{namespace}:"), 4).await?;
     setup(&mesh, &history, args.fans).await?;
     println!(
         "starling chaos: {} replicas up; {} users, {} ops/s, faults: {}",
@@ -225,7 +227,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             tokio::time::sleep(args.settle()).await;
             let started = Instant::now();
             inject(&mut system, fault, &mut rng, &args).await?;
-            let recovery = probe(&mesh, &history, Duration::from_secs(90)).await;
+            let recovery = probe(&mesh, &history, &store, Duration::from_secs(90)).await;
             phases.push(Phase {
                 fault: fault.clone(),
                 started,
@@ -250,8 +252,6 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
 
     // Let every outbox drain and every consumer catch up, then check; a check that still
     // fails after the wait is a violation.
-    let store =
-        RedisStore::connect(&system.backends.redis_url(), &format!("{namespace}:"), 4).await?;
     let quiet_until = Instant::now() + Duration::from_secs(60);
     loop {
         let mut left = 0;
@@ -332,7 +332,12 @@ async fn setup(mesh: &Arc<Mesh>, history: &History, fans: usize) -> anyhow::Resu
 
 /// Posts as the probe author until the post shows in the probe reader's timeline: how
 /// long the write path and the pipeline took to work again.
-async fn probe(mesh: &Mesh, history: &History, within: Duration) -> Option<Duration> {
+async fn probe(
+    mesh: &Mesh,
+    history: &History,
+    store: &RedisStore,
+    within: Duration,
+) -> Option<Duration> {
     let started = Instant::now();
     let mut posted: Option<u64> = None;
     while started.elapsed() < within {
@@ -367,6 +372,21 @@ async fn probe(mesh: &Mesh, history: &History, within: Duration) -> Option<Durat
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Say where it stuck, for whoever reads the report: still in the outbox, published
+    // but not fanned out (the author's own timeline is written first), or fanned out.
+    if let Some(id) = posted {
+        let pending = pending(store, &Outbox::new("tweet")).await.ok();
+        let started = store
+            .zcontains(
+                &format!("home:{PROBE_AUTHOR}"),
+                &starling_runtime::store::id_member(id),
+            )
+            .await
+            .ok();
+        println!(
+            "starling chaos: probe tweet {id} not delivered within {within:?}: tweet outbox entries not yet published: {pending:?}, fan-out started: {started:?}"
+        );
     }
     None
 }
