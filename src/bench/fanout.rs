@@ -164,14 +164,20 @@ pub async fn run(args: FanoutBenchArgs) -> anyhow::Result<()> {
         } else {
             None
         };
-        tweet_id += 1;
-        let report = engine.fan_out(tweet_id, &author).await?;
-        anyhow::ensure!(
-            report.written == n as u64,
-            "fan-out wrote {} of {n}",
-            report.written
-        );
-        let real = report.elapsed;
+        // The median of three fan-outs (three tweets), as the footer says.
+        let mut runs = Vec::with_capacity(3);
+        for _ in 0..3 {
+            tweet_id += 1;
+            let report = engine.fan_out(tweet_id, &author).await?;
+            anyhow::ensure!(
+                report.written == n as u64,
+                "fan-out wrote {} of {n}",
+                report.written
+            );
+            runs.push(report.elapsed);
+        }
+        runs.sort();
+        let real = runs[1];
         let rate = |d: Duration| n as f64 / d.as_secs_f64();
         println!(
             "{:>10}  {:>12} {:>12}  {:>12} {:>12.0}  {:>9}",
