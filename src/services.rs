@@ -52,6 +52,11 @@ pub async fn context(
     bus.create_topics(&topics::all_topics())
         .await
         .context("creating topics")?;
+    // Every process, relay or not, tells the relays when its bus finds the log lost.
+    tokio::spawn(starling_runtime::outbox::report_losses(
+        store.clone(),
+        bus.clone(),
+    ));
     let settings = AppSettings {
         celebrity_threshold: backends.celebrity_threshold,
         fanout_page: backends.fanout_page,

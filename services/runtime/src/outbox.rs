@@ -17,8 +17,9 @@
 //! the cursor.
 //!
 //! Published entries are kept for [`RETENTION`]: a broker that restarts without its log
-//! (the test broker keeps topics in memory) loses events it had acknowledged, and when the
-//! bus reports such a loss the relay publishes the retained entries again.
+//! (the test broker keeps topics in memory) loses events it had acknowledged, and when any
+//! process's bus reports such a loss ([`report_losses`]) every relay publishes its retained
+//! entries again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +40,9 @@ const OCCURRED_AT: &str = "occurred_at_ms";
 /// How long a relay's lease lasts without renewal: how soon another instance takes over
 /// from a relay that died.
 pub const LEASE_TTL: Duration = Duration::from_secs(5);
+/// How often an instance that does not relay tries to take the lease: a holder that stops
+/// cleanly gives it up, and the pipeline should not wait long for the next one.
+const STANDBY_POLL: Duration = Duration::from_millis(500);
 /// Entries published per round.
 const BATCH: usize = 256;
 /// How long one read waits for new entries before looking at the lease and for a lost
@@ -127,11 +131,38 @@ async fn published_cursor(store: &dyn Store, outbox: &Outbox) -> crate::store::S
         .unwrap_or_else(|| "0".into()))
 }
 
-/// Where relays tell each other that the broker lost its log: any relay whose bus reports
-/// a loss writes a fresh token here, and every relay that sees the token change publishes
-/// its retained entries again. (Only the process that re-created the topics learns of the
-/// loss from its bus; the others learn it here.)
+/// Where processes tell each other that the broker lost its log: every process writes a
+/// fresh token here when its bus reports a loss ([`report_losses`]), and every relay that
+/// sees the token change publishes its retained entries again. Only the process that
+/// re-created the topics learns of the loss from its bus, and it may hold no relay lease
+/// (or have no outbox at all, like the timeline service).
 const LOSS_KEY: &str = "outbox:broker_loss";
+
+/// Writes a fresh loss token whenever `bus` reports that the broker lost its log, for the
+/// relays of every process (see [`LOSS_KEY`]). One per process; runs until the bus is gone.
+pub async fn report_losses(store: Arc<dyn Store>, bus: Arc<dyn EventBus>) {
+    let Some(mut losses) = bus.losses() else {
+        return;
+    };
+    drop(bus);
+    while losses.changed().await.is_ok() {
+        let token = format!("{:016x}", rand::random::<u64>()).into_bytes();
+        let write = || {
+            store.apply(vec![Write::Set {
+                key: LOSS_KEY.into(),
+                value: token.clone(),
+            }])
+        };
+        // A store that is down too must not swallow the news.
+        let mut pause = Duration::from_millis(100);
+        while let Err(e) = write().await {
+            warn!(error = %e, "cannot tell the relays that the broker lost its log; trying again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+        info!("told the outbox relays that the broker lost its log");
+    }
+}
 
 /// True once shutdown is requested or its sender is gone.
 fn is_stopped(shutdown: &watch::Receiver<bool>) -> bool {
@@ -152,7 +183,6 @@ pub async fn relay(
 ) {
     let lease = format!("{}:relay", outbox.key);
     let stream = outbox.key.clone();
-    let mut losses = bus.losses();
     let mut loss_token = store.get(LOSS_KEY).await.ok().flatten();
     let mut pause = Duration::from_millis(100);
     loop {
@@ -162,9 +192,9 @@ pub async fn relay(
         match store.lease(&lease, &holder, LEASE_TTL).await {
             Ok(true) => {}
             Ok(false) => {
-                // Another instance relays; check again in a while in case it dies.
+                // Another instance relays; check again soon in case it stops or dies.
                 bus_health.ok();
-                wait(&mut shutdown, LEASE_TTL / 3).await;
+                wait(&mut shutdown, STANDBY_POLL).await;
                 continue;
             }
             Err(e) => {
@@ -197,22 +227,8 @@ pub async fn relay(
             if is_stopped(&shutdown) || !*held.borrow() {
                 break;
             }
-            // A loss reported by this process's bus, or by another relay.
+            // A loss reported by any process's bus (see `report_losses`).
             let mut rewind = false;
-            if let Some(l) = losses.as_mut() {
-                if l.has_changed().unwrap_or(false) {
-                    l.borrow_and_update();
-                    let token = format!("{:016x}", rand::random::<u64>());
-                    let _ = store
-                        .apply(vec![Write::Set {
-                            key: LOSS_KEY.into(),
-                            value: token.clone().into_bytes(),
-                        }])
-                        .await;
-                    loss_token = Some(token.into_bytes());
-                    rewind = true;
-                }
-            }
             if let Ok(now) = store.get(LOSS_KEY).await {
                 if now != loss_token {
                     loss_token = now;
@@ -516,8 +532,9 @@ mod tests {
         );
     }
 
-    /// When the bus reports that the broker lost its log, the retained entries are
-    /// published again, in order.
+    /// When a bus reports that the broker lost its log, the retained entries are published
+    /// again, in order, even when that bus belongs to another process (here: another bus
+    /// on the same store) than the relay's.
     #[tokio::test]
     async fn a_lost_broker_log_is_published_again() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
@@ -526,6 +543,12 @@ mod tests {
             down: AtomicBool::new(false),
             losses: watch::channel(0).0,
         });
+        let elsewhere = Arc::new(Flaky {
+            inner: MemoryBus::new(),
+            down: AtomicBool::new(false),
+            losses: watch::channel(0).0,
+        });
+        tokio::spawn(report_losses(store.clone(), elsewhere.clone()));
         let outbox = Outbox::new("svc");
         let (stop, stopped) = watch::channel(false);
         let relay = tokio::spawn(relay(
@@ -543,7 +566,7 @@ mod tests {
                 .unwrap();
         }
         until(|| flaky.inner.messages("t").len() == 5).await;
-        flaky.losses.send_modify(|n| *n += 1);
+        elsewhere.losses.send_modify(|n| *n += 1);
         until(|| flaky.inner.messages("t").len() == 10).await;
         let order: Vec<u8> = flaky
             .inner

@@ -117,6 +117,14 @@ impl PartitionOffsets {
 /// Failed receives in a row after which the loop gives up its subscription.
 const RESUBSCRIBE_AFTER: u32 = 25;
 
+/// Resolves when the bus reports a loss; never for a bus that cannot lose its log.
+async fn lost(losses: &mut Option<watch::Receiver<u64>>) -> Result<(), watch::error::RecvError> {
+    match losses {
+        Some(l) => l.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Shared between the loop and the per-key tasks: when any message last succeeded.
 type LastSuccess = Arc<Mutex<Instant>>;
 
@@ -135,6 +143,8 @@ pub async fn run(
         .subscribe(&config.group, std::slice::from_ref(&config.topic))
         .await?;
     info!(topic = %config.topic, group = %config.group, "consuming");
+    // Made after subscribing: a loss this subscription's own set-up reported is behind it.
+    let mut losses = bus.losses();
     let labels = [
         ("topic", config.topic.clone()),
         ("group", config.group.clone()),
@@ -261,6 +271,14 @@ pub async fn run(
                 if queue.len() == 1 {
                     running.push(start(d));
                 }
+            }
+            Ok(()) = lost(&mut losses) => {
+                // The broker lost its log: this client may have met the topics gone and
+                // back (librdkafka does not always recover from that), so a fresh one
+                // takes over; what is in hand comes again, and handlers are idempotent.
+                warn!(topic = %config.topic, group = %config.group, "the broker lost its log; subscribing afresh");
+                drop_blocking(sub);
+                return Err(BusError::BrokerLost);
             }
             _ = tick.tick() => {
                 in_flight_gauge.set(in_flight as f64);

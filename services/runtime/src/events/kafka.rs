@@ -13,9 +13,10 @@
 //! that sees every broker connection go down is replaced at once by a fresh one, which has
 //! no cache to trip over: the producer by a watchdog task here, a consumer by its
 //! supervisor (its `next` answers [`BusError::BrokerLost`]). When the broker answers again,
-//! the topics are created before the first publish; if they had to be created (the broker
-//! lost them), [`EventBus::losses`] ticks, and the outbox relay publishes again what the
-//! lost log may have held.
+//! the topics are created before the first publish and before any subscription; if they
+//! had to be created (the broker lost them), [`EventBus::losses`] ticks: consumers
+//! subscribe afresh, and the outbox relays (told through the store, see
+//! `outbox::report_losses`) publish again what the lost log may have held.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -325,6 +326,31 @@ impl EventBus for KafkaBus {
         group: &str,
         topics: &[String],
     ) -> Result<Box<dyn Subscription>, BusError> {
+        // A subscription to a topic the broker does not have (it lost it in a restart and
+        // nothing has published since) would wait forever on Tansu even after the topic
+        // comes back, so the topics exist first. A broker that does not answer is an
+        // outage, for the supervisor to wait out, not a broken consumer.
+        let created = self.create_missing(topics).await.map_err(|e| {
+            tracing::debug!(error = %e, "cannot make sure the topics exist before subscribing");
+            BusError::BrokerLost
+        })?;
+        if created > 0 {
+            {
+                let mut known = self.shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+                for t in topics {
+                    if !known.contains(t) {
+                        known.push(t.clone());
+                    }
+                }
+            }
+            tracing::warn!(
+                created,
+                "the broker had lost topics this consumer reads; created them again"
+            );
+            // The rest of the catalogue is gone too: restore it before the next publish.
+            self.shared.needs_topics.store(true, Ordering::Relaxed);
+            self.shared.losses.send_modify(|n| *n += 1);
+        }
         let consumer: StreamConsumer<LagContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", self.name(group))

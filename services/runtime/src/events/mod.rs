@@ -26,8 +26,8 @@ pub enum BusError {
     Kafka(String),
     #[error("subscription closed")]
     Closed,
-    /// Every broker connection is down: the subscription should be replaced by a fresh
-    /// one (see `kafka`'s module docs).
+    /// Every broker connection is down, the broker does not answer, or it lost its log:
+    /// the subscription should be replaced by a fresh one (see `kafka`'s module docs).
     #[error("kafka: every broker connection is down")]
     BrokerLost,
 }
