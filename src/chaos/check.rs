@@ -8,7 +8,8 @@
 //! * the follow graph equals the last acknowledged operation on each pair (where no
 //!   unacknowledged operation came after it, which may or may not have taken effect);
 //! * every acknowledged engagement is recorded (engagements are counted per user, tweet
-//!   and kind, so a recorded one is counted once).
+//!   and kind, so a recorded one is counted once);
+//! * every acknowledged sign-up can sign in with its password (through the gateway).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -17,7 +18,8 @@ use prost::Message as _;
 use starling_proto::tweet::v1::Tweet;
 use starling_runtime::store::{id_member, parse_id_member, Lex, Store};
 
-use super::load::{Kind, Op};
+use super::load::{password, Kind, Op};
+use super::web::Web;
 
 pub const TIMELINE_CAP: usize = 800;
 
@@ -286,4 +288,33 @@ async fn check_engagements(
         }
     }
     Ok(())
+}
+
+/// Every account whose sign-up was acknowledged signs in with its password.
+pub async fn check_sign_ups(web: &Web, ops: &[Op]) -> Vec<Violation> {
+    let accounts: Vec<(&str, Instant)> = ops
+        .iter()
+        .filter_map(|op| match (&op.kind, op.acked()) {
+            (Kind::SignUp { user }, true) => Some((user.as_str(), op.started)),
+            _ => None,
+        })
+        .collect();
+    let mut violations = Vec::new();
+    // A few at a time: each sign-in hashes a password.
+    for chunk in accounts.chunks(4) {
+        let tries = chunk.iter().map(|(user, _)| async move {
+            let password = password(user);
+            web.sign_in(user, &password).await
+        });
+        for ((user, at), result) in chunk.iter().zip(futures::future::join_all(tries).await) {
+            if let Err(code) = result {
+                violations.push(Violation {
+                    at: *at,
+                    what: ViolationKind::Lost,
+                    detail: format!("{user} signed up but cannot sign in: {code:?}"),
+                });
+            }
+        }
+    }
+    violations
 }

@@ -286,16 +286,44 @@ pub struct Launcher {
     pub etcd: String,
     pub redis: String,
     pub kafka: String,
+    /// Signs the gateway's tokens (made up per run).
+    pub token_secret: String,
 }
 
 impl Launcher {
+    /// One replica of `service` (`starling serve`).
     pub async fn start(&self, service: &'static str, index: usize) -> anyhow::Result<Replica> {
+        let mut command = Command::new(&self.exe);
+        command
+            .args(["serve", service, "--listen", "127.0.0.1:0"])
+            .args(["--drain-ms", "500"]);
+        self.spawn(command, service, index, "serving on").await
+    }
+
+    /// The gateway (`starling gateway`); its `address` is the HTTP one. Its token secret
+    /// is made up for the run, so tokens survive a restart of it within the run.
+    pub async fn start_gateway(&self) -> anyhow::Result<Replica> {
+        let mut command = Command::new(&self.exe);
+        command
+            .args(["gateway", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .env("STARLING_TOKEN_SECRET", &self.token_secret);
+        self.spawn(command, "gateway", 0, "gateway http://").await
+    }
+
+    /// Starts `command` against the backends and reads the address from the first line it
+    /// prints, which must contain `marker` and end with the address.
+    async fn spawn(
+        &self,
+        mut command: Command,
+        service: &'static str,
+        index: usize,
+        marker: &str,
+    ) -> anyhow::Result<Replica> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{service}-{index}.log")))?;
-        let mut child = Command::new(&self.exe)
-            .args(["serve", service, "--listen", "127.0.0.1:0"])
+        let mut child = command
             .args([
                 "--etcd",
                 &self.etcd,
@@ -305,7 +333,7 @@ impl Launcher {
                 &self.kafka,
             ])
             .args(["--namespace", &self.namespace])
-            .args(["--lease-ttl", "3", "--drain-ms", "500"])
+            .args(["--lease-ttl", "3"])
             .env("STARLING_LOG", "info")
             .env_remove("STARLING_EMBEDDED")
             .stdout(Stdio::piped())
@@ -323,11 +351,13 @@ impl Launcher {
         let line = tokio::time::timeout(Duration::from_secs(60), line)
             .await
             .with_context(|| format!("{service} did not start within 60 s"))??;
-        // "starling: <service> instance <id> serving on <addr>"
+        // "starling: <service> instance <id> serving on <addr>",
+        // "starling: gateway http://<addr>"
         let address = line
             .split_whitespace()
             .last()
-            .filter(|_| line.contains("serving on"))
+            .map(|a| a.trim_start_matches("http://"))
+            .filter(|_| line.contains(marker))
             .with_context(|| {
                 format!(
                     "{service} did not start: {line:?} (see its log in {})",

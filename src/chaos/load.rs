@@ -2,9 +2,12 @@
 //!
 //! Users `u000`..: each is driven by exactly one worker, one operation at a time, so the
 //! operations on one follow pair never overlap and "the last acknowledged operation" of a
-//! pair is well defined. A mix of posts, follows, unfollows, home-timeline reads and
-//! engagements, at a fixed total rate; every call has a 5 s deadline. Every attempt is
-//! recorded with its start and end time and its outcome (acknowledged, or the status code).
+//! pair is well defined. A mix of posts, follows, unfollows, home-timeline reads,
+//! engagements and sign-ups of new accounts, at a fixed total rate; every call has a 5 s
+//! deadline. Every third user (up to 15) is a web user: they sign up through the gateway and
+//! make every call through its JSON API with their token, as the browser app does; the
+//! others call the services over the mesh. Every attempt is recorded with its start and
+//! end time and its outcome (acknowledged, or the status code).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +25,9 @@ use starling_proto::tweet::v1::tweet_service_client::TweetServiceClient;
 use starling_proto::tweet::v1::CreateTweetRequest;
 use tokio::sync::watch;
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+use super::web::Web;
+
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -46,6 +51,23 @@ pub enum Kind {
         tweet: u64,
         like: bool,
     },
+    /// A new account, through the gateway.
+    SignUp {
+        user: String,
+    },
+}
+
+/// Where a call goes in: the services over the mesh, or the gateway's JSON API with a
+/// user's token.
+#[derive(Clone, Copy)]
+pub enum Door<'a> {
+    Mesh(&'a Mesh),
+    Web(&'a Web, &'a str),
+}
+
+/// The password the workload gives `user` (the checks sign in with it).
+pub fn password(user: &str) -> String {
+    format!("chaos-password-{user}")
 }
 
 #[derive(Debug, Clone)]
@@ -102,10 +124,64 @@ fn deadline<T>(msg: T) -> tonic::Request<T> {
 }
 
 /// Runs one operation and records it.
-pub async fn run_op(mesh: &Mesh, history: &History, kind: Kind) -> Result<u64, tonic::Code> {
+pub async fn run_op(door: Door<'_>, history: &History, kind: Kind) -> Result<u64, tonic::Code> {
     let started = Instant::now();
+    let outcome = match door {
+        Door::Mesh(mesh) => over_mesh(mesh, &kind).await,
+        Door::Web(web, token) => over_web(web, token, &kind).await,
+    };
+    history.record(Op {
+        kind,
+        started,
+        finished: Instant::now(),
+        outcome,
+    });
+    outcome
+}
+
+async fn over_web(web: &Web, token: &str, kind: &Kind) -> Result<u64, tonic::Code> {
+    use http::Method;
+    use serde_json::json;
+    let token = Some(token);
+    match kind {
+        Kind::Post { text, .. } => {
+            let tweet = web
+                .call(Method::POST, "/api/tweets", token, Some(json!({ "text": text })))
+                .await?;
+            tweet
+                .get("id")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|id| id.parse().ok())
+                .ok_or(tonic::Code::Internal)
+        }
+        Kind::Follow { followee, .. } => web
+            .call(Method::POST, "/api/follows", token, Some(json!({ "followee": followee })))
+            .await
+            .map(|_| 0),
+        Kind::Unfollow { followee, .. } => web
+            .call(Method::DELETE, &format!("/api/follows/{followee}"), token, None)
+            .await
+            .map(|_| 0),
+        Kind::Read { user } => web
+            .call(Method::GET, &format!("/api/users/{user}/timeline?page_size=20"), None, None)
+            .await
+            .map(|_| 0),
+        Kind::Engage { tweet, like, .. } => web
+            .call(
+                Method::POST,
+                "/api/engagements",
+                token,
+                Some(json!({ "tweet_id": tweet.to_string(), "kind": if *like { "like" } else { "click" } })),
+            )
+            .await
+            .map(|_| 0),
+        Kind::SignUp { user } => web.sign_up(user, &password(user)).await.map(|_| 0),
+    }
+}
+
+async fn over_mesh(mesh: &Mesh, kind: &Kind) -> Result<u64, tonic::Code> {
     let code = |s: tonic::Status| s.code();
-    let outcome = match &kind {
+    match kind {
         Kind::Post { author, text } => TweetServiceClient::new(mesh.channel("tweet"))
             .create_tweet(deadline(CreateTweetRequest {
                 author: author.clone(),
@@ -162,14 +238,9 @@ pub async fn run_op(mesh: &Mesh, history: &History, kind: Kind) -> Result<u64, t
                 .map(|r| r.into_inner().event_id.len() as u64)
                 .map_err(code)
         }
-    };
-    history.record(Op {
-        kind,
-        started,
-        finished: Instant::now(),
-        outcome,
-    });
-    outcome
+        // Accounts live in the gateway only.
+        Kind::SignUp { .. } => Err(tonic::Code::Unimplemented),
+    }
 }
 
 /// What the workload looks like.
@@ -184,25 +255,44 @@ pub struct Workload {
     pub big_account: String,
 }
 
+/// Web users (every third, at most 15) call through the gateway. The gateway takes 20
+/// sign-ups a minute from one address, and the whole workload comes from one: 15 web
+/// users at the start plus one new account every [`SIGN_UP_EVERY`] stay under it.
+pub fn is_web_user(i: usize) -> bool {
+    i.is_multiple_of(3) && i < 45
+}
+
+/// How often someone new signs up (see [`is_web_user`]).
+const SIGN_UP_EVERY: Duration = Duration::from_secs(15);
+
 /// Runs the workload until `stop` turns true.
 pub async fn drive(
     mesh: Arc<Mesh>,
+    web: Web,
     history: Arc<History>,
     w: Workload,
     stop: watch::Receiver<bool>,
 ) {
     let mut tasks = Vec::new();
+    let last_sign_up = Arc::new(Mutex::new(Instant::now()));
     for worker in 0..w.workers {
-        let (mesh, history, w, mut stop) = (mesh.clone(), history.clone(), w.clone(), stop.clone());
+        let (mesh, web, history, w, mut stop, last_sign_up) = (
+            mesh.clone(),
+            web.clone(),
+            history.clone(),
+            w.clone(),
+            stop.clone(),
+            last_sign_up.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(w.seed.wrapping_add(worker as u64));
-            let mine: Vec<String> = (0..w.users)
-                .filter(|i| i % w.workers == worker)
-                .map(user)
-                .collect();
+            let mine: Vec<usize> = (0..w.users).filter(|i| i % w.workers == worker).collect();
             if mine.is_empty() {
                 return;
             }
+            // Tokens of this worker's web users, got by signing up on their first call.
+            let mut tokens: std::collections::HashMap<usize, String> = Default::default();
+            let mut sign_ups = 0u64;
             let period = Duration::from_secs_f64(w.workers as f64 / w.rate.max(0.1));
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -212,10 +302,43 @@ pub async fn drive(
                     _ = tick.tick() => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
-                let me = mine[rng.random_range(0..mine.len())].clone();
+                let me_index = mine[rng.random_range(0..mine.len())];
+                let me = user(me_index);
+                let web_user = is_web_user(me_index);
+                if web_user && !tokens.contains_key(&me_index) {
+                    let kind = Kind::SignUp { user: me.clone() };
+                    let started = Instant::now();
+                    let outcome = web.sign_up(&me, &password(&me)).await;
+                    history.record(Op {
+                        kind,
+                        started,
+                        finished: Instant::now(),
+                        outcome: outcome.as_ref().map(|_| 0).map_err(|c| *c),
+                    });
+                    if let Ok(token) = outcome {
+                        tokens.insert(me_index, token);
+                    }
+                    continue;
+                }
                 let other = user(rng.random_range(0..w.users));
                 let roll = rng.random_range(0..100);
-                let kind = if roll < 20 {
+                let due = || {
+                    let mut last = last_sign_up.lock().unwrap_or_else(|e| e.into_inner());
+                    let due = last.elapsed() >= SIGN_UP_EVERY;
+                    if due {
+                        *last = Instant::now();
+                    }
+                    due
+                };
+                let kind = if roll < 2 && due() {
+                    // Someone new joins (through the gateway, the only place accounts live).
+                    sign_ups += 1;
+                    let kind = Kind::SignUp {
+                        user: format!("new{worker:02}x{sign_ups}"),
+                    };
+                    let _ = run_op(Door::Web(&web, ""), &history, kind).await;
+                    continue;
+                } else if roll < 20 {
                     n += 1;
                     Kind::Post {
                         author: me.clone(),
@@ -259,7 +382,14 @@ pub async fn drive(
                         continue;
                     }
                 }
-                let _ = run_op(&mesh, &history, kind).await;
+                // The big account's posts stay on the mesh: it has no account in the gateway.
+                let door = match tokens.get(&me_index) {
+                    Some(token) if !matches!(&kind, Kind::Post { author, .. } if *author != me) => {
+                        Door::Web(&web, token)
+                    }
+                    _ => Door::Mesh(&mesh),
+                };
+                let _ = run_op(door, &history, kind).await;
             }
         }));
     }
