@@ -159,6 +159,10 @@ pub struct GatewayArgs {
     /// Serve Prometheus metrics on this address too (they are also on the HTTP port).
     #[arg(long, env = "STARLING_METRICS")]
     pub metrics: Option<SocketAddr>,
+    /// Allow in-memory accounts when --redis is missing: sign-ups then live in this process
+    /// only, unseen by other gateways and lost when it exits. For experiments only.
+    #[arg(long, env = "STARLING_EMBEDDED")]
+    pub embedded: bool,
     #[command(flatten)]
     pub mesh: MeshArgs,
     #[command(flatten)]

@@ -10,6 +10,14 @@ use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 use crate::cli::{GatewayArgs, HealthArgs};
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    // Accounts live in the store: on the embedded one each gateway would keep its own,
+    // and lose them on exit, without a word.
+    if args.backends.redis.is_none() && !args.embedded {
+        anyhow::bail!(
+            "starling gateway needs --redis (STARLING_REDIS): accounts are kept there and shared by every gateway. \
+             Pass --embedded to keep them in this process's memory instead (lost on exit), or use `starling up` for a one-process system."
+        );
+    }
     if let Some(addr) = args.metrics {
         starling_runtime::metrics::serve(addr).await?;
     }

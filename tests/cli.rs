@@ -58,7 +58,15 @@ fn bad_input_gets_a_precise_error() {
         "{out:?}"
     );
 
-    // No silent fallback to private in-memory data for a served instance.
+    // No silent fallback to private in-memory data for a served instance, nor for the
+    // gateway's accounts.
+    let out = starling(&["gateway", "--etcd", "http://127.0.0.1:1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--redis") && err.contains("--embedded"),
+        "{out:?}"
+    );
     let out = starling(&["serve", "tagger", "--etcd", "http://127.0.0.1:1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
