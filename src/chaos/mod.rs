@@ -456,7 +456,14 @@ async fn inject(
             system.replicas[i].thaw();
         }
         Fault::Rolling => {
+            let started = Instant::now();
             for i in 0..system.replicas.len() {
+                println!(
+                    "starling chaos: rolling restart: {} replica {} at +{:.1} s",
+                    system.replicas[i].service,
+                    system.replicas[i].index,
+                    started.elapsed().as_secs_f64()
+                );
                 system.replicas[i].terminate(Duration::from_secs(15)).await;
                 system.restart_replica(i).await?;
             }
@@ -642,6 +649,18 @@ fn report(
         }
         if let (Some(limit), Some(p)) = (t.max_pause, pause) {
             if p > limit {
+                // Where in the fault: the first slow post of each stretch.
+                let mut last: Option<Instant> = None;
+                for (acked, delay) in pulses.slow(from, to, limit, now) {
+                    if last.is_none_or(|l| acked - l > Duration::from_millis(500)) {
+                        println!(
+                            "starling chaos: {name}: a post at +{:.1} s took {:.1} s to reach the follower",
+                            (acked - from).as_secs_f64(),
+                            delay.as_secs_f64()
+                        );
+                    }
+                    last = Some(acked);
+                }
                 goals.push(format!(
                     "{name}: fan-out paused {:.1} s, goal under {:.1} s",
                     p.as_secs_f64(),

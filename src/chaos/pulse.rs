@@ -97,6 +97,28 @@ pub async fn run(
     let _ = watcher.await;
 }
 
+impl Pulses {
+    /// The posts acknowledged in `[from, to)` that took longer than `over` to show, as
+    /// (acknowledged, delay), in order: where in a fault the pipeline paused.
+    pub fn slow(
+        &self,
+        from: Instant,
+        to: Instant,
+        over: Duration,
+        now: Instant,
+    ) -> Vec<(Instant, Duration)> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slow: Vec<(Instant, Duration)> = seen
+            .values()
+            .filter(|(acked, _)| *acked >= from && *acked < to)
+            .map(|(acked, at)| (*acked, at.unwrap_or(now).saturating_duration_since(*acked)))
+            .filter(|(_, d)| *d > over)
+            .collect();
+        slow.sort();
+        slow
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
