@@ -109,6 +109,49 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// Redis on `port`, its data in `dir`. Append-only file, fsync every second: a killed
+    /// Redis process loses nothing it acknowledged (the kernel has every write); a machine
+    /// crash could lose a second.
+    fn redis(bin: &Path, port: u16, dir: &Path) -> Backend {
+        let s = |x: &str| x.to_string();
+        Backend {
+            name: "redis",
+            port,
+            command: vec![
+                bin.display().to_string(),
+                s("--bind"),
+                s("127.0.0.1"),
+                s("--port"),
+                port.to_string(),
+                s("--dir"),
+                dir.display().to_string(),
+                s("--appendonly"),
+                s("yes"),
+                s("--appendfsync"),
+                s("everysec"),
+                s("--save"),
+                s(""),
+            ],
+            log: dir.join("redis.log"),
+            child: None,
+            data: None,
+        }
+    }
+
+    /// A Redis of its own (for tests that restart it), data and log in `dir`.
+    pub async fn start_redis(dir: &Path) -> anyhow::Result<Backend> {
+        let bin = find_on_path("redis-server").context("redis-server is not on PATH")?;
+        let mut redis = Backend::redis(&bin, free_port()?, dir);
+        redis.start().await?;
+        Ok(redis)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
 impl Drop for Backend {
     fn drop(&mut self) {
         self.kill9();
@@ -157,30 +200,7 @@ impl Backends {
             child: None,
             data: Some(etcd_data),
         };
-        // Append-only file, fsync every second: a killed Redis process loses nothing it
-        // acknowledged (the kernel has every write); a machine crash could lose a second.
-        let mut redis = Backend {
-            name: "redis",
-            port: rp,
-            command: vec![
-                redis_bin.display().to_string(),
-                s("--bind"),
-                s("127.0.0.1"),
-                s("--port"),
-                rp.to_string(),
-                s("--dir"),
-                dir.display().to_string(),
-                s("--appendonly"),
-                s("yes"),
-                s("--appendfsync"),
-                s("everysec"),
-                s("--save"),
-                s(""),
-            ],
-            log: dir.join("redis.log"),
-            child: None,
-            data: None,
-        };
+        let mut redis = Backend::redis(&redis_bin, rp, dir);
         let url = format!("tcp://127.0.0.1:{kp}");
         let mut broker = Backend {
             name: "broker",
@@ -214,7 +234,7 @@ impl Backends {
     }
 
     pub fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.redis.port)
+        self.redis.url()
     }
 
     pub fn kafka(&self) -> String {

@@ -6,6 +6,12 @@
 //! `PING` round trip, which would double the cost of every command. So the store keeps one
 //! checked-out connection and clones its multiplexed handle per command, and goes back to
 //! the pool (which replaces broken connections) only when that connection fails.
+//!
+//! **Redis restarts.** The shared connection dies with the server, and nothing tells it so
+//! until a command fails on it: without care, the first command after every restart would
+//! fail. So a watcher pings the shared connection every second and retires it when it is
+//! dead, and a read that meets a dropped connection is sent once more on a fresh one (a
+//! read is safe to repeat; a write that may have reached the old server is not repeated).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -77,7 +83,23 @@ impl RedisStore {
             .query_async::<String>(&mut conn)
             .await
             .map_err(|e| StoreError::Redis(format!("redis at {url} does not answer: {e}")))?;
+        tokio::spawn(retire_dead_connections(Arc::downgrade(&store.current)));
         Ok(store)
+    }
+
+    /// Runs a read-only command; if the shared connection turns out to be dead (Redis
+    /// restarted), once more on a fresh one.
+    async fn read<T: redis::FromRedisValue>(&self, key: &str, cmd: &redis::Cmd) -> StoreResult<T> {
+        let mut c = self.conn().await?;
+        match cmd.query_async(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_connection_dropped() => {
+                let _ = self.fail(key, e);
+                let mut c = self.conn().await?;
+                cmd.query_async(&mut c).await.map_err(|e| self.fail(key, e))
+            }
+            Err(e) => Err(self.fail(key, e)),
+        }
     }
 
     async fn conn(&self) -> StoreResult<MultiplexedConnection> {
@@ -188,6 +210,37 @@ impl RedisStore {
     }
 }
 
+/// Every second, pings the store's shared connection and retires it if it is dead, so
+/// the next command takes a fresh one (see the module docs). Ends with the store.
+async fn retire_dead_connections(
+    current: std::sync::Weak<Mutex<Option<deadpool_redis::Connection>>>,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(shared) = current.upgrade() else {
+            return;
+        };
+        let handle = shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|c| (**c).clone());
+        drop(shared);
+        let Some(mut handle) = handle else {
+            continue;
+        };
+        let dead = match redis::cmd("PING").query_async::<String>(&mut handle).await {
+            Ok(_) => false,
+            Err(e) => e.is_connection_dropped() || e.is_io_error(),
+        };
+        if dead {
+            if let Some(shared) = current.upgrade() {
+                shared.lock().unwrap_or_else(|e| e.into_inner()).take();
+            }
+        }
+    }
+}
+
 /// Entries of an XREAD reply (RESP2 arrays or RESP3 maps), for one stream.
 fn stream_entries(reply: redis::Value) -> Vec<StreamEntry> {
     use redis::Value;
@@ -268,26 +321,18 @@ return 0
 #[async_trait]
 impl Store for RedisStore {
     async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        let mut c = self.conn().await?;
-        redis::cmd("GET")
-            .arg(self.k(key))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.fail(key, e))
+        self.read(key, redis::cmd("GET").arg(self.k(key))).await
     }
 
     async fn mget(&self, keys: &[String]) -> StoreResult<Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut c = self.conn().await?;
         let mut cmd = redis::cmd("MGET");
         for key in keys {
             cmd.arg(self.k(key));
         }
-        cmd.query_async(&mut c)
-            .await
-            .map_err(|e| self.fail("<mget>", e))
+        self.read("<mget>", &cmd).await
     }
 
     async fn zadd(&self, key: &str, member: &str) -> StoreResult<bool> {
@@ -314,27 +359,17 @@ impl Store for RedisStore {
     }
 
     async fn zcard(&self, key: &str) -> StoreResult<u64> {
-        let mut c = self.conn().await?;
-        redis::cmd("ZCARD")
-            .arg(self.k(key))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.fail(key, e))
+        self.read(key, redis::cmd("ZCARD").arg(self.k(key))).await
     }
 
     async fn zcontains(&self, key: &str, member: &str) -> StoreResult<bool> {
-        let mut c = self.conn().await?;
-        let score: Option<f64> = redis::cmd("ZSCORE")
-            .arg(self.k(key))
-            .arg(member)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.fail(key, e))?;
+        let score: Option<f64> = self
+            .read(key, redis::cmd("ZSCORE").arg(self.k(key)).arg(member))
+            .await?;
         Ok(score.is_some())
     }
 
     async fn zrange_lex(&self, key: &str, from: Lex<'_>, limit: usize) -> StoreResult<Vec<String>> {
-        let mut c = self.conn().await?;
         let mut cmd = match from {
             Lex::After(after) => {
                 let mut cmd = redis::cmd("ZRANGEBYLEX");
@@ -352,31 +387,28 @@ impl Store for RedisStore {
             }
         };
         cmd.arg("LIMIT").arg(0).arg(limit);
-        cmd.query_async(&mut c).await.map_err(|e| self.fail(key, e))
+        self.read(key, &cmd).await
     }
 
     async fn ztop(&self, key: &str, limit: usize) -> StoreResult<Vec<(String, f64)>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut c = self.conn().await?;
-        redis::cmd("ZREVRANGE")
-            .arg(self.k(key))
-            .arg(0)
-            .arg(limit as i64 - 1)
-            .arg("WITHSCORES")
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.fail(key, e))
+        self.read(
+            key,
+            redis::cmd("ZREVRANGE")
+                .arg(self.k(key))
+                .arg(0)
+                .arg(limit as i64 - 1)
+                .arg("WITHSCORES"),
+        )
+        .await
     }
 
     async fn hgetall(&self, key: &str) -> StoreResult<Vec<(String, Vec<u8>)>> {
-        let mut c = self.conn().await?;
-        let map: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
-            .arg(self.k(key))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.fail(key, e))?;
+        let map: HashMap<String, Vec<u8>> = self
+            .read(key, redis::cmd("HGETALL").arg(self.k(key)))
+            .await?;
         Ok(map.into_iter().collect())
     }
 
@@ -441,12 +473,7 @@ impl Store for RedisStore {
     }
 
     async fn xlen(&self, key: &str) -> StoreResult<u64> {
-        let mut c = self.conn().await?;
-        redis::cmd("XLEN")
-            .arg(self.k(key))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.fail(key, e))
+        self.read(key, redis::cmd("XLEN").arg(self.k(key))).await
     }
 
     async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<bool> {
