@@ -2,8 +2,9 @@
 //! for 10 s instead of 20), against processes it starts itself on loopback: two replicas of
 //! every service and the gateway, under a workload that comes in over the mesh and through
 //! the gateway. It must find nothing acknowledged lost, duplicated or reordered, and meet
-//! the availability targets (no failed call through a kill -9, an etcd outage or wipe, a
-//! broker restart or a rolling restart; no failed read and only fast-failing writes while a
+//! the availability targets (no failed call through an etcd outage or wipe, a broker
+//! restart or a rolling restart, nor through a kill -9 but for non-idempotent writes in
+//! flight on the killed replica; no failed read and only fast-failing writes while a
 //! replica is frozen). A failing run keeps its logs and data and says where.
 
 mod common;

@@ -498,6 +498,11 @@ async fn inject(
 struct Target {
     /// No call of any kind fails.
     no_failures: bool,
+    /// No call fails but a non-idempotent write (a post, an engagement) that may have been
+    /// in flight on a killed replica: the mesh cannot tell whether it was applied, so it
+    /// must not send it again. (One that met a refused connection was never sent, and is
+    /// retried elsewhere; it must not fail.)
+    all_but_in_flight_writes: bool,
     /// Reads never fail, and a failed write gave up within this.
     reads_only: Option<Duration>,
     /// A goal, reported but not yet enforced: the fan-out pipeline pauses at most this
@@ -509,11 +514,16 @@ struct Target {
 fn target(fault: &Fault) -> Option<Target> {
     let none = Target {
         no_failures: false,
+        all_but_in_flight_writes: false,
         reads_only: None,
         max_pause: None,
     };
     match fault {
-        Fault::Kill(_) | Fault::Etcd | Fault::EtcdWipe | Fault::Broker => Some(Target {
+        Fault::Kill(_) => Some(Target {
+            all_but_in_flight_writes: true,
+            ..none
+        }),
+        Fault::Etcd | Fault::EtcdWipe | Fault::Broker => Some(Target {
             no_failures: true,
             ..none
         }),
@@ -630,6 +640,20 @@ fn report(
                 failures.len(),
                 examples.join("; ")
             ));
+        }
+        if t.all_but_in_flight_writes {
+            let repeatable: Vec<&&&load::Op> = failures
+                .iter()
+                .filter(|o| !matches!(o.kind, Kind::Post { .. } | Kind::Engage { .. }))
+                .collect();
+            if !repeatable.is_empty() {
+                misses.push(format!(
+                    "{name}: {} calls that are safe to repeat failed, target 0; e.g. {:?} -> {:?}",
+                    repeatable.len(),
+                    repeatable[0].kind,
+                    repeatable[0].outcome
+                ));
+            }
         }
         if let Some(limit) = t.reads_only {
             let reads = failures
