@@ -117,6 +117,15 @@ impl PartitionOffsets {
 /// Failed receives in a row after which the loop gives up its subscription.
 const RESUBSCRIBE_AFTER: u32 = 25;
 
+/// A member the group has left without partitions this long rejoins as a new member. The
+/// test broker sometimes never completes the rebalance after both members of a group were
+/// replaced in quick succession (a rolling restart): the new members waited over 70 s with
+/// no partition while events piled up; a new member got partitions about 4 s after it joined.
+/// Every topic has more partitions than a group has members here, so a member without
+/// partitions is a stuck one (a deployment with more replicas than partitions would see its
+/// idle members rejoin every 10 s).
+const UNASSIGNED_REJOIN: Duration = Duration::from_secs(10);
+
 /// Resolves when the bus reports a loss; never for a bus that cannot lose its log.
 async fn lost(losses: &mut Option<watch::Receiver<u64>>) -> Result<(), watch::error::RecvError> {
     match losses {
@@ -163,6 +172,7 @@ pub async fn run(
     let mut receive_errors = 0u32;
     let last_success: LastSuccess = Arc::new(Mutex::new(Instant::now()));
     let mut last_progress = Instant::now();
+    let mut unassigned_since = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -286,6 +296,14 @@ pub async fn run(
                 oldest_pending.set(oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0));
                 if let Some(behind) = sub.offset_lag() {
                     offset_lag.set(behind as f64);
+                }
+                if sub.assigned() != Some(false) {
+                    unassigned_since = Instant::now();
+                } else if unassigned_since.elapsed() >= UNASSIGNED_REJOIN {
+                    warn!(topic = %config.topic, group = %config.group, waited = ?unassigned_since.elapsed(),
+                        "the group gave this consumer no partition; joining again as a new member");
+                    drop_blocking(sub);
+                    return Err(BusError::Unassigned(unassigned_since.elapsed()));
                 }
                 // Stalled: messages in hand and none finished for a while. (Not judged from
                 // the offset lag: the test broker's end offsets are not reliable.)

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -368,6 +368,7 @@ impl EventBus for KafkaBus {
             .set("statistics.interval.ms", "5000")
             .create_with_context(LagContext {
                 lag: AtomicI64::new(-1),
+                assigned: AtomicBool::new(false),
             })
             .map_err(kafka)?;
         let names: Vec<String> = topics.iter().map(|t| self.name(t)).collect();
@@ -389,6 +390,8 @@ impl EventBus for KafkaBus {
 struct LagContext {
     /// -1 until the broker has reported end offsets.
     lag: AtomicI64,
+    /// The group gave this member partitions (and has not taken them back).
+    assigned: AtomicBool,
 }
 
 impl ClientContext for LagContext {
@@ -409,7 +412,34 @@ impl ClientContext for LagContext {
     }
 }
 
-impl ConsumerContext for LagContext {}
+/// Logs every assignment change: when a pipeline pauses, the consumer logs say whether a
+/// rebalance (and which) is the reason.
+impl ConsumerContext for LagContext {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        let partitions = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                self.assigned.store(tpl.count() > 0, Ordering::Relaxed);
+                tracing::info!(partitions = %partitions(tpl), "kafka assigned partitions")
+            }
+            Rebalance::Revoke(tpl) => {
+                self.assigned.store(false, Ordering::Relaxed);
+                tracing::info!(partitions = %partitions(tpl), "kafka revoked partitions")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance failed"),
+        }
+    }
+}
 
 struct KafkaSubscription {
     consumer: StreamConsumer<LagContext>,
@@ -478,5 +508,9 @@ impl Subscription for KafkaSubscription {
     fn offset_lag(&self) -> Option<i64> {
         let lag = self.consumer.context().lag.load(Ordering::Relaxed);
         (lag >= 0).then_some(lag)
+    }
+
+    fn assigned(&self) -> Option<bool> {
+        Some(self.consumer.context().assigned.load(Ordering::Relaxed))
     }
 }

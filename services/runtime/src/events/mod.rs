@@ -30,6 +30,10 @@ pub enum BusError {
     /// the subscription should be replaced by a fresh one (see `kafka`'s module docs).
     #[error("kafka: every broker connection is down")]
     BrokerLost,
+    /// The consumer group left this subscription without partitions for too long: it
+    /// should join again as a new member (see `consumer`).
+    #[error("kafka: the group gave this consumer no partition for {0:?}; joining again")]
+    Unassigned(std::time::Duration),
 }
 
 /// One event on the bus.
@@ -101,6 +105,11 @@ pub trait Subscription: Send {
     /// Messages on the assigned partitions after the committed offsets, where the broker
     /// reports its end offsets; `None` when it does not.
     fn offset_lag(&self) -> Option<i64> {
+        None
+    }
+    /// Whether the group has given this subscription any partition (`None` for a bus
+    /// without consumer groups).
+    fn assigned(&self) -> Option<bool> {
         None
     }
 }
