@@ -245,7 +245,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         for fault in &faults {
             tokio::time::sleep(args.settle()).await;
             let started = Instant::now();
-            inject(&mut system, fault, &mut rng, &args).await?;
+            inject(&mut system, &mesh, fault, &mut rng, &args).await?;
             let recovery = probe(&mesh, &history, &store, Duration::from_secs(90)).await;
             phases.push(Phase {
                 fault: fault.clone(),
@@ -423,6 +423,7 @@ async fn probe(
 
 async fn inject(
     system: &mut System,
+    mesh: &Mesh,
     fault: &Fault,
     rng: &mut StdRng,
     args: &ChaosArgs,
@@ -466,6 +467,22 @@ async fn inject(
                 );
                 system.replicas[i].terminate(Duration::from_secs(15)).await;
                 system.restart_replica(i).await?;
+                // As a deployment does: the next step waits until the new replica is
+                // registered as serving (and callers can see it), plus a second.
+                let (service, address) = (
+                    system.replicas[i].service,
+                    system.replicas[i].address.clone(),
+                );
+                let visible = mesh
+                    .channel(service)
+                    .wait_for_endpoints(Duration::from_secs(30), |e| {
+                        e.iter().any(|r| r.address == address && r.serving)
+                    })
+                    .await;
+                if !visible {
+                    bail!("{service} replica at {address} did not become ready within 30 s");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
         Fault::Redis => {
