@@ -2,10 +2,9 @@
 //! for 10 s instead of 20), against processes it starts itself on loopback: two replicas of
 //! every service and the gateway, under a workload that comes in over the mesh and through
 //! the gateway. It must find nothing acknowledged lost, duplicated or reordered, and meet
-//! the availability targets (no failed call through an etcd outage or wipe, a broker
-//! restart or a rolling restart, nor through a kill -9 but for non-idempotent writes in
-//! flight on the killed replica; no failed read and only fast-failing writes while a
-//! replica is frozen). A failing run keeps its logs and data and says where.
+//! the availability targets (no failed call through an etcd outage or wipe or a broker
+//! restart, nor through a kill -9 or a rolling restart but for non-idempotent writes; no
+//! failed read and only fast-failing writes while a replica is frozen). A failing run keeps its logs and data and says where.
 
 mod common;
 

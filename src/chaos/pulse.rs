@@ -64,9 +64,15 @@ pub async fn run(
                     continue;
                 };
                 let now = Instant::now();
+                // One author's posts reach the timeline in order, so every pulse up to the
+                // newest one shown has arrived by now, even one a burst after a stall pushed
+                // past the first page before this read.
+                let Some(newest) = home.into_inner().tweets.iter().map(|t| t.id).max() else {
+                    continue;
+                };
                 let mut seen = pulses.seen.lock().unwrap_or_else(|e| e.into_inner());
-                for t in home.into_inner().tweets {
-                    if let Some((_, at @ None)) = seen.get_mut(&t.id) {
+                for (id, (_, at)) in seen.iter_mut() {
+                    if at.is_none() && *id <= newest {
                         *at = Some(now);
                     }
                 }
