@@ -123,8 +123,10 @@ const RESUBSCRIBE_AFTER: u32 = 25;
 /// no partition while events piled up; a new member got partitions about 4 s after it joined.
 /// Every topic has more partitions than a group has members here, so a member without
 /// partitions is a stuck one (a deployment with more replicas than partitions would see its
-/// idle members rejoin every 10 s).
-const UNASSIGNED_REJOIN: Duration = Duration::from_secs(10);
+/// idle members rejoin every 30 s). Not shorter: after a kill -9 the broker waits out the
+/// dead member's session before it assigns anything, and a member that rejoined every 10 s
+/// never got partitions at all.
+const UNASSIGNED_REJOIN: Duration = Duration::from_secs(30);
 
 /// Resolves when the bus reports a loss; never for a bus that cannot lose its log.
 async fn lost(losses: &mut Option<watch::Receiver<u64>>) -> Result<(), watch::error::RecvError> {
