@@ -107,6 +107,29 @@ impl History {
         self.ops.lock().unwrap_or_else(|e| e.into_inner()).push(op);
     }
 
+    /// Records `kind` as started at `started` and finished now.
+    fn record_since(&self, kind: Kind, started: Instant, outcome: Result<u64, tonic::Code>) {
+        self.record(Op {
+            kind,
+            started,
+            finished: Instant::now(),
+            outcome,
+        });
+    }
+
+    /// Runs `call`, records it as `kind` (its answer shown as `id`), and hands the answer on.
+    async fn timed<T>(
+        &self,
+        kind: Kind,
+        call: impl std::future::Future<Output = Result<T, tonic::Code>>,
+        id: impl FnOnce(&T) -> u64,
+    ) -> Result<T, tonic::Code> {
+        let started = Instant::now();
+        let answer = call.await;
+        self.record_since(kind, started, answer.as_ref().map(id).map_err(|c| *c));
+        answer
+    }
+
     fn some_tweet(&self, rng: &mut StdRng) -> Option<u64> {
         let tweets = self.tweets.lock().unwrap_or_else(|e| e.into_inner());
         (!tweets.is_empty()).then(|| tweets[rng.random_range(0..tweets.len())])
@@ -130,12 +153,7 @@ pub async fn run_op(door: Door<'_>, history: &History, kind: Kind) -> Result<u64
         Door::Mesh(mesh) => over_mesh(mesh, &kind).await,
         Door::Web(web, token) => over_web(web, token, &kind).await,
     };
-    history.record(Op {
-        kind,
-        started,
-        finished: Instant::now(),
-        outcome,
-    });
+    history.record_since(kind, started, outcome);
     outcome
 }
 
@@ -307,14 +325,9 @@ pub async fn drive(
                 let web_user = is_web_user(me_index);
                 if web_user && !tokens.contains_key(&me_index) {
                     let kind = Kind::SignUp { user: me.clone() };
-                    let started = Instant::now();
-                    let outcome = web.sign_up(&me, &password(&me)).await;
-                    history.record(Op {
-                        kind,
-                        started,
-                        finished: Instant::now(),
-                        outcome: outcome.as_ref().map(|_| 0).map_err(|c| *c),
-                    });
+                    let outcome = history
+                        .timed(kind, web.sign_up(&me, &password(&me)), |_| 0)
+                        .await;
                     if let Ok(token) = outcome {
                         tokens.insert(me_index, token);
                     }

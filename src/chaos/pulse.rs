@@ -27,11 +27,20 @@ impl Pulses {
     /// The longest delay of the posts acknowledged in `[from, to)`; a post never seen counts
     /// until `now`.
     pub fn max_delay(&self, from: Instant, to: Instant, now: Instant) -> Option<Duration> {
+        self.delays(from, to, now).into_iter().map(|(_, d)| d).max()
+    }
+
+    /// (acknowledged, delay) of the posts acknowledged in `[from, to)`, in order; a post
+    /// never seen counts until `now`.
+    fn delays(&self, from: Instant, to: Instant, now: Instant) -> Vec<(Instant, Duration)> {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.values()
+        let mut delays: Vec<(Instant, Duration)> = seen
+            .values()
             .filter(|(acked, _)| *acked >= from && *acked < to)
-            .map(|(acked, at)| at.unwrap_or(now).saturating_duration_since(*acked))
-            .max()
+            .map(|(acked, at)| (*acked, at.unwrap_or(now).saturating_duration_since(*acked)))
+            .collect();
+        delays.sort();
+        delays
     }
 }
 
@@ -113,14 +122,8 @@ impl Pulses {
         over: Duration,
         now: Instant,
     ) -> Vec<(Instant, Duration)> {
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let mut slow: Vec<(Instant, Duration)> = seen
-            .values()
-            .filter(|(acked, _)| *acked >= from && *acked < to)
-            .map(|(acked, at)| (*acked, at.unwrap_or(now).saturating_duration_since(*acked)))
-            .filter(|(_, d)| *d > over)
-            .collect();
-        slow.sort();
+        let mut slow = self.delays(from, to, now);
+        slow.retain(|(_, d)| *d > over);
         slow
     }
 }

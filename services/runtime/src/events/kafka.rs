@@ -186,6 +186,16 @@ impl KafkaBus {
         Ok(created)
     }
 
+    /// Adds `topics` to those created again after the broker lost them.
+    fn remember(&self, topics: &[String]) {
+        let mut known = self.shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+        for t in topics {
+            if !known.contains(t) {
+                known.push(t.clone());
+            }
+        }
+    }
+
     /// After the producer was replaced: creates the topics again before anything is
     /// published (else the broker would auto-create them with its own partition count),
     /// and reports a loss if they were gone.
@@ -263,14 +273,7 @@ async fn watchdog(shared: Weak<Shared>, brokers: String, down: Arc<Notify>) {
 #[async_trait]
 impl EventBus for KafkaBus {
     async fn create_topics(&self, topics: &[String]) -> Result<(), BusError> {
-        {
-            let mut known = self.shared.topics.lock().unwrap_or_else(|e| e.into_inner());
-            for t in topics {
-                if !known.contains(t) {
-                    known.push(t.clone());
-                }
-            }
-        }
+        self.remember(topics);
         self.create_missing(topics).await.map(|_| ())
     }
 
@@ -335,14 +338,7 @@ impl EventBus for KafkaBus {
             BusError::BrokerLost
         })?;
         if created > 0 {
-            {
-                let mut known = self.shared.topics.lock().unwrap_or_else(|e| e.into_inner());
-                for t in topics {
-                    if !known.contains(t) {
-                        known.push(t.clone());
-                    }
-                }
-            }
+            self.remember(topics);
             tracing::warn!(
                 created,
                 "the broker had lost topics this consumer reads; created them again"
