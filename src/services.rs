@@ -45,7 +45,8 @@ pub async fn context(
         Some(brokers) => Arc::new(
             KafkaBus::connect(brokers, &mesh.namespace)
                 .await
-                .context("connecting to kafka")?,
+                .context("connecting to kafka")?
+                .coordinated_by(store.clone()),
         ),
         None => Arc::new(MemoryBus::new()),
     };

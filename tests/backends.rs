@@ -83,8 +83,16 @@ async fn kafka_bus_passes_the_bus_contract() {
         return;
     };
     let namespace = format!("contract-{:08x}", rand::random::<u32>());
-    let bus = starling_runtime::events::KafkaBus::connect(&brokers, &namespace)
+    let Some(redis) = shared("STARLING_TEST_REDIS") else {
+        return;
+    };
+    // The members of a group share partitions through leases in Redis.
+    let store = starling_runtime::store::RedisStore::connect(&redis, &format!("{namespace}:"), 2)
         .await
         .unwrap();
+    let bus = starling_runtime::events::KafkaBus::connect(&brokers, &namespace)
+        .await
+        .unwrap()
+        .coordinated_by(std::sync::Arc::new(store));
     starling_runtime::events::contract::run_all(&bus, "c").await;
 }

@@ -294,14 +294,11 @@ async fn supervise(
             Ok(Ok(())) => ("returned".to_string(), false),
             Ok(Err(e)) => (
                 e.to_string(),
-                matches!(
-                    e,
-                    crate::events::BusError::BrokerLost | crate::events::BusError::Unassigned(_)
-                ),
+                matches!(e, crate::events::BusError::BrokerLost),
             ),
             Err(e) => (format!("task died: {e}"), false),
         };
-        // A broker outage (or a group that left this consumer out) is the bus's business
+        // A broker outage is the bus's business
         // (it has a grace period); a consumer that died on its own is this instance's.
         if !broker {
             health.failing(&format!("consumer {topic}/{group}: {why}"));

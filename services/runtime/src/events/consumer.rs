@@ -19,6 +19,9 @@
 //!   still in hand (or one past the highest handled): a crash redelivers everything not
 //!   finished and nothing is skipped. Handlers are idempotent, so what was finished but
 //!   not yet committed is harmless when it comes again.
+//! * **Hand-over.** A partition the subscription gives to another member of the group
+//!   (`ownership`) is let go once nothing of it is in hand, so its next reader starts after
+//!   the last message handled here; on shutdown, what is in hand finishes first.
 //! * **Lag and stalls.** `starling_consumer_lag_seconds` (now − `occurred_at`) per message;
 //!   `starling_consumer_oldest_pending_seconds` grows while a message waits; the offset lag
 //!   (end offset − committed) where the broker reports it. A consumer with messages in hand
@@ -117,17 +120,6 @@ impl PartitionOffsets {
 /// Failed receives in a row after which the loop gives up its subscription.
 const RESUBSCRIBE_AFTER: u32 = 25;
 
-/// A member the group has left without partitions this long rejoins as a new member. The
-/// test broker sometimes never completes the rebalance after both members of a group were
-/// replaced in quick succession (a rolling restart): the new members waited over 70 s with
-/// no partition while events piled up; a new member got partitions about 4 s after it joined.
-/// Every topic has more partitions than a group has members here, so a member without
-/// partitions is a stuck one (a deployment with more replicas than partitions would see its
-/// idle members rejoin every 30 s). Not shorter: after a kill -9 the broker waits out the
-/// dead member's session before it assigns anything, and a member that rejoined every 10 s
-/// never got partitions at all.
-const UNASSIGNED_REJOIN: Duration = Duration::from_secs(30);
-
 /// Resolves when the bus reports a loss; never for a bus that cannot lose its log.
 async fn lost(losses: &mut Option<watch::Receiver<u64>>) -> Result<(), watch::error::RecvError> {
     match losses {
@@ -174,7 +166,6 @@ pub async fn run(
     let mut receive_errors = 0u32;
     let last_success: LastSuccess = Arc::new(Mutex::new(Instant::now()));
     let mut last_progress = Instant::now();
-    let mut unassigned_since = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -241,6 +232,7 @@ pub async fn run(
                         None => { keys.remove(&d.message.key); }
                     }
                 }
+                hand_over(&mut *sub, &mut partitions);
             }
             received = sub.next(), if in_flight < config.max_in_flight => {
                 let d = match received {
@@ -299,14 +291,7 @@ pub async fn run(
                 if let Some(behind) = sub.offset_lag() {
                     offset_lag.set(behind as f64);
                 }
-                if sub.assigned() != Some(false) {
-                    unassigned_since = Instant::now();
-                } else if unassigned_since.elapsed() >= UNASSIGNED_REJOIN {
-                    warn!(topic = %config.topic, group = %config.group, waited = ?unassigned_since.elapsed(),
-                        "the group gave this consumer no partition; joining again as a new member");
-                    drop_blocking(sub);
-                    return Err(BusError::Unassigned(unassigned_since.elapsed()));
-                }
+                hand_over(&mut *sub, &mut partitions);
                 // Stalled: messages in hand and none finished for a while. (Not judged from
                 // the offset lag: the test broker's end offsets are not reliable.)
                 if in_flight > 0 && last_progress.elapsed() >= config.stall_after {
@@ -335,9 +320,22 @@ pub async fn run(
             let _ = sub.commit_at(&d, at).await;
         }
     }
+    // Commits and hands the partitions to the other members now, not after a lease lapses.
+    sub.close().await;
     drop_blocking(sub);
     info!(topic = %config.topic, group = %config.group, "consumer stopped");
     Ok(())
+}
+
+/// Lets go of the partitions the subscription is giving up once nothing of theirs is in
+/// hand (the other member then starts after the last message handled here).
+fn hand_over(sub: &mut dyn super::Subscription, partitions: &mut HashMap<i32, PartitionOffsets>) {
+    for (topic, p) in sub.draining() {
+        if partitions.get(&p).is_none_or(|o| o.in_hand.is_empty()) {
+            partitions.remove(&p);
+            sub.drained(&topic, p);
+        }
+    }
 }
 
 /// Closing a Kafka consumer blocks (it leaves its group): not on a runtime thread.

@@ -28,6 +28,7 @@ pub async fn run_all<B: EventBus + Clone>(bus: &B, prefix: &str) {
     poison_goes_to_dead_letters_and_later_messages_flow(bus, prefix).await;
     transient_failure_is_retried_then_handled(bus, prefix).await;
     a_failing_message_holds_back_only_its_key(bus, prefix).await;
+    a_group_shares_the_work_and_a_leaver_hands_it_over(bus, prefix).await;
 }
 
 pub async fn round_trip_in_order_per_key<B: EventBus>(bus: &B, p: &str) {
@@ -306,4 +307,104 @@ pub async fn a_failing_message_holds_back_only_its_key<B: EventBus + Clone>(bus:
     assert!(!handled.contains(&"c1:stubborn".to_string()));
     stop.send_replace(true);
     task.await.unwrap();
+}
+
+/// Counts what each member of a group handled.
+#[derive(Default)]
+struct Tally {
+    handled: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Handler for Tally {
+    async fn handle(&self, m: &Message) -> Result<(), HandleError> {
+        self.handled
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&m.payload).into_owned());
+        Ok(())
+    }
+}
+
+/// Two members of one group: every message is handled once by one of them. When one stops,
+/// the other handles everything published after, and nothing twice.
+pub async fn a_group_shares_the_work_and_a_leaver_hands_it_over<B: EventBus + Clone>(
+    bus: &B,
+    p: &str,
+) {
+    let topic = format!("{p}.shared");
+    let group = format!("{p}-sharing");
+    bus.create_topics(&[topic.clone(), dead_letter_topic(&topic, &group)])
+        .await
+        .unwrap();
+    let start = |tally: Arc<Tally>| {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let bus: Arc<dyn EventBus> = Arc::new(bus.clone());
+        let config = ConsumerConfig::new(&topic, &group);
+        let task = tokio::spawn(async move {
+            consumer::run(
+                bus,
+                config,
+                tally,
+                stopped,
+                crate::health::Component::new("c"),
+            )
+            .await
+            .unwrap();
+        });
+        (stop, task)
+    };
+    let (a, b) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
+    let (stop_a, task_a) = start(a.clone());
+    let (stop_b, task_b) = start(b.clone());
+    let name = topic.as_str();
+    let publish = |from: usize, to: usize| async move {
+        for i in from..to {
+            bus.publish(Message::new(
+                name,
+                &format!("key{i}"),
+                format!("m{i}").into_bytes(),
+                now_ms(),
+            ))
+            .await
+            .unwrap();
+        }
+    };
+    let all = |a: &Tally, b: &Tally| {
+        let mut seen = a.handled.lock().unwrap().clone();
+        seen.extend(b.handled.lock().unwrap().iter().cloned());
+        seen
+    };
+    let wait_for = |n: usize| {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            tokio::time::timeout(WAIT, async {
+                while all(&a, &b).len() < n {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .is_ok()
+        }
+    };
+    publish(0, 40).await;
+    assert!(wait_for(40).await, "{:?}", all(&a, &b));
+    stop_a.send_replace(true);
+    task_a.await.unwrap();
+    let a_count = a.handled.lock().unwrap().len();
+    publish(40, 80).await;
+    assert!(wait_for(80).await, "{:?}", all(&a, &b));
+    assert_eq!(
+        a.handled.lock().unwrap().len(),
+        a_count,
+        "a stopped member handles nothing"
+    );
+    let mut seen = all(&a, &b);
+    seen.sort();
+    let total = seen.len();
+    seen.dedup();
+    assert_eq!(seen.len(), total, "nothing handled twice");
+    assert_eq!(seen.len(), 80);
+    stop_b.send_replace(true);
+    task_b.await.unwrap();
 }

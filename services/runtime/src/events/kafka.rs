@@ -2,9 +2,10 @@
 //!
 //! Producer: idempotent, `acks=all`, small linger (a request that waits for its publish
 //! pays the linger). Consumers: manual commits only (`enable.auto.commit=false`), from the
-//! earliest offset for a new group, and a 6 s session timeout so group joins and rebalances
-//! after a crash are quick. Settings chosen with Tansu, the Kafka-protocol broker used in
-//! the tests, in mind: see `../shared/design.md`.
+//! earliest offset for a new group. They never join a group on the broker: the members of a
+//! group share the partitions through leases in the store (`ownership`, which says why),
+//! and commit their offsets under the group id as simple consumers. Settings chosen with
+//! Tansu, the Kafka-protocol broker used in the tests, in mind: see `../shared/design.md`.
 //!
 //! **A broker that goes away.** librdkafka 2.12 can crash (SIGSEGV in
 //! `rd_kafka_metadata_cache_find`, librdkafka issues 4778 and 4964) when a client that
@@ -18,6 +19,7 @@
 //! subscribe afresh, and the outbox relays (told through the store, see
 //! `outbox::report_losses`) publish again what the lost log may have held.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
@@ -26,7 +28,7 @@ use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -35,8 +37,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{watch, Notify};
 
+use super::ownership::{Ownership, Reader};
 use super::topics::PARTITIONS;
 use super::{BusError, Delivery, EventBus, Message, Subscription};
+use crate::store::Store;
 
 const OCCURRED_AT: &str = "occurred-at-ms";
 const ATTEMPT: &str = "attempt";
@@ -52,6 +56,9 @@ pub struct KafkaBus {
     /// `<namespace>.`, prepended to every topic and group name on the broker.
     prefix: String,
     shared: Arc<Shared>,
+    /// Where the members of a group agree who reads which partition (see `ownership`);
+    /// without it a subscription reads every partition, as a tool reading alone does.
+    coordination: Option<Arc<dyn Store>>,
 }
 
 struct Shared {
@@ -149,7 +156,15 @@ impl KafkaBus {
             brokers: brokers.to_string(),
             prefix: format!("{namespace}."),
             shared,
+            coordination: None,
         })
+    }
+
+    /// Shares the partitions of each group among its members through leases in `store`
+    /// (see `ownership`). The store's namespace should be the bus's.
+    pub fn coordinated_by(mut self, store: Arc<dyn Store>) -> Self {
+        self.coordination = Some(store);
+        self
     }
 
     fn name(&self, topic: &str) -> String {
@@ -349,30 +364,61 @@ impl EventBus for KafkaBus {
         }
         let consumer: StreamConsumer<LagContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
+            // Offsets are committed under the group id; the consumer never joins the group
+            // (partitions are assigned through `ownership`, see its docs for why).
             .set("group.id", self.name(group))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "6000")
             .set("enable.partition.eof", "false")
             // librdkafka long-polls the broker for up to 500 ms by default; the pipeline's
             // end-to-end delay is dominated by it unless the broker answers early.
             .set("fetch.wait.max.ms", "20")
             .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
-            // Topics that appear (created again after a broker lost them) are found soon.
-            .set("topic.metadata.refresh.interval.ms", "5000")
             // For the offset-lag metric (see `LagContext`).
             .set("statistics.interval.ms", "5000")
             .create_with_context(LagContext {
                 lag: AtomicI64::new(-1),
-                assigned: AtomicBool::new(false),
             })
             .map_err(kafka)?;
-        let names: Vec<String> = topics.iter().map(|t| self.name(t)).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        consumer.subscribe(&refs).map_err(kafka)?;
+        let consumer = Arc::new(consumer);
+        let me = format!("{}-{}", std::process::id(), &super::event_id()[..8]);
+        let mut readers = Vec::new();
+        for topic in topics {
+            let name = self.name(topic);
+            let count = partition_count(&consumer, &name).await;
+            let reader = Arc::new(TopicReader {
+                consumer: consumer.clone(),
+                topic: name,
+            });
+            let ownership = match &self.coordination {
+                Some(store) => {
+                    let weak: Weak<TopicReader> = Arc::downgrade(&reader);
+                    Some(Ownership::start(
+                        store.clone(),
+                        group,
+                        topic,
+                        count,
+                        me.clone(),
+                        weak,
+                    ))
+                }
+                None => {
+                    let all: Vec<usize> = (0..count).collect();
+                    reader.start(&all).map_err(BusError::Kafka)?;
+                    None
+                }
+            };
+            readers.push(Readers {
+                topic: topic.clone(),
+                _reader: reader,
+                ownership,
+                committed: HashMap::new(),
+            });
+        }
         Ok(Box::new(KafkaSubscription {
             consumer,
             prefix: self.prefix.clone(),
+            readers,
         }))
     }
 
@@ -386,8 +432,6 @@ impl EventBus for KafkaBus {
 struct LagContext {
     /// -1 until the broker has reported end offsets.
     lag: AtomicI64,
-    /// The group gave this member partitions (and has not taken them back).
-    assigned: AtomicBool,
 }
 
 impl ClientContext for LagContext {
@@ -408,38 +452,93 @@ impl ClientContext for LagContext {
     }
 }
 
-/// Logs every assignment change: when a pipeline pauses, the consumer logs say whether a
-/// rebalance (and which) is the reason.
-impl ConsumerContext for LagContext {
-    fn post_rebalance(
-        &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance<'_>,
-    ) {
-        let partitions = |tpl: &TopicPartitionList| {
-            tpl.elements()
-                .iter()
-                .map(|e| format!("{}/{}", e.topic(), e.partition()))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                self.assigned.store(tpl.count() > 0, Ordering::Relaxed);
-                tracing::info!(partitions = %partitions(tpl), "kafka assigned partitions")
-            }
-            Rebalance::Revoke(tpl) => {
-                self.assigned.store(false, Ordering::Relaxed);
-                tracing::info!(partitions = %partitions(tpl), "kafka revoked partitions")
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance failed"),
+impl ConsumerContext for LagContext {}
+
+/// How many partitions `topic` has, from the broker (the catalogue's count if it does not
+/// say).
+async fn partition_count(consumer: &Arc<StreamConsumer<LagContext>>, topic: &str) -> usize {
+    let (consumer, name) = (consumer.clone(), topic.to_string());
+    let found = tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(Some(&name), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| m.topics().first().map(|t| t.partitions().len()))
+    })
+    .await
+    .ok()
+    .flatten();
+    match found {
+        Some(n) if n > 0 => n,
+        _ => PARTITIONS as usize,
+    }
+}
+
+/// One topic of a consumer client, as the ownership task drives it.
+struct TopicReader {
+    consumer: Arc<StreamConsumer<LagContext>>,
+    topic: String,
+}
+
+impl Reader for TopicReader {
+    fn start(&self, partitions: &[usize]) -> Result<(), String> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition_offset(&self.topic, p as i32, Offset::Stored)
+                .map_err(|e| e.to_string())?;
         }
+        self.consumer
+            .incremental_assign(&tpl)
+            .map_err(|e| e.to_string())
+    }
+
+    fn stop(&self, partition: usize) -> Result<(), String> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition as i32);
+        self.consumer
+            .incremental_unassign(&tpl)
+            .map_err(|e| e.to_string())
+    }
+
+    fn commit_now(&self, partition: usize, offset: i64) -> Result<(), String> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, partition as i32, Offset::Offset(offset))
+            .map_err(|e| e.to_string())?;
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A subscription's reading of one topic.
+struct Readers {
+    /// The catalogue's name (without the namespace).
+    topic: String,
+    /// Kept alive here: the ownership task holds it only weakly.
+    _reader: Arc<TopicReader>,
+    /// `None`: every partition, no leases.
+    ownership: Option<Ownership>,
+    /// Partition -> the last offset committed, committed again synchronously on hand-over.
+    committed: HashMap<usize, i64>,
+}
+
+impl Readers {
+    fn reads(&self, partition: i32) -> bool {
+        self.ownership
+            .as_ref()
+            .is_none_or(|o| o.reads(partition as usize))
     }
 }
 
 struct KafkaSubscription {
-    consumer: StreamConsumer<LagContext>,
+    consumer: Arc<StreamConsumer<LagContext>>,
     prefix: String,
+    readers: Vec<Readers>,
+}
+
+impl KafkaSubscription {
+    fn readers(&mut self, topic: &str) -> Option<&mut Readers> {
+        self.readers.iter_mut().find(|r| r.topic == topic)
+    }
 }
 
 fn header<'a>(
@@ -456,13 +555,24 @@ fn header<'a>(
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn next(&mut self) -> Result<Delivery, BusError> {
-        let m = self.consumer.recv().await.map_err(|e| {
-            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-                BusError::BrokerLost
-            } else {
-                kafka(e)
+        let m = loop {
+            let m = self.consumer.recv().await.map_err(|e| {
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+                    BusError::BrokerLost
+                } else {
+                    kafka(e)
+                }
+            })?;
+            // A message fetched before its partition was given up is the next reader's.
+            let topic = m.topic().strip_prefix(&self.prefix).unwrap_or(m.topic());
+            if self
+                .readers
+                .iter()
+                .any(|r| r.topic == topic && r.reads(m.partition()))
+            {
+                break m;
             }
-        })?;
+        };
         let headers = m.headers();
         Ok(Delivery {
             message: Message {
@@ -494,6 +604,19 @@ impl Subscription for KafkaSubscription {
     }
 
     async fn commit_at(&mut self, d: &Delivery, next: i64) -> Result<(), BusError> {
+        if let Some(r) = self.readers(&d.message.topic) {
+            if r.ownership.is_some()
+                && !r.reads(d.partition)
+                && !r
+                    .ownership
+                    .as_ref()
+                    .is_some_and(|o| o.draining().contains(&(d.partition as usize)))
+            {
+                // Another member reads it now: its commits count, not this one's.
+                return Ok(());
+            }
+            r.committed.insert(d.partition as usize, next);
+        }
         let mut tpl = TopicPartitionList::new();
         let topic = format!("{}{}", self.prefix, d.message.topic);
         tpl.add_partition_offset(&topic, d.partition, Offset::Offset(next))
@@ -506,7 +629,33 @@ impl Subscription for KafkaSubscription {
         (lag >= 0).then_some(lag)
     }
 
-    fn assigned(&self) -> Option<bool> {
-        Some(self.consumer.context().assigned.load(Ordering::Relaxed))
+    fn draining(&self) -> Vec<(String, i32)> {
+        self.readers
+            .iter()
+            .filter_map(|r| Some((r, r.ownership.as_ref()?)))
+            .flat_map(|(r, o)| {
+                o.draining()
+                    .into_iter()
+                    .map(|p| (r.topic.clone(), p as i32))
+            })
+            .collect()
+    }
+
+    fn drained(&mut self, topic: &str, partition: i32) {
+        if let Some(r) = self.readers(topic) {
+            let at = r.committed.remove(&(partition as usize));
+            if let Some(o) = &r.ownership {
+                o.drained(partition as usize, at);
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        for r in &mut self.readers {
+            let offsets: Vec<(usize, i64)> = r.committed.drain().collect();
+            if let Some(o) = &mut r.ownership {
+                o.close(offsets).await;
+            }
+        }
     }
 }

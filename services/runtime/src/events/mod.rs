@@ -11,6 +11,7 @@ pub mod consumer;
 pub mod contract;
 mod kafka;
 mod memory;
+mod ownership;
 pub mod topics;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,10 +31,6 @@ pub enum BusError {
     /// the subscription should be replaced by a fresh one (see `kafka`'s module docs).
     #[error("kafka: every broker connection is down")]
     BrokerLost,
-    /// The consumer group left this subscription without partitions for too long: it
-    /// should join again as a new member (see `consumer`).
-    #[error("kafka: the group gave this consumer no partition for {0:?}; joining again")]
-    Unassigned(std::time::Duration),
 }
 
 /// One event on the bus.
@@ -107,11 +104,17 @@ pub trait Subscription: Send {
     fn offset_lag(&self) -> Option<i64> {
         None
     }
-    /// Whether the group has given this subscription any partition (`None` for a bus
-    /// without consumer groups).
-    fn assigned(&self) -> Option<bool> {
-        None
+    /// Partitions (topic, partition) this subscription is handing to another member of its
+    /// group: nothing more is delivered from them. Once the caller has finished and
+    /// committed what it holds of one, it calls [`Subscription::drained`].
+    fn draining(&self) -> Vec<(String, i32)> {
+        Vec::new()
     }
+    /// The caller holds nothing more of `partition`: it goes to the other member.
+    fn drained(&mut self, _topic: &str, _partition: i32) {}
+    /// Ends the subscription after the caller has finished what it holds: commits, and
+    /// hands every partition to the other members at once.
+    async fn close(&mut self) {}
 }
 
 pub fn now_ms() -> i64 {

@@ -16,6 +16,7 @@ pub async fn run_all<S: Store>(store: &S, prefix: &str) {
     streams_keep_commit_order(store, prefix).await;
     blocked_xread_wakes_on_add(store, prefix).await;
     leases_are_exclusive(store, prefix).await;
+    a_claim_is_first_come_and_lapses(store, prefix).await;
     store.ping().await.unwrap();
 }
 
@@ -324,7 +325,15 @@ pub async fn blocked_xread_wakes_on_add<S: Store>(s: &S, p: &str) {
 pub async fn leases_are_exclusive<S: Store>(s: &S, p: &str) {
     let key = format!("{p}lease");
     let ttl = Duration::from_millis(300);
+    let other = format!("{p}lease-free");
     assert!(s.lease(&key, "a", ttl).await.unwrap());
+    assert_eq!(
+        s.lease_holders(&[key.clone(), other.clone()])
+            .await
+            .unwrap(),
+        vec![Some("a".to_string()), None],
+        "holders are visible"
+    );
     assert!(!s.lease(&key, "b", ttl).await.unwrap(), "held by a");
     assert!(s.lease(&key, "a", ttl).await.unwrap(), "a renews");
     s.release(&key, "b").await.unwrap();
@@ -333,8 +342,30 @@ pub async fn leases_are_exclusive<S: Store>(s: &S, p: &str) {
         "b cannot release a's lease"
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        s.lease_holders(std::slice::from_ref(&key)).await.unwrap(),
+        vec![None],
+        "a lapsed lease has no holder"
+    );
     assert!(s.lease(&key, "b", ttl).await.unwrap(), "a's lease lapsed");
     s.release(&key, "b").await.unwrap();
     assert!(s.lease(&key, "a", ttl).await.unwrap(), "released");
     s.release(&key, "a").await.unwrap();
+}
+
+/// The first claim of a key wins and later ones see its value, until it lapses.
+pub async fn a_claim_is_first_come_and_lapses<S: Store>(s: &S, p: &str) {
+    let key = format!("{p}claim");
+    let ttl = Duration::from_millis(300);
+    assert_eq!(s.claim(&key, b"first", ttl).await.unwrap(), None);
+    assert_eq!(
+        s.claim(&key, b"second", ttl).await.unwrap(),
+        Some(b"first".to_vec())
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(s.claim(&key, b"third", ttl).await.unwrap(), None, "lapsed");
+    assert_eq!(
+        s.claim(&key, b"fourth", ttl).await.unwrap(),
+        Some(b"third".to_vec())
+    );
 }

@@ -13,6 +13,9 @@ use super::{stream_id_order, Lex, Store, StoreError, StoreResult, StreamEntry, W
 
 type Fields = Vec<(String, Vec<u8>)>;
 
+/// Claims kept before lapsed ones are swept out (Redis expires them itself).
+const CLAIMS_BEFORE_SWEEP: usize = 10_000;
+
 #[derive(Debug, Clone)]
 enum Value {
     Bytes(Vec<u8>),
@@ -28,6 +31,8 @@ pub struct MemoryStore {
     data: Mutex<HashMap<String, Value>>,
     /// Leases: key -> (holder, lapses at).
     leases: Mutex<HashMap<String, (String, Instant)>>,
+    /// Claims (see `Store::claim`) with when they lapse.
+    claims: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
     /// The last stream id given out: ids increase across the store even if the wall
     /// clock steps back (Redis's increase per stream, likewise).
     last_stream_id: Mutex<(u64, u64)>,
@@ -343,6 +348,35 @@ impl Store for MemoryStore {
             leases.remove(key);
         }
         Ok(())
+    }
+
+    async fn claim(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<Option<Vec<u8>>> {
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if claims.len() >= CLAIMS_BEFORE_SWEEP {
+            claims.retain(|_, (_, until)| *until > now);
+        }
+        if let Some((held, until)) = claims.get(key) {
+            if *until > now {
+                return Ok(Some(held.clone()));
+            }
+        }
+        claims.insert(key.to_string(), (value.to_vec(), now + ttl));
+        Ok(None)
+    }
+
+    async fn lease_holders(&self, keys: &[String]) -> StoreResult<Vec<Option<String>>> {
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        Ok(keys
+            .iter()
+            .map(|k| {
+                leases
+                    .get(k)
+                    .filter(|(_, until)| *until > now)
+                    .map(|(h, _)| h.clone())
+            })
+            .collect())
     }
 
     async fn ping(&self) -> StoreResult<()> {

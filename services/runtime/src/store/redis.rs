@@ -311,6 +311,16 @@ end
 return 0
 ";
 
+/// Sets a key unless it exists, answering what it held (Redis 6 has no `SET ... NX GET`).
+const CLAIM_SCRIPT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then
+  return v
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+";
+
 const RELEASE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
@@ -501,6 +511,29 @@ impl Store for RedisStore {
             .await
             .map_err(|e| self.fail(key, e))?;
         Ok(())
+    }
+
+    async fn claim(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<Option<Vec<u8>>> {
+        let mut c = self.conn().await?;
+        redis::cmd("EVAL")
+            .arg(CLAIM_SCRIPT)
+            .arg(1)
+            .arg(self.k(key))
+            .arg(value)
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.fail(key, e))
+    }
+
+    async fn lease_holders(&self, keys: &[String]) -> StoreResult<Vec<Option<String>>> {
+        // A lease is a plain string key holding its holder (see LEASE_SCRIPT).
+        Ok(self
+            .mget(keys)
+            .await?
+            .into_iter()
+            .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            .collect())
     }
 
     async fn ping(&self) -> StoreResult<()> {
