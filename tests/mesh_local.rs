@@ -172,6 +172,63 @@ async fn non_idempotent_calls_are_not_retried() {
     );
 }
 
+/// A call carrying an idempotency key names one logical write, so the channel may send it
+/// again like a call of a method the `.proto` marks idempotent: past a stalled endpoint
+/// (the case a kill -9 mid-call looks like) and a dead one.
+#[tokio::test]
+async fn a_call_with_an_idempotency_key_is_resent_elsewhere() {
+    let registry = MemoryRegistry::new();
+    let live = TestBackend::start("live", Duration::ZERO).await.unwrap();
+    let stalled = TestBackend::start("stalled", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let _a = register(&registry, "live", &live.addr.to_string()).await;
+    let _b = register(&registry, "stalled", &stalled.addr.to_string()).await;
+    let _c = register(&registry, "dead", &dead_address()).await;
+    // No idempotent methods, no unary ones: only the key makes a call safe to resend.
+    let channel = || async {
+        let mut config = MeshConfig::new(HashSet::new());
+        config.no_endpoint_timeout = Duration::from_millis(200);
+        config.attempt_timeout = Some(Duration::from_millis(300));
+        let mesh = Mesh::new(Arc::new(registry.clone()), config);
+        let ch = mesh.channel("svc");
+        assert!(
+            ch.wait_for_endpoints(Duration::from_secs(2), |e| e.len() == 3)
+                .await
+        );
+        (mesh, ch)
+    };
+    let (_keyed_mesh, ch) = channel().await;
+    let mut client = HealthClient::new(ch);
+    for i in 0..6 {
+        let mut req = tonic::Request::new(HealthCheckRequest::default());
+        req.metadata_mut().insert(
+            starling_discovery::IDEMPOTENCY_KEY,
+            format!("call-{i}").parse().unwrap(),
+        );
+        let resp = client
+            .check(req)
+            .await
+            .unwrap_or_else(|e| panic!("call {i} failed: {e:?}"));
+        assert_eq!(
+            resp.metadata()
+                .get("starling-instance")
+                .map(|v| v.to_str().unwrap()),
+            Some("live")
+        );
+    }
+    // Without a key, a fresh channel (nothing ejected yet) surfaces the failures.
+    let (_plain_mesh, ch) = channel().await;
+    let mut client = HealthClient::new(ch);
+    let mut failed = 0;
+    for _ in 0..6 {
+        if client.check(HealthCheckRequest::default()).await.is_err() {
+            failed += 1;
+        }
+    }
+    assert!(failed >= 1, "calls without a key are not resent");
+}
+
 /// A refused connection means the request never left: even a call that must not run twice
 /// is sent to another endpoint, when the channel knows the method is unary (so its request
 /// could be buffered).

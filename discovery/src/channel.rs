@@ -396,7 +396,8 @@ impl Service<http::Request<Body>> for MeshChannel {
             (None, None) => now + config.call_timeout,
         };
         req.extensions_mut().insert(CallDeadline(deadline));
-        let idempotent = config.idempotent_methods.contains(req.uri().path());
+        let idempotent = config.idempotent_methods.contains(req.uri().path())
+            || req.headers().contains_key(crate::IDEMPOTENCY_KEY);
         let buffer = idempotent || config.unary_methods.contains(req.uri().path());
         if idempotent {
             req.extensions_mut().insert(Idempotent);

@@ -40,6 +40,12 @@ pub use registry::{Claim, DiscoveryError, EndpointWatch, Registration, Registry,
 /// the mesh channel then neither retries the call elsewhere nor ejects the endpoint.
 pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
+/// Request metadata naming one logical write (as the IETF draft's `Idempotency-Key` HTTP
+/// header does): a service that honours it applies the write once however often it comes
+/// (tweet's `CreateTweet`), so the mesh channel may resend a call that carries it, as it
+/// resends the methods the `.proto` marks idempotent.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// Waits until the watched set satisfies `pred`, for at most `timeout`. Returns the set that
 /// satisfied it. This is how callers await a condition instead of sleeping.
 pub async fn wait_for(

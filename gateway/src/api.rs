@@ -15,6 +15,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use starling_discovery::IDEMPOTENCY_KEY;
 use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
 use starling_proto::follower::v1::{
     FollowRequest, GetFollowCountsRequest, ListFollowersRequest, ListFollowingRequest,
@@ -182,18 +183,37 @@ pub struct PostTweet {
     pub author: Option<String>,
 }
 
-/// `POST /api/tweets`.
+/// `POST /api/tweets`. An `Idempotency-Key` header is passed on (a client that sends the
+/// post again with it gets the first one's tweet); without one the gateway names the post
+/// itself, so the mesh may resend it to another replica when the first one dies mid-call.
 pub async fn create_tweet(
     State(state): State<AppState>,
     AuthUser(me): AuthUser,
+    headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<PostTweet>,
 ) -> Result<impl IntoResponse, ApiError> {
     let author = ensure_self(&me, body.author.as_deref(), "author")?;
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        Some(v) => tonic::metadata::MetadataValue::try_from(v.as_bytes()).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key must be 1 to 128 visible ASCII characters",
+            )
+        })?,
+        None => tonic::metadata::MetadataValue::try_from(format!(
+            "gw-{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        ))
+        .map_err(|_| ApiError::internal("cannot name the post"))?,
+    };
+    let mut req = tonic::Request::new(CreateTweetRequest {
+        author,
+        text: body.text,
+    });
+    req.metadata_mut().insert(IDEMPOTENCY_KEY, key);
     let tweet = TweetServiceClient::new(state.ctx.mesh.channel("tweet"))
-        .create_tweet(CreateTweetRequest {
-            author,
-            text: body.text,
-        })
+        .create_tweet(req)
         .await?
         .into_inner()
         .tweet

@@ -146,6 +146,21 @@ fn deadline<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
+/// Names the write with an idempotency key, so the mesh may resend it (see
+/// `starling_discovery::IDEMPOTENCY_KEY`).
+fn keyed<T>(mut r: tonic::Request<T>) -> tonic::Request<T> {
+    let key = format!(
+        "chaos-{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    );
+    if let Ok(v) = key.parse() {
+        r.metadata_mut()
+            .insert(starling_discovery::IDEMPOTENCY_KEY, v);
+    }
+    r
+}
+
 /// Runs one operation and records it.
 pub async fn run_op(door: Door<'_>, history: &History, kind: Kind) -> Result<u64, tonic::Code> {
     let started = Instant::now();
@@ -201,10 +216,10 @@ async fn over_mesh(mesh: &Mesh, kind: &Kind) -> Result<u64, tonic::Code> {
     let code = |s: tonic::Status| s.code();
     match kind {
         Kind::Post { author, text } => TweetServiceClient::new(mesh.channel("tweet"))
-            .create_tweet(deadline(CreateTweetRequest {
+            .create_tweet(keyed(deadline(CreateTweetRequest {
                 author: author.clone(),
                 text: text.clone(),
-            }))
+            })))
             .await
             .map(|r| r.into_inner().tweet.map_or(0, |t| t.id))
             .map_err(code),

@@ -186,6 +186,23 @@ pub fn check_user(field: &str, name: &str) -> Result<(), tonic::Status> {
     }
 }
 
+/// The request's idempotency key (`idempotency-key` metadata, see
+/// `starling_discovery::IDEMPOTENCY_KEY`), if it has one: 1 to 128 visible ASCII characters.
+pub fn idempotency_key<T>(req: &tonic::Request<T>) -> Result<Option<String>, tonic::Status> {
+    let Some(value) = req.metadata().get(starling_discovery::IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key.to_string()))
+        }
+        _ => Err(tonic::Status::invalid_argument(format!(
+            "{} must be 1 to 128 visible ASCII characters",
+            starling_discovery::IDEMPOTENCY_KEY
+        ))),
+    }
+}
+
 /// Page size from a request: 0 means `default`; larger than `max` is capped.
 pub fn page_size(requested: u32, default: u32, max: u32) -> usize {
     match requested {

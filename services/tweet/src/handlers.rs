@@ -10,10 +10,10 @@ use starling_runtime::events::topics::TWEET_CREATED;
 use starling_runtime::events::{self, Message};
 use starling_runtime::ids::{id_time_ms, Snowflake};
 use starling_runtime::outbox::Outbox;
-use starling_runtime::{check_user, page_size, store_error};
+use starling_runtime::{check_user, idempotency_key, page_size, store_error};
 use tonic::{Request, Response, Status};
 
-use crate::storage::TweetStorage;
+use crate::storage::{PostClaim, TweetStorage};
 
 pub const MAX_TEXT_CHARS: usize = 280;
 pub const MAX_BATCH: usize = 500;
@@ -75,13 +75,34 @@ impl TweetService for TweetHandler {
         &self,
         req: Request<CreateTweetRequest>,
     ) -> Result<Response<CreateTweetResponse>, Status> {
+        let key = idempotency_key(&req)?;
         let req = req.into_inner();
         check_user("author", &req.author)?;
         let text = check_text(&req.text)?;
-        let id = self
+        let mut id = self
             .ids
             .next_id()
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        if let Some(key) = &key {
+            match self
+                .storage
+                .claim_post(&req.author, key, id, text)
+                .await
+                .map_err(store_error)?
+            {
+                PostClaim::New => {}
+                PostClaim::Done(tweet) => {
+                    return Ok(Response::new(CreateTweetResponse { tweet: Some(tweet) }))
+                }
+                PostClaim::Unfinished(first) => id = first,
+                PostClaim::Conflict => {
+                    return Err(Status::already_exists(format!(
+                    "idempotency-key {key:?} was already used by {} for a post with another text",
+                    req.author
+                )))
+                }
+            }
+        }
         let created_ms = id_time_ms(id) as i64;
         let tweet = Tweet {
             id,
@@ -182,6 +203,93 @@ mod tests {
         assert!(check_text(&"é".repeat(280)).is_ok());
         let e = check_text(&"a".repeat(281)).unwrap_err();
         assert!(e.message().contains("281"), "{}", e.message());
+    }
+
+    fn handler() -> (TweetHandler, Arc<dyn starling_runtime::store::Store>) {
+        let store: Arc<dyn starling_runtime::store::Store> =
+            Arc::new(starling_runtime::store::MemoryStore::new());
+        let handler = TweetHandler::new(
+            TweetStorage::new(store.clone()),
+            Arc::new(Snowflake::fixed(1)),
+            Outbox::new("tweet"),
+        );
+        (handler, store)
+    }
+
+    fn post(text: &str, key: Option<&str>) -> Request<CreateTweetRequest> {
+        let mut req = Request::new(CreateTweetRequest {
+            author: "bob".into(),
+            text: text.into(),
+        });
+        if let Some(key) = key {
+            req.metadata_mut()
+                .insert(starling_discovery::IDEMPOTENCY_KEY, key.parse().unwrap());
+        }
+        req
+    }
+
+    async fn created(h: &TweetHandler, req: Request<CreateTweetRequest>) -> Result<Tweet, Status> {
+        Ok(h.create_tweet(req).await?.into_inner().tweet.unwrap())
+    }
+
+    async fn bobs_tweets(store: &Arc<dyn starling_runtime::store::Store>) -> Vec<u64> {
+        TweetStorage::new(store.clone())
+            .user_tweet_ids("bob", None, 100)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_post_repeated_with_its_key_is_created_once() {
+        let (h, store) = handler();
+        let first = created(&h, post("hello", Some("k-1"))).await.unwrap();
+        let again = created(&h, post("hello", Some("k-1"))).await.unwrap();
+        assert_eq!(again, first);
+        assert_eq!(bobs_tweets(&store).await, vec![first.id]);
+        let pending = starling_runtime::outbox::pending(&*store, &Outbox::new("tweet"))
+            .await
+            .unwrap();
+        assert_eq!(pending, 1, "one event for one tweet");
+        // Without a key, or with another one, a post is a new post.
+        let other = created(&h, post("hello", Some("k-2"))).await.unwrap();
+        let plain = created(&h, post("hello", None)).await.unwrap();
+        assert_eq!(
+            bobs_tweets(&store).await,
+            vec![plain.id, other.id, first.id]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_reused_for_another_text_is_refused_and_changes_nothing() {
+        let (h, store) = handler();
+        let first = created(&h, post("hello", Some("k"))).await.unwrap();
+        let e = created(&h, post("bye", Some("k"))).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+        assert_eq!(bobs_tweets(&store).await, vec![first.id]);
+        for bad in ["x".repeat(129), "tab\there".to_string()] {
+            let mut req = post("hello", None);
+            req.metadata_mut().insert(
+                starling_discovery::IDEMPOTENCY_KEY,
+                tonic::metadata::MetadataValue::try_from(bad.as_str()).unwrap(),
+            );
+            let e = created(&h, req).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}: {e:?}");
+        }
+        assert_eq!(bobs_tweets(&store).await, vec![first.id]);
+    }
+
+    #[tokio::test]
+    async fn a_post_whose_first_attempt_died_after_claiming_is_stored_under_the_claimed_id() {
+        let (h, store) = handler();
+        // A first attempt claimed the key for id 4242 and died before storing the tweet.
+        let storage = TweetStorage::new(store.clone());
+        assert_eq!(
+            storage.claim_post("bob", "k", 4242, "hello").await.unwrap(),
+            PostClaim::New
+        );
+        let tweet = created(&h, post("hello", Some("k"))).await.unwrap();
+        assert_eq!(tweet.id, 4242);
+        assert_eq!(bobs_tweets(&store).await, vec![4242]);
     }
 
     #[test]

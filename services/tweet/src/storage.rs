@@ -3,6 +3,7 @@
 //! ids, newest last), read newest first by cursor.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message;
 use starling_proto::tweet::v1::Tweet;
@@ -19,6 +20,31 @@ pub fn tweet_key(id: u64) -> String {
 
 pub fn user_tweets_key(user: &str) -> String {
     format!("user_tweets:{user}")
+}
+
+/// How long a `CreateTweet` idempotency key is remembered: a client that sends the same
+/// key again later creates a second tweet.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// `idempotency:create_tweet:<author>:<key>` holds `<tweet id>\n<text>` of the post that
+/// first came with that key.
+fn idempotency_record(author: &str, key: &str) -> String {
+    format!("idempotency:create_tweet:{author}:{key}")
+}
+
+/// What an idempotency key says about a `CreateTweet`.
+#[derive(Debug, PartialEq)]
+pub enum PostClaim {
+    /// The key is new: this call creates the tweet, under the id it proposed.
+    New,
+    /// A call with the key created this tweet: answer it, create nothing.
+    Done(Tweet),
+    /// A call with the key chose this id but its tweet is not stored (it failed, or is
+    /// still on its way): store it under that id, so however many calls finish, there is
+    /// one tweet.
+    Unfinished(u64),
+    /// The key came with another text.
+    Conflict,
 }
 
 impl TweetStorage {
@@ -42,6 +68,39 @@ impl TweetStorage {
                 announce,
             ])
             .await
+    }
+
+    /// Claims `key` of `author` for a post of `text` that would get `id`.
+    pub async fn claim_post(
+        &self,
+        author: &str,
+        key: &str,
+        id: u64,
+        text: &str,
+    ) -> StoreResult<PostClaim> {
+        let proposal = format!("{id}\n{text}");
+        let Some(held) = self
+            .store
+            .claim(
+                &idempotency_record(author, key),
+                proposal.as_bytes(),
+                IDEMPOTENCY_TTL,
+            )
+            .await?
+        else {
+            return Ok(PostClaim::New);
+        };
+        let held = String::from_utf8_lossy(&held);
+        let Some((first, first_text)) = held.split_once('\n') else {
+            return Ok(PostClaim::Conflict);
+        };
+        match first.parse::<u64>() {
+            Ok(first) if first_text == text => Ok(match self.get(first).await? {
+                Some(tweet) => PostClaim::Done(tweet),
+                None => PostClaim::Unfinished(first),
+            }),
+            _ => Ok(PostClaim::Conflict),
+        }
     }
 
     pub async fn put(&self, tweet: &Tweet) -> StoreResult<()> {
