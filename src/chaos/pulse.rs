@@ -24,20 +24,25 @@ pub struct Pulses {
 }
 
 impl Pulses {
-    /// The longest delay of the posts acknowledged in `[from, to)`; a post never seen counts
-    /// until `now`.
+    /// The longest delay of the posts acknowledged in `[from, to)`, counted until the post
+    /// showed or `to` (when the next fault began: a post acknowledged just before it and held
+    /// up by it is that fault's doing), whichever came first; a post never seen counts
+    /// until `now` if that is earlier.
     pub fn max_delay(&self, from: Instant, to: Instant, now: Instant) -> Option<Duration> {
         self.delays(from, to, now).into_iter().map(|(_, d)| d).max()
     }
 
-    /// (acknowledged, delay) of the posts acknowledged in `[from, to)`, in order; a post
-    /// never seen counts until `now`.
+    /// (acknowledged, delay) of the posts acknowledged in `[from, to)`, in order, counted
+    /// as [`Pulses::max_delay`] says.
     fn delays(&self, from: Instant, to: Instant, now: Instant) -> Vec<(Instant, Duration)> {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let mut delays: Vec<(Instant, Duration)> = seen
             .values()
             .filter(|(acked, _)| *acked >= from && *acked < to)
-            .map(|(acked, at)| (*acked, at.unwrap_or(now).saturating_duration_since(*acked)))
+            .map(|(acked, at)| {
+                let until = at.unwrap_or(now).min(to);
+                (*acked, until.saturating_duration_since(*acked))
+            })
             .collect();
         delays.sort();
         delays
@@ -133,7 +138,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_longest_delay_counts_unseen_posts_until_now() {
+    fn the_longest_delay_counts_until_seen_the_next_fault_or_now() {
         let pulses = Pulses::default();
         let t0 = Instant::now();
         let s = |ms| t0 + Duration::from_millis(ms);
@@ -141,16 +146,22 @@ mod tests {
             let mut seen = pulses.seen.lock().unwrap();
             seen.insert(1, (s(0), Some(s(30))));
             seen.insert(2, (s(100), Some(s(2100))));
-            seen.insert(3, (s(200), None));
+            seen.insert(3, (s(4000), None));
         }
         assert_eq!(
-            pulses.max_delay(s(0), s(150), s(5000)),
+            pulses.max_delay(s(0), s(3000), s(5000)),
             Some(Duration::from_millis(2000))
         );
         assert_eq!(
-            pulses.max_delay(s(150), s(250), s(5000)),
-            Some(Duration::from_millis(4800))
+            pulses.max_delay(s(3000), s(6000), s(5000)),
+            Some(Duration::from_millis(1000)),
+            "unseen: until now"
         );
-        assert_eq!(pulses.max_delay(s(300), s(400), s(5000)), None);
+        assert_eq!(
+            pulses.max_delay(s(0), s(150), s(5000)),
+            Some(Duration::from_millis(50)),
+            "post 2 held up after the next fault began: counted until it began"
+        );
+        assert_eq!(pulses.max_delay(s(4100), s(4200), s(5000)), None);
     }
 }
