@@ -6,9 +6,10 @@
 //!   store, so every gateway replica sees every account. Hashing is deliberately slow, so it
 //!   runs on the blocking pool behind a semaphore (one permit per core): a burst of
 //!   sign-ups cannot starve the async workers that serve everything else.
-//! * A user name is claimed with `ZADD accounts <user>` before the hash is written: that
-//!   is atomic in Redis and in the memory store, so two replicas racing to create the same
-//!   user cannot both succeed (`get` then `set` alone could).
+//! * An account is created by claiming `account:<user>` with its hash (`Store::claim`, a
+//!   set-if-absent in one atomic step): two replicas racing to create the same user cannot
+//!   both succeed (`get` then `set` could), and a crash cannot leave a name claimed without
+//!   a password (claiming the name and writing the hash in two steps could).
 //! * Tokens are stateless, `v1.<user>.<expiry unix seconds>.<HMAC-SHA256>`: checking one
 //!   costs a MAC, not a store round trip, and any replica holding the secret accepts it.
 //!   Without a configured secret a random one is drawn per process (tokens then die with
@@ -37,7 +38,6 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use starling_runtime::store::Write;
 use tokio::sync::Semaphore;
 
 use crate::api::{rfc3339, ApiJson};
@@ -50,7 +50,6 @@ pub const MAX_FAILURES: usize = 5;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 const TOKEN_VERSION: &str = "v1";
-const ACCOUNTS_KEY: &str = "accounts";
 const MIN_PASSWORD: usize = 8;
 const MAX_PASSWORD: usize = 128;
 /// Limiter keys kept before stale ones are swept (bounds memory under a spray of IPs).
@@ -384,26 +383,14 @@ pub async fn signup(
         return Err(taken());
     }
     let phc = state.auth.hash_password(c.password).await?;
-    // The atomic claim (module docs); the hash follows at once.
-    if !store
-        .zadd(ACCOUNTS_KEY, &c.user)
+    // The atomic claim (module docs).
+    if store
+        .claim(&key, phc.as_bytes(), None)
         .await
         .map_err(store_unavailable)?
+        .is_some()
     {
         return Err(taken());
-    }
-    let written = store
-        .apply(vec![Write::Set {
-            key,
-            value: phc.into_bytes(),
-        }])
-        .await;
-    if let Err(e) = written {
-        // Give the name back, or it would stay claimed without a password for ever.
-        if let Err(undo) = store.zrem(ACCOUNTS_KEY, &c.user).await {
-            tracing::error!(user = %c.user, error = %undo, "could not release the claimed name");
-        }
-        return Err(store_unavailable(e));
     }
     tracing::info!(user = %c.user, "account created");
     Ok((StatusCode::CREATED, Json(session(&state.auth, c.user))))

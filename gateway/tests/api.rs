@@ -485,6 +485,38 @@ async fn posting_reading_and_authorisation() {
     assert_eq!(t["text"], BOOK);
     assert!(t["created_at"].as_str().unwrap().contains('T'));
 
+    // A post sent again with its Idempotency-Key answers the first tweet; the key with
+    // another text is a conflict; a key that is not visible ASCII is refused.
+    let carol = w.sign_up("carol").await;
+    let keyed = |text: &str, key: &str| {
+        let mut req = h.request(
+            Method::POST,
+            "/api/tweets",
+            Some(&carol),
+            Some(json!({ "text": text })),
+        );
+        req.headers_mut()
+            .insert("idempotency-key", key.parse().expect("header value"));
+        h.send(req)
+    };
+    let first = keyed("once only", "post-1").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = keyed("once only", "post-1").await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    let other = keyed("something else", "post-1").await;
+    assert_eq!(other.status, StatusCode::CONFLICT, "{}", other.error());
+    let bad = keyed("once only", "has space").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.error());
+    let carols = h.get("/api/users/carol/tweets").await.json();
+    let once = carols["tweets"]
+        .as_array()
+        .expect("tweets")
+        .iter()
+        .filter(|t| t["text"] == "once only")
+        .count();
+    assert_eq!(once, 1, "{carols}");
+
     let same = h.get(&format!("/api/tweets/{id}")).await;
     assert_eq!(same.status, StatusCode::OK);
     assert_eq!(same.json()["id"], id.as_str());

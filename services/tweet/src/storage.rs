@@ -84,7 +84,7 @@ impl TweetStorage {
             .claim(
                 &idempotency_record(author, key),
                 proposal.as_bytes(),
-                IDEMPOTENCY_TTL,
+                Some(IDEMPOTENCY_TTL),
             )
             .await?
         else {

@@ -356,7 +356,7 @@ pub async fn leases_are_exclusive<S: Store>(s: &S, p: &str) {
 /// The first claim of a key wins and later ones see its value, until it lapses.
 pub async fn a_claim_is_first_come_and_lapses<S: Store>(s: &S, p: &str) {
     let key = format!("{p}claim");
-    let ttl = Duration::from_millis(300);
+    let ttl = Some(Duration::from_millis(300));
     assert_eq!(s.claim(&key, b"first", ttl).await.unwrap(), None);
     assert_eq!(
         s.claim(&key, b"second", ttl).await.unwrap(),
@@ -367,5 +367,18 @@ pub async fn a_claim_is_first_come_and_lapses<S: Store>(s: &S, p: &str) {
     assert_eq!(
         s.claim(&key, b"fourth", ttl).await.unwrap(),
         Some(b"third".to_vec())
+    );
+    let forever = format!("{p}claim-forever");
+    assert_eq!(s.claim(&forever, b"mine", None).await.unwrap(), None);
+    assert_eq!(
+        s.get(&forever).await.unwrap(),
+        Some(b"mine".to_vec()),
+        "a claimed key reads like any other"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        s.claim(&forever, b"yours", None).await.unwrap(),
+        Some(b"mine".to_vec()),
+        "a claim without a ttl stays"
     );
 }

@@ -13,7 +13,7 @@ use super::{stream_id_order, Lex, Store, StoreError, StoreResult, StreamEntry, W
 
 type Fields = Vec<(String, Vec<u8>)>;
 
-/// Claims kept before lapsed ones are swept out (Redis expires them itself).
+/// Claims with a ttl kept before lapsed ones are swept out (Redis expires them itself).
 const CLAIMS_BEFORE_SWEEP: usize = 10_000;
 
 #[derive(Debug, Clone)]
@@ -31,8 +31,9 @@ pub struct MemoryStore {
     data: Mutex<HashMap<String, Value>>,
     /// Leases: key -> (holder, lapses at).
     leases: Mutex<HashMap<String, (String, Instant)>>,
-    /// Claims (see `Store::claim`) with when they lapse.
-    claims: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
+    /// When the keys set by a claim with a ttl lapse (see `Store::claim`); the values
+    /// live in `data` like any other, as in Redis.
+    claim_expiry: Mutex<HashMap<String, Instant>>,
     /// The last stream id given out: ids increase across the store even if the wall
     /// clock steps back (Redis's increase per stream, likewise).
     last_stream_id: Mutex<(u64, u64)>,
@@ -350,18 +351,35 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn claim(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<Option<Vec<u8>>> {
-        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+    async fn claim(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        let mut map = self.lock();
+        let mut expiry = self.claim_expiry.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if claims.len() >= CLAIMS_BEFORE_SWEEP {
-            claims.retain(|_, (_, until)| *until > now);
+        if expiry.len() >= CLAIMS_BEFORE_SWEEP {
+            expiry.retain(|k, until| {
+                let live = *until > now;
+                if !live {
+                    map.remove(k);
+                }
+                live
+            });
         }
-        if let Some((held, until)) = claims.get(key) {
-            if *until > now {
-                return Ok(Some(held.clone()));
-            }
+        let lapsed = expiry.get(key).is_some_and(|until| *until <= now);
+        match map.get(key) {
+            Some(Value::Bytes(held)) if !lapsed => return Ok(Some(held.clone())),
+            Some(Value::Bytes(_)) | None => {}
+            Some(_) => return Err(StoreError::WrongType(key.to_string())),
         }
-        claims.insert(key.to_string(), (value.to_vec(), now + ttl));
+        map.insert(key.to_string(), Value::Bytes(value.to_vec()));
+        match ttl {
+            Some(t) => expiry.insert(key.to_string(), now + t),
+            None => expiry.remove(key),
+        };
         Ok(None)
     }
 

@@ -187,10 +187,16 @@ pub trait Store: Send + Sync + 'static {
     async fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<bool>;
     /// Gives the lease `key` up if `holder` has it.
     async fn release(&self, key: &str, holder: &str) -> StoreResult<()>;
-    /// Sets `key` to `value` for `ttl` unless it is set; answers what it held (`None`: this
-    /// call set it). One atomic step, so of two racing callers exactly one gets `None`:
-    /// what makes a write with an idempotency key happen once.
-    async fn claim(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<Option<Vec<u8>>>;
+    /// Sets `key` to `value` unless it is set, for `ttl` (`None`: for good); answers what it
+    /// held (`None`: this call set it). One atomic step, so of two racing callers exactly
+    /// one gets `None`: what makes a write with an idempotency key happen once, and a user
+    /// name belong to one account.
+    async fn claim(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> StoreResult<Option<Vec<u8>>>;
     /// Who holds each of the leases `keys` (`None`: free or lapsed), in one round trip: how
     /// consumers see each other's share of a topic's partitions (`events::ownership`).
     async fn lease_holders(&self, keys: &[String]) -> StoreResult<Vec<Option<String>>>;

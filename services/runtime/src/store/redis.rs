@@ -317,7 +317,11 @@ local v = redis.call('GET', KEYS[1])
 if v then
   return v
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[2] == '0' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
 return false
 ";
 
@@ -513,14 +517,20 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn claim(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<Option<Vec<u8>>> {
+    async fn claim(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> StoreResult<Option<Vec<u8>>> {
         let mut c = self.conn().await?;
         redis::cmd("EVAL")
             .arg(CLAIM_SCRIPT)
             .arg(1)
             .arg(self.k(key))
             .arg(value)
-            .arg(ttl.as_millis().max(1) as u64)
+            // 0: no expiry (see CLAIM_SCRIPT).
+            .arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64))
             .query_async(&mut c)
             .await
             .map_err(|e| self.fail(key, e))
