@@ -123,7 +123,7 @@ pub struct DlqArgs {
 /// Where the gateway listens and how it signs tokens.
 #[derive(Debug, Clone, Args)]
 pub struct GatewayListenArgs {
-    /// HTTP address: JSON API, web UI, gRPC-Web, /healthz, /readyz, /metrics.
+    /// HTTP address: JSON API, web UI, gRPC-Web, /healthz, /readyz (metrics: --metrics).
     #[arg(long, env = "STARLING_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
     /// gRPC address: every Starling service passed through, plus health and reflection.

@@ -418,4 +418,82 @@ async fn every_validation_rule_answers_its_status_and_stores_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+
+    // Bytes that are no protobuf message: the caller's mistake, INVALID_ARGUMENT; and
+    // nothing stored.
+    for (service, path) in [
+        ("tweet", "/starling.tweet.v1.TweetService/CreateTweet"),
+        ("follower", "/starling.follower.v1.FollowerService/Follow"),
+    ] {
+        let e = raw_call(c.ch(service), path, vec![0xff, 0xff, 0xff])
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{path}: {e:?}");
+        assert!(e.message().contains("decode"), "{}", e.message());
+    }
+    assert!(tweets
+        .list_user_tweets(ListUserTweetsRequest {
+            user: "eve".into(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .tweets
+        .is_empty());
+}
+
+/// Sends `body` as the request message of `path`, as a client with a broken encoder would.
+async fn raw_call(
+    ch: MeshChannel,
+    path: &'static str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
+    use bytes::{Buf, BufMut};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    struct Raw;
+    impl Encoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            buf.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl Decoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+            let bytes = buf.chunk().to_vec();
+            buf.advance(bytes.len());
+            Ok(Some(bytes))
+        }
+    }
+    struct RawCodec;
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    grpc.unary(
+        tonic::Request::new(body),
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
 }

@@ -172,6 +172,32 @@ async fn non_idempotent_calls_are_not_retried() {
     );
 }
 
+/// A request the channel buffers (to resend it) is bounded: over the limit it answers
+/// RESOURCE_EXHAUSTED once the limit has arrived, and never reaches the endpoint.
+#[tokio::test]
+async fn a_buffered_request_over_the_limit_is_refused() {
+    let registry = MemoryRegistry::new();
+    let live = TestBackend::start("live", Duration::ZERO).await.unwrap();
+    let _a = register(&registry, "live", &live.addr.to_string()).await;
+    let (_m, ch) = {
+        let mut config = MeshConfig::new([CHECK.to_string()].into_iter().collect());
+        config.max_buffered_request = 64 * 1024;
+        let mesh = Mesh::new(Arc::new(registry.clone()), config);
+        let ch = mesh.channel("svc");
+        (mesh, ch)
+    };
+    let mut client = HealthClient::new(ch);
+    let check = |size: usize| HealthCheckRequest {
+        service: "x".repeat(size),
+    };
+    let e = client.check(check(100 * 1024)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("65536"), "{}", e.message());
+    // Under the limit the endpoint answers (it knows no such service).
+    let e = client.check(check(10 * 1024)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+}
+
 /// A call carrying an idempotency key names one logical write, so the channel may send it
 /// again like a call of a method the `.proto` marks idempotent: past a stalled endpoint
 /// (the case a kill -9 mid-call looks like) and a dead one.

@@ -74,6 +74,21 @@ fn fail(status: Status, retryable: bool) -> BoxError {
     })
 }
 
+/// The status for a request body that could not be buffered: RESOURCE_EXHAUSTED if it was
+/// over `limit`, else the body's own error.
+fn too_large_or(e: BoxError, limit: usize) -> Status {
+    if e.is::<http_body_util::LengthLimitError>() {
+        Status::resource_exhausted(format!(
+            "request message larger than the {limit} bytes a call may carry"
+        ))
+    } else {
+        match e.downcast::<Status>() {
+            Ok(status) => *status,
+            Err(e) => Status::unknown(format!("reading the request: {e}")),
+        }
+    }
+}
+
 /// Whether `e` says the connection was refused: the request was never sent.
 fn connection_refused(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -122,7 +137,14 @@ pub struct MeshConfig {
     /// buffered too, so that one sent to an endpoint that refused the connection can go to
     /// another, idempotent or not. Empty: only idempotent methods are ever resent.
     pub unary_methods: Arc<HashSet<String>>,
+    /// The largest request body (gRPC framing included) buffered for a resend; a larger one
+    /// answers RESOURCE_EXHAUSTED once this much has arrived, so no caller can make the
+    /// channel hold more. The default is tonic's message limit (4 MiB) plus one frame header.
+    pub max_buffered_request: usize,
 }
+
+/// tonic's default limit on a decoded message, plus the 5-byte gRPC frame header.
+pub const DEFAULT_MAX_BUFFERED_REQUEST: usize = 4 * 1024 * 1024 + 5;
 
 impl MeshConfig {
     pub fn new(idempotent_methods: HashSet<String>) -> Self {
@@ -140,6 +162,7 @@ impl MeshConfig {
             },
             idempotent_methods: Arc::new(idempotent_methods),
             unary_methods: Arc::new(HashSet::new()),
+            max_buffered_request: DEFAULT_MAX_BUFFERED_REQUEST,
         }
     }
 
@@ -404,12 +427,18 @@ impl Service<http::Request<Body>> for MeshChannel {
         }
         let stack = self.stack.clone();
         let service = self.target.service.clone();
+        let limit = config.max_buffered_request;
         Box::pin(async move {
             let attempt = async move {
-                // 2. Buffer unary requests so that the retry layer can resend them.
+                // 2. Buffer unary requests so that the retry layer can resend them; never
+                //    more than the limit.
                 let req = if buffer {
                     let (parts, body) = req.into_parts();
-                    let bytes = body.collect().await.map_err(|s| fail(s, false))?.to_bytes();
+                    let bytes = http_body_util::Limited::new(body, limit)
+                        .collect()
+                        .await
+                        .map_err(|e| fail(too_large_or(e, limit), false))?
+                        .to_bytes();
                     let shell = http::Request::from_parts(parts, Body::empty());
                     rebuild(&shell, &BufferedBody(bytes))
                 } else {

@@ -50,15 +50,3 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         )
     }
 }
-
-/// `GET /metrics`: the process's Prometheus registry (shared with any services running
-/// in the same process, told apart by their `service` label).
-pub async fn metrics() -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        starling_runtime::metrics::handle().render(),
-    )
-}

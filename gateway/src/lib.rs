@@ -2,8 +2,7 @@
 //!
 //! Two listeners, one process:
 //! * the HTTP port serves the JSON API under `/api` (`api.rs`, `auth.rs`, `stream.rs`), the
-//!   web UI (`ui.rs`), `/healthz`, `/readyz`, `/metrics` (`health.rs`) and gRPC-Web
-//!   (`grpc.rs`), with CORS open to any origin (the API authenticates with bearer tokens,
+//!   web UI (`ui.rs`), `/healthz`, `/readyz` (`health.rs`) and gRPC-Web (`grpc.rs`), with CORS open to any origin (the API authenticates with bearer tokens,
 //!   never cookies, so a foreign page gains nothing it could not do with its own token);
 //! * the gRPC port forwards every `starling.*` call through the mesh and serves health and
 //!   reflection itself (`grpc.rs`).
@@ -27,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -105,7 +105,8 @@ pub async fn start(config: GatewayConfig, ctx: &ServiceContext) -> anyhow::Resul
         config.token_ttl,
     )?);
     // Installs the process's metrics recorder (if nothing did yet), so that what is
-    // counted from the first request on shows up on `/metrics`.
+    // counted from the first request on shows up on `--metrics` (off the public port: it
+    // names internal addresses).
     starling_runtime::metrics::handle();
     // Creating the channels now starts their registry watches, so that readiness and the
     // first calls see the endpoints as soon as they exist.
@@ -212,7 +213,6 @@ fn router(state: AppState) -> Router {
         .route("/style.css", get(ui::style_css))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
         .route("/api/signup", post(auth::signup))
         .route("/api/signin", post(auth::signin))
         .route("/api/me", get(auth::me))
@@ -264,7 +264,17 @@ async fn http_metrics(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().as_str().to_string();
+    // Made-up methods are all `other`: label values come from a known set.
+    let method = match *req.method() {
+        Method::GET
+        | Method::HEAD
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::OPTIONS => req.method().as_str().to_string(),
+        _ => "other".to_string(),
+    };
     let started = Instant::now();
     let resp = next.run(req).await;
     metrics::counter!("starling_gateway_http_requests_total",

@@ -759,14 +759,41 @@ async fn health_readiness_metrics_ui_and_cors() {
     assert_eq!(h.get("/readyz").await.status, StatusCode::OK);
 
     h.get("/api/tags").await;
-    let metrics = h.get("/metrics").await;
-    assert_eq!(metrics.status, StatusCode::OK);
-    let text = metrics.text();
+    // Metrics name internal addresses: not on the public port (`--metrics` serves them).
+    assert_eq!(h.get("/metrics").await.status, StatusCode::NOT_FOUND);
+    let text = starling_runtime::metrics::handle().render();
     assert!(
         text.contains("starling_gateway_http_requests_total"),
         "{text}"
     );
     assert!(text.contains("route=\"/api/tags\""), "{text}");
+    // Made-up HTTP methods, paths and gRPC-Web methods all count as `other`: whatever is
+    // sent, the label sets stay as they are.
+    let before = starling_runtime::metrics::handle().render().len();
+    for i in 0..200 {
+        let method = Method::from_bytes(format!("BREW{i}").as_bytes()).unwrap();
+        h.call(method, &format!("/made/up/{i}"), None, None).await;
+        let mut web = h.request(
+            Method::POST,
+            &format!("/starling.made.v1.Up/Method{i}"),
+            None,
+            None,
+        );
+        web.headers_mut().insert(
+            "content-type",
+            "application/grpc-web+proto".parse().unwrap(),
+        );
+        h.send(web).await;
+    }
+    let after = starling_runtime::metrics::handle().render();
+    assert!(
+        after.len() < before + 16_000,
+        "/metrics grew from {before} to {} bytes with 400 made-up requests",
+        after.len()
+    );
+    assert!(!after.contains("BREW"), "a made-up method became a label");
+    assert!(!after.contains("Method17"), "a made-up path became a label");
+    assert!(after.contains("method=\"other\""), "{after}");
 
     let index = h.get("/").await;
     assert_eq!(index.status, StatusCode::OK);

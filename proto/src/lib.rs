@@ -58,6 +58,17 @@ pub fn idempotent_methods() -> HashSet<String> {
     ])
 }
 
+/// gRPC paths of every method of every Starling service: the label values a metric may
+/// use for a method (anything else is `other`, so made-up paths cannot grow `/metrics`).
+pub fn all_methods() -> HashSet<String> {
+    use prost_types::method_options::IdempotencyLevel;
+    methods_with(&[
+        IdempotencyLevel::IdempotencyUnknown,
+        IdempotencyLevel::Idempotent,
+        IdempotencyLevel::NoSideEffects,
+    ])
+}
+
 /// gRPC paths of every unary method (no client or server streaming): the mesh buffers
 /// their requests, so one that met a refused connection can be sent elsewhere.
 pub fn unary_methods() -> HashSet<String> {
@@ -132,15 +143,25 @@ mod tests {
         assert!(m.contains("/starling.tweet.v1.TweetService/GetTweet"));
         assert!(m.contains("/starling.follower.v1.FollowerService/Follow"));
         assert!(m.contains("/starling.tagger.v1.TaggerService/ListTags"));
-        // Posting twice posts twice: never retried.
+        // Posting twice posts twice: retried only with an idempotency key, not by method.
         assert!(!m.contains("/starling.tweet.v1.TweetService/CreateTweet"));
-        assert!(!m.contains("/starling.recommendation.v1.RecommendationService/RecordEngagement"));
+        // An engagement counts once per (user, tweet, kind).
+        assert!(m.contains("/starling.recommendation.v1.RecommendationService/RecordEngagement"));
         let reads = read_only_methods();
         assert!(reads.contains("/starling.timeline.v1.TimelineService/GetHomeTimeline"));
         assert!(
             !reads.contains("/starling.follower.v1.FollowerService/Follow"),
             "a write, if idempotent"
         );
+    }
+
+    #[test]
+    fn all_methods_covers_reads_and_writes() {
+        let all = all_methods();
+        assert!(all.contains("/starling.tweet.v1.TweetService/CreateTweet"));
+        assert!(all.contains("/starling.tweet.v1.TweetService/GetTweet"));
+        assert!(idempotent_methods().is_subset(&all));
+        assert!(unary_methods().is_subset(&all));
     }
 
     #[test]

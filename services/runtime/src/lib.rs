@@ -5,6 +5,7 @@
 pub mod events;
 pub mod health;
 pub mod ids;
+mod malformed;
 pub mod metrics;
 pub mod outbox;
 pub mod server;

@@ -105,7 +105,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_string();
+        let method = method_label(req.uri().path());
         let service = self.service;
         let started = Instant::now();
         let fut = self.inner.call(req);
@@ -114,12 +114,7 @@ where
             // Unary handlers that fail answer "trailers-only", with grpc-status in the
             // headers; a success carries it in the trailers, so no header means OK.
             let code = match &result {
-                Ok(resp) => resp
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("0")
-                    .to_string(),
+                Ok(resp) => code_label(resp.headers().get("grpc-status")),
                 Err(_) => "transport_error".to_string(),
             };
             metrics::counter!("starling_server_requests_total",
@@ -130,5 +125,73 @@ where
             .record(started.elapsed().as_secs_f64());
             result
         })
+    }
+}
+
+/// gRPC methods served besides the Starling ones.
+const INFRASTRUCTURE_METHODS: &[&str] = &[
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The `method` label: the gRPC path if it is a method some service has, else `other`.
+/// Label values come from a known set, so requests to made-up paths cannot grow `/metrics`.
+pub fn method_label(path: &str) -> String {
+    static KNOWN: OnceLock<std::collections::HashSet<String>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        let mut known = starling_proto::all_methods();
+        known.extend(INFRASTRUCTURE_METHODS.iter().map(|m| m.to_string()));
+        known
+    });
+    if known.contains(path) {
+        path.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
+/// The `code` label: a gRPC status code (0 to 16; no header means OK), else `other`.
+fn code_label(status: Option<&http::HeaderValue>) -> String {
+    match status.map(|v| v.to_str().map(str::parse::<u8>)) {
+        None => "0".to_string(),
+        Some(Ok(Ok(code))) if code <= 16 => code.to_string(),
+        Some(_) => "other".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn labels_come_from_known_sets() {
+        assert_eq!(
+            method_label("/starling.tweet.v1.TweetService/CreateTweet"),
+            "/starling.tweet.v1.TweetService/CreateTweet"
+        );
+        assert_eq!(
+            method_label("/grpc.health.v1.Health/Check"),
+            "/grpc.health.v1.Health/Check"
+        );
+        assert_eq!(method_label("/made.up.Service/Method12345"), "other");
+        assert_eq!(
+            method_label("/starling.tweet.v1.TweetService/Nope"),
+            "other"
+        );
+        assert_eq!(code_label(None), "0");
+        assert_eq!(
+            code_label(Some(&http::HeaderValue::from_static("14"))),
+            "14"
+        );
+        assert_eq!(
+            code_label(Some(&http::HeaderValue::from_static("99"))),
+            "other"
+        );
+        assert_eq!(
+            code_label(Some(&http::HeaderValue::from_static("x"))),
+            "other"
+        );
     }
 }

@@ -165,6 +165,9 @@ pub async fn start(
                 resp
             },
         ))
+        .layer(tower::util::MapResponseLayer::new(
+            crate::malformed::malformed_is_invalid_argument,
+        ))
         .layer(DeadlineLayer)
         .into_inner();
 
