@@ -39,6 +39,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::Semaphore;
+use unicode_normalization::UnicodeNormalization;
 
 use crate::api::{rfc3339, ApiJson};
 use crate::errors::ApiError;
@@ -343,20 +344,44 @@ fn session(auth: &Auth, user: String) -> Session {
     }
 }
 
+/// The password as hashed and checked: NFKC-normalised, so the same password typed on two
+/// keyboards (full-width digits, a precomposed or combined accent) is the same password.
+fn normalised(password: &str) -> String {
+    password.nfkc().collect()
+}
+
+/// Passwords too common to protect an account (see the file's header).
+const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
+
+fn is_common(password: &str) -> bool {
+    let lower = password.to_lowercase();
+    COMMON_PASSWORDS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .any(|l| l == lower)
+}
+
+/// Sign-up's rules for a new account's name and (normalised) password.
 fn check_credentials(c: &Credentials) -> Result<(), ApiError> {
     starling_runtime::check_user("user", &c.user)?;
-    let n = c.password.chars().count();
+    let password = normalised(&c.password);
+    let n = password.chars().count();
     if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&n) {
         return Err(ApiError::bad_request(format!(
             "password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long (got {n})"
         )));
+    }
+    if is_common(&password) {
+        return Err(ApiError::bad_request(
+            "password is one of the most common ones; choose another",
+        ));
     }
     Ok(())
 }
 
 fn store_unavailable(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "account store failure");
-    ApiError::unavailable(format!("account store unavailable: {e}"))
+    ApiError::unavailable("account store unavailable")
 }
 
 /// `POST /api/signup`.
@@ -382,7 +407,7 @@ pub async fn signup(
     if store.get(&key).await.map_err(store_unavailable)?.is_some() {
         return Err(taken());
     }
-    let phc = state.auth.hash_password(c.password).await?;
+    let phc = state.auth.hash_password(normalised(&c.password)).await?;
     // The atomic claim (module docs).
     if store
         .claim(&key, phc.as_bytes(), None)
@@ -421,7 +446,7 @@ pub async fn signin(
         .await
         .map_err(store_unavailable)?
         .and_then(|v| String::from_utf8(v).ok());
-    if !auth.check_password(phc, c.password).await? {
+    if !auth.check_password(phc, normalised(&c.password)).await? {
         // The reserved attempt stays counted: it was a failure.
         return Err(ApiError::unauthorized("wrong user name or password"));
     }
@@ -567,9 +592,19 @@ mod tests {
     fn passwords_are_checked() {
         let ok = Credentials {
             user: "alice".into(),
-            password: "12345678".into(),
+            password: "correct horse".into(),
         };
         assert!(check_credentials(&ok).is_ok());
+        for common in ["12345678", "Password1", "P@ssw0rd", "ｐａｓｓｗｏｒｄ"] {
+            let c = Credentials {
+                user: "alice".into(),
+                password: common.into(),
+            };
+            let e = check_credentials(&c).unwrap_err();
+            assert!(e.message.contains("common"), "{common}: {}", e.message);
+        }
+        // Full-width letters are the same password as their ASCII forms.
+        assert_eq!(normalised("ｃｏｒｒｅｃｔ ｈｏｒｓｅ"), "correct horse");
         let short = Credentials {
             user: "alice".into(),
             password: "1234567".into(),

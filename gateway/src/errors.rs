@@ -4,7 +4,10 @@
 //! same way: a status from the table in `API.md` and a body `{"error": "<message>"}`. Errors
 //! from the services arrive as gRPC statuses; [`ApiError::from`] maps their code to the HTTP
 //! status and passes their message through unchanged (the services already write messages
-//! meant for clients, such as "text must be at most 280 characters").
+//! meant for clients, such as "text must be at most 280 characters"). A 5xx is the
+//! exception: what failed inside (an address, a backend's error text) is for the operator,
+//! so the body says only what kind of failure it was, with a `request_id` under which the
+//! gateway logged the details.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
@@ -118,11 +121,29 @@ impl From<PathRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            let request_id = format!("{:016x}", rand::random::<u64>());
+            tracing::warn!(%request_id, status = %self.status, error = %self.message, "request failed");
+            let body = serde_json::json!({
+                "error": server_error_message(self.status),
+                "request_id": request_id,
+            });
+            return (self.status, Json(body)).into_response();
+        }
         (
             self.status,
             Json(serde_json::json!({ "error": self.message })),
         )
             .into_response()
+    }
+}
+
+/// What a client is told of a 5xx: the kind of failure, never its details.
+fn server_error_message(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE => "a service is unavailable; try again shortly",
+        StatusCode::GATEWAY_TIMEOUT => "a service did not answer in time; try again",
+        _ => "internal error",
     }
 }
 
@@ -146,6 +167,27 @@ mod tests {
         for (code, http) in cases {
             assert_eq!(http_status(code).as_u16(), http, "{code:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn server_errors_carry_a_request_id_not_their_details() {
+        use http_body_util::BodyExt;
+        let e = ApiError::unavailable("account store unavailable: redis: 127.0.0.1:6379 refused");
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"], "a service is unavailable; try again shortly");
+        assert_eq!(
+            json["request_id"].as_str().map(str::len),
+            Some(16),
+            "{json}"
+        );
+        assert!(!String::from_utf8_lossy(&body).contains("127.0.0.1"));
+        // A client error keeps its message: it says what to fix.
+        let resp = ApiError::bad_request("text must not be empty").into_response();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("text must not be empty"));
     }
 
     #[test]

@@ -859,6 +859,9 @@ async fn health_readiness_metrics_ui_and_cors() {
         down.text()
     );
     assert!(!down.error().is_empty());
+    let body = down.json();
+    assert!(body["request_id"].is_string(), "{body}");
+    assert!(!down.text().contains("127.0.0.1"), "{}", down.text());
     w.stop().await;
 }
 

@@ -14,8 +14,8 @@ use starling_runtime::{check_user, idempotency_key, page_size, store_error};
 use tonic::{Request, Response, Status};
 
 use crate::storage::{PostClaim, TweetStorage};
+use crate::text::check_text;
 
-pub const MAX_TEXT_CHARS: usize = 280;
 pub const MAX_BATCH: usize = 500;
 
 pub struct TweetHandler {
@@ -32,21 +32,6 @@ impl TweetHandler {
             outbox,
         }
     }
-}
-
-/// The text as stored: trimmed, non-empty, at most 280 characters (not bytes).
-pub fn check_text(text: &str) -> Result<&str, Status> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(Status::invalid_argument("text must not be empty"));
-    }
-    let chars = text.chars().count();
-    if chars > MAX_TEXT_CHARS {
-        return Err(Status::invalid_argument(format!(
-            "text is {chars} characters; at most {MAX_TEXT_CHARS} are allowed"
-        )));
-    }
-    Ok(text)
 }
 
 fn check_id(id: u64) -> Result<u64, Status> {
@@ -79,6 +64,7 @@ impl TweetService for TweetHandler {
         let req = req.into_inner();
         check_user("author", &req.author)?;
         let text = check_text(&req.text)?;
+        let text = text.as_str();
         let mut id = self
             .ids
             .next_id()
@@ -191,19 +177,6 @@ impl TweetService for TweetHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn text_rules() {
-        assert_eq!(check_text("  hi  ").unwrap(), "hi");
-        assert_eq!(
-            check_text(" \n\t ").unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
-        // 280 characters of a multi-byte letter are fine: the limit is in characters.
-        assert!(check_text(&"é".repeat(280)).is_ok());
-        let e = check_text(&"a".repeat(281)).unwrap_err();
-        assert!(e.message().contains("281"), "{}", e.message());
-    }
 
     fn handler() -> (TweetHandler, Arc<dyn starling_runtime::store::Store>) {
         let store: Arc<dyn starling_runtime::store::Store> =

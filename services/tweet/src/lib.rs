@@ -2,12 +2,14 @@
 //!
 //! * [`handlers`]: the gRPC API (validation, Snowflake ids, the tweet and its
 //!   `TweetCreated` stored in one atomic step with the outbox);
+//! * [`text`]: what a tweet's text may be (normalised, counted as people see it);
 //! * [`storage`]: tweets and per-author lists in the store;
 //! * [`events`]: consumes `TweetTagged` to store the tagger's tags on the tweet.
 
 pub mod events;
 pub mod handlers;
 pub mod storage;
+pub mod text;
 
 use std::sync::Arc;
 
