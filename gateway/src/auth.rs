@@ -14,9 +14,12 @@
 //!   costs a MAC, not a store round trip, and any replica holding the secret accepts it.
 //!   Without a configured secret a random one is drawn per process (tokens then die with
 //!   the process and are not shared between replicas).
-//! * The limiter counts failed sign-ins per user and per client IP in a sliding 60 s window;
-//!   after 5, every attempt on that key (right password or not) answers 429 until the
-//!   oldest failure leaves the window, so guessing cannot continue at full speed. It lives
+//! * Sign-ins are limited in sliding 60 s windows: failures per (user, client IP) pair (5,
+//!   then that pair is locked out for a minute, twice as long at each lockout after, up to
+//!   16 minutes, until it signs in), failures per client IP (20, whatever the users), and
+//!   all sign-ins per client IP (30, successful ones too: each costs a hash, so one client
+//!   cannot hold the hashing slots). A user under attack from one address still signs in
+//!   from another, and other users of the attacker's address are not locked out. It lives
 //!   in the gateway's memory: each replica limits on its own.
 //! * A sign-in for an unknown user verifies against a dummy hash, so the answer time does
 //!   not reveal which user names exist, and the message is the same as for a wrong password.
@@ -45,10 +48,18 @@ use crate::api::{rfc3339, ApiJson};
 use crate::errors::ApiError;
 use crate::AppState;
 
-/// Failed sign-ins allowed per user and per client IP within [`FAILURE_WINDOW`].
+/// Failed sign-ins allowed per (user, client IP) within [`FAILURE_WINDOW`]; then that pair
+/// is locked out, for the window and twice as long at each lockout after (see `Limiter`).
 pub const MAX_FAILURES: usize = 5;
+/// Failed sign-ins allowed per client IP, whatever the users, within [`FAILURE_WINDOW`].
+pub const MAX_CLIENT_FAILURES: usize = 20;
+/// Sign-ins per client IP within [`FAILURE_WINDOW`], successful or not: each costs an
+/// argon2 hash, so one client cannot take the hashing slots from everyone else.
+pub const MAX_CLIENT_SIGNINS: usize = 30;
 /// The sliding window of the brute-force limiter.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// The longest lockout of one (user, client IP) pair.
+const MAX_LOCKOUT: Duration = Duration::from_secs(16 * 60);
 
 const TOKEN_VERSION: &str = "v1";
 const MIN_PASSWORD: usize = 8;
@@ -70,7 +81,12 @@ fn account_key(user: &str) -> String {
 pub struct Auth {
     secret: Vec<u8>,
     ttl: Duration,
-    limiter: Limiter,
+    /// Failed sign-ins per (user, client IP), with growing lockouts.
+    pairs: Limiter,
+    /// Failed sign-ins per client IP.
+    clients: Limiter,
+    /// All sign-ins per client IP.
+    signins: Limiter,
     hashing: Arc<Semaphore>,
     /// Sign-up attempts per client IP: each costs a full argon2 hash and an account.
     pub signups: Limiter,
@@ -103,7 +119,9 @@ impl Auth {
         Ok(Self {
             secret,
             ttl,
-            limiter: Limiter::new(MAX_FAILURES, FAILURE_WINDOW),
+            pairs: Limiter::new(MAX_FAILURES, FAILURE_WINDOW).with_growing_lockouts(MAX_LOCKOUT),
+            clients: Limiter::new(MAX_CLIENT_FAILURES, FAILURE_WINDOW),
+            signins: Limiter::new(MAX_CLIENT_SIGNINS, FAILURE_WINDOW),
             hashing: Arc::new(Semaphore::new(cores)),
             signups: Limiter::new(SIGNUPS_PER_IP, Duration::from_secs(60)),
         })
@@ -226,12 +244,31 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Failed attempts per key in a sliding window (see the module docs).
+/// Attempts per key in a sliding window (see the module docs); optionally, a key that
+/// uses up its attempts is locked out for the window, then twice as long at each lockout
+/// after, up to a cap, until an attempt succeeds ([`Limiter::clear`]).
 #[derive(Debug)]
 pub struct Limiter {
     max: usize,
     window: Duration,
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// `Some(cap)`: lockouts grow, up to `cap`.
+    growing: Option<Duration>,
+    keys: Mutex<HashMap<String, KeyState>>,
+}
+
+#[derive(Debug, Default)]
+struct KeyState {
+    attempts: VecDeque<Instant>,
+    /// Lockouts so far (growing limiters only).
+    strikes: u32,
+    locked_until: Option<Instant>,
+}
+
+impl KeyState {
+    /// Nothing to remember: no attempt in the window, and no lockout within `forget_after`.
+    fn idle(&self, now: Instant, forget_after: Duration) -> bool {
+        self.attempts.is_empty() && self.locked_until.is_none_or(|u| u + forget_after <= now)
+    }
 }
 
 impl Limiter {
@@ -239,28 +276,48 @@ impl Limiter {
         Self {
             max,
             window,
-            failures: Mutex::new(HashMap::new()),
+            growing: None,
+            keys: Mutex::new(HashMap::new()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Instant>>> {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    /// Lockouts that double each time, up to `cap`.
+    pub fn with_growing_lockouts(mut self, cap: Duration) -> Self {
+        self.growing = Some(cap);
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeyState>> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counts an attempt against every key, or `Err(retry after)` without counting if any
-    /// key has used up its attempts. Checking and counting are one step under the lock, so
-    /// a burst of parallel attempts cannot all pass before the first one is counted. An
-    /// attempt that turns out fine is given back with [`Limiter::release`].
+    /// key has used up its attempts or is locked out. Checking and counting are one step
+    /// under the lock, so a burst of parallel attempts cannot all pass before the first one
+    /// is counted. An attempt that turns out fine is given back with [`Limiter::release`].
     pub fn reserve(&self, keys: &[String]) -> Result<Instant, Duration> {
         let now = Instant::now();
         let mut map = self.lock();
         let mut wait = None::<Duration>;
         for key in keys {
-            if let Some(q) = map.get_mut(key) {
-                prune(q, now, self.window);
-                if q.len() >= self.max {
-                    let oldest = q.front().copied().unwrap_or(now);
-                    let left = self.window.saturating_sub(now.duration_since(oldest));
+            if let Some(k) = map.get_mut(key) {
+                prune(&mut k.attempts, now, self.window);
+                // A key quiet for as long as the longest lockout starts over.
+                if k.locked_until
+                    .is_some_and(|u| u + self.forget_after() <= now)
+                {
+                    k.locked_until = None;
+                    k.strikes = 0;
+                }
+                let left = match k.locked_until {
+                    Some(until) if until > now => Some(until - now),
+                    _ if k.attempts.len() >= self.max => {
+                        let oldest = k.attempts.front().copied().unwrap_or(now);
+                        Some(self.window.saturating_sub(now.duration_since(oldest)))
+                    }
+                    _ => None,
+                };
+                if let Some(left) = left {
                     wait = Some(wait.map_or(left, |w| w.max(left)));
                 }
             }
@@ -268,41 +325,59 @@ impl Limiter {
         if let Some(wait) = wait {
             return Err(wait);
         }
-        drop(map);
-        self.record_at(keys, now);
+        if map.len() >= LIMITER_SWEEP_AT {
+            let forget_after = self.forget_after();
+            map.retain(|_, k| {
+                prune(&mut k.attempts, now, self.window);
+                !k.idle(now, forget_after)
+            });
+        }
+        for key in keys {
+            let k = map.entry(key.clone()).or_default();
+            k.attempts.push_back(now);
+            if let (Some(cap), true) = (self.growing, k.attempts.len() >= self.max) {
+                let lockout = self.window.saturating_mul(1 << k.strikes.min(16)).min(cap);
+                k.locked_until = Some(now + lockout);
+                k.strikes += 1;
+            }
+        }
         Ok(now)
     }
 
-    /// Gives back the attempt counted at `at` by [`Limiter::reserve`].
+    /// Gives back the attempt counted at `at` by [`Limiter::reserve`] (and the lockout it
+    /// started, if any).
     pub fn release(&self, keys: &[String], at: Instant) {
         let mut map = self.lock();
         for key in keys {
-            if let Some(q) = map.get_mut(key) {
-                if let Some(i) = q.iter().position(|&t| t == at) {
-                    q.remove(i);
+            if let Some(k) = map.get_mut(key) {
+                if let Some(i) = k.attempts.iter().position(|&t| t == at) {
+                    k.attempts.remove(i);
+                    if k.locked_until == Some(at + self.lockout_before(k.strikes)) {
+                        k.locked_until = None;
+                        k.strikes = k.strikes.saturating_sub(1);
+                    }
                 }
             }
         }
     }
 
-    fn record_at(&self, keys: &[String], now: Instant) {
-        let mut map = self.lock();
-        if map.len() >= LIMITER_SWEEP_AT {
-            map.retain(|_, q| {
-                prune(q, now, self.window);
-                !q.is_empty()
-            });
-        }
-        for key in keys {
-            let q = map.entry(key.clone()).or_default();
-            prune(q, now, self.window);
-            q.push_back(now);
-            while q.len() > self.max {
-                q.pop_front();
-            }
+    /// How long after its last lockout a key's strikes are forgotten.
+    fn forget_after(&self) -> Duration {
+        self.growing.unwrap_or(Duration::ZERO)
+    }
+
+    /// The lockout the `strikes`-th lockout got.
+    fn lockout_before(&self, strikes: u32) -> Duration {
+        match self.growing {
+            Some(cap) if strikes > 0 => self
+                .window
+                .saturating_mul(1 << (strikes - 1).min(16))
+                .min(cap),
+            _ => Duration::ZERO,
         }
     }
 
+    /// Forgets `key`: its attempts, lockout and strikes.
     pub fn clear(&self, key: &str) {
         self.lock().remove(key);
     }
@@ -314,8 +389,8 @@ fn prune(q: &mut VecDeque<Instant>, now: Instant, window: Duration) {
     }
 }
 
-fn user_key(user: &str) -> String {
-    format!("user:{user}")
+fn pair_key(user: &str, ip: IpAddr) -> String {
+    format!("pair:{user}@{ip}")
 }
 
 fn ip_key(ip: IpAddr) -> String {
@@ -432,13 +507,34 @@ pub async fn signin(
         return Err(ApiError::bad_request("password too long"));
     }
     let auth = &state.auth;
-    let keys = [user_key(&c.user), ip_key(peer.ip())];
-    let attempt = auth.limiter.reserve(&keys).map_err(|wait| {
+    let client = [ip_key(peer.ip())];
+    let pair = [pair_key(&c.user, peer.ip())];
+    // Every sign-in counts against its client (each costs a hash); failures count against
+    // the (user, client) pair and the client. A locked pair does not lock the user out
+    // from other clients, nor other users out from this one.
+    auth.signins.reserve(&client).map_err(|wait| {
         ApiError::too_many_requests(format!(
-            "too many failed sign-in attempts: try again in {} s",
+            "too many sign-ins from this address: try again in {} s",
             wait.as_secs().max(1)
         ))
     })?;
+    let paired = auth.pairs.reserve(&pair).map_err(|wait| {
+        ApiError::too_many_requests(format!(
+            "too many failed sign-ins for {} from this address: try again in {} s",
+            c.user,
+            wait.as_secs().max(1)
+        ))
+    })?;
+    let counted = match auth.clients.reserve(&client) {
+        Ok(at) => at,
+        Err(wait) => {
+            auth.pairs.release(&pair, paired);
+            return Err(ApiError::too_many_requests(format!(
+                "too many failed sign-ins from this address: try again in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
+    };
     let phc = state
         .ctx
         .store
@@ -447,11 +543,11 @@ pub async fn signin(
         .map_err(store_unavailable)?
         .and_then(|v| String::from_utf8(v).ok());
     if !auth.check_password(phc, normalised(&c.password)).await? {
-        // The reserved attempt stays counted: it was a failure.
+        // The reserved attempts stay counted: it was a failure.
         return Err(ApiError::unauthorized("wrong user name or password"));
     }
-    auth.limiter.release(&keys, attempt);
-    auth.limiter.clear(&keys[0]);
+    auth.clients.release(&client, counted);
+    auth.pairs.clear(&pair[0]);
     Ok(Json(session(auth, c.user)))
 }
 
@@ -542,23 +638,47 @@ mod tests {
     #[test]
     fn limiter_blocks_after_max_failures_and_forgets_after_the_window() {
         let l = Limiter::new(3, Duration::from_millis(50));
-        let keys = ["user:a".to_string(), "ip:1".to_string()];
+        let keys = ["pair:a@1".to_string()];
         for _ in 0..3 {
             assert!(l.reserve(&keys).is_ok());
         }
         assert!(l.reserve(&keys).is_err());
-        // Another user from the same IP is blocked too; the same user elsewhere as well.
-        assert!(l.reserve(&["user:b".into(), "ip:1".into()]).is_err());
-        assert!(l.reserve(&["user:a".into(), "ip:2".into()]).is_err());
-        assert!(l.reserve(&["user:b".into(), "ip:2".into()]).is_ok());
+        // Other keys are not affected.
+        assert!(l.reserve(&["pair:b@1".into()]).is_ok());
         std::thread::sleep(Duration::from_millis(60));
         assert!(l.reserve(&keys).is_ok());
     }
 
     #[test]
+    fn lockouts_grow_and_a_success_forgets_them() {
+        let window = Duration::from_millis(40);
+        let l = Limiter::new(2, window).with_growing_lockouts(Duration::from_secs(1));
+        let key = ["pair:a@1".to_string()];
+        let lock_out = |l: &Limiter| {
+            assert!(l.reserve(&key).is_ok());
+            assert!(l.reserve(&key).is_ok());
+            l.reserve(&key).unwrap_err()
+        };
+        let first = lock_out(&l);
+        assert!(first <= window, "{first:?}");
+        std::thread::sleep(window + Duration::from_millis(10));
+        let second = lock_out(&l);
+        assert!(second > window && second <= window * 2, "{second:?}");
+        std::thread::sleep(window * 2 + Duration::from_millis(10));
+        let third = lock_out(&l);
+        assert!(third > window * 2 && third <= window * 4, "{third:?}");
+        l.clear(&key[0]);
+        assert!(l.reserve(&key).is_ok(), "a success forgets the strikes");
+        // A successful attempt that reached the limit gives its lockout back.
+        let at = l.reserve(&key).unwrap();
+        l.release(&key, at);
+        assert!(l.reserve(&key).is_ok());
+    }
+
+    #[test]
     fn a_burst_of_parallel_attempts_gets_only_the_allowed_number() {
         let l = std::sync::Arc::new(Limiter::new(5, Duration::from_secs(60)));
-        let keys = ["user:victim".to_string(), "ip:9".to_string()];
+        let keys = ["pair:victim@9".to_string(), "ip:9".to_string()];
         let passed: usize = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..20)
                 .map(|_| scope.spawn(|| l.reserve(&keys).is_ok()))
