@@ -103,6 +103,12 @@ impl From<tonic::Status> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("JSON body larger than {} bytes", crate::JSON_BODY_LIMIT),
+            );
+        }
         Self::bad_request(format!("invalid JSON body: {}", r.body_text()))
     }
 }

@@ -204,6 +204,10 @@ impl RunningGateway {
     }
 }
 
+/// The largest JSON body the API reads (a tweet is at most 280 characters; the largest
+/// request is a few hundred bytes): more answers 413 before it is buffered.
+pub const JSON_BODY_LIMIT: usize = 16 * 1024;
+
 /// The HTTP port's routes and layers.
 fn router(state: AppState) -> Router {
     let grpc_web = grpc::grpc_web(state.ctx.mesh.clone());
@@ -237,6 +241,7 @@ fn router(state: AppState) -> Router {
         .route("/api/tags", get(api::tags))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .with_state(state)
         // Outermost last: CORS answers preflights for everything, gRPC-Web included.
         .layer(middleware::from_fn(http_metrics))

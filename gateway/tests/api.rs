@@ -514,6 +514,22 @@ async fn posting_reading_and_authorisation() {
     assert_eq!(as_bob.status, StatusCode::FORBIDDEN);
     assert!(as_bob.error().contains("bob"), "{}", as_bob.error());
 
+    // A body over the JSON limit is refused before it is read whole.
+    let huge = h
+        .post(
+            "/api/tweets",
+            Some(&alice),
+            json!({"text": "x".repeat(100 * 1024)}),
+        )
+        .await;
+    assert_eq!(
+        huge.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        huge.text()
+    );
+    assert!(huge.error().contains("larger than"), "{}", huge.error());
+
     // The service's validation message is passed through.
     let empty = h
         .post("/api/tweets", Some(&alice), json!({"text": "   "}))

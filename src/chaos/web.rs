@@ -24,6 +24,15 @@ pub struct Web {
     timeout: Duration,
 }
 
+/// Idle pooled connections are dropped early, so a call seldom goes out on a keep-alive
+/// connection the server is just closing (a race any HTTP client meets; a browser retries
+/// such a request on its own).
+fn client(connector: HttpConnector) -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(10))
+        .build(connector)
+}
+
 /// The gRPC code a browser-facing HTTP status stands for.
 pub fn code_of(status: u16) -> Code {
     match status {
@@ -44,13 +53,20 @@ impl Web {
     pub fn new(address: &str, timeout: Duration) -> Web {
         Web {
             base: format!("http://{address}"),
-            // Idle pooled connections are dropped early, so a call seldom goes out on a
-            // keep-alive connection the server is just closing (a race any HTTP client
-            // meets; a browser retries such a request on its own).
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(10))
-                .build_http(),
+            client: client(HttpConnector::new()),
             timeout,
+        }
+    }
+
+    /// The same gateway, from the loopback address `source` (any of 127.0.0.0/8): a client
+    /// of its own, as far as the gateway's per-address limits go.
+    pub fn from_source(&self, source: std::net::IpAddr) -> Web {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(source));
+        Web {
+            base: self.base.clone(),
+            client: client(connector),
+            timeout: self.timeout,
         }
     }
 
