@@ -183,6 +183,20 @@ pub struct PostTweet {
     pub author: Option<String>,
 }
 
+/// Counts one write against `user`'s budget (see `writes.rs`): 429 with `Retry-After`
+/// when it is spent.
+fn take_write(state: &AppState, user: &str) -> Result<(), ApiError> {
+    state.writes.take(user).map_err(|wait| {
+        ApiError::too_many_requests(format!(
+            "too many writes by {user}: at most {} at once and {} a second; try again in {} s",
+            crate::writes::BURST,
+            crate::writes::PER_SECOND,
+            wait.as_secs().max(1)
+        ))
+        .retry_after(wait)
+    })
+}
+
 /// `POST /api/tweets`. An `Idempotency-Key` header is passed on (a client that sends the
 /// post again with it gets the first one's tweet); without one the gateway names the post
 /// itself, so the mesh may resend it to another replica when the first one dies mid-call.
@@ -193,6 +207,7 @@ pub async fn create_tweet(
     ApiJson(body): ApiJson<PostTweet>,
 ) -> Result<impl IntoResponse, ApiError> {
     let author = ensure_self(&me, body.author.as_deref(), "author")?;
+    take_write(&state, &me)?;
     let key = match headers.get(IDEMPOTENCY_KEY) {
         Some(v) => tonic::metadata::MetadataValue::try_from(v.as_bytes()).map_err(|_| {
             ApiError::new(
@@ -353,6 +368,7 @@ pub async fn follow(
     ApiJson(body): ApiJson<FollowBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let follower = ensure_self(&me, body.follower.as_deref(), "follower")?;
+    take_write(&state, &me)?;
     let changed = FollowerServiceClient::new(state.ctx.mesh.channel("follower"))
         .follow(FollowRequest {
             follower,
@@ -371,6 +387,7 @@ pub async fn unfollow(
     followee: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let followee = followee?.0;
+    take_write(&state, &me)?;
     let changed = FollowerServiceClient::new(state.ctx.mesh.channel("follower"))
         .unfollow(UnfollowRequest {
             follower: me,
@@ -435,6 +452,7 @@ pub async fn record_engagement(
     ApiJson(body): ApiJson<EngagementBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let user = ensure_self(&me, body.user.as_deref(), "user")?;
+    take_write(&state, &me)?;
     let tweet_id = match body.tweet_id {
         IdValue::Text(s) => parse_id("tweet_id", &s)?,
         IdValue::Number(n) => n,

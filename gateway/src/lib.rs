@@ -18,6 +18,7 @@ mod grpc;
 mod health;
 mod stream;
 mod ui;
+mod writes;
 
 use std::future::IntoFuture as _;
 use std::net::SocketAddr;
@@ -76,6 +77,8 @@ pub(crate) struct AppState {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Open live-timeline streams, bounded: each polls the timeline service.
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
+    /// Writes per user (see `writes.rs`).
+    pub(crate) writes: Arc<writes::WriteLimiter>,
 }
 
 /// A serving gateway. [`stop`](RunningGateway::stop) it to finish in-flight requests;
@@ -119,6 +122,7 @@ pub async fn start(config: GatewayConfig, ctx: &ServiceContext) -> anyhow::Resul
         auth,
         shutdown: shutdown_rx.clone(),
         streams: Arc::new(tokio::sync::Semaphore::new(stream::MAX_STREAMS)),
+        writes: Arc::new(writes::WriteLimiter::default()),
     };
 
     let listener = tokio::net::TcpListener::bind(config.http)

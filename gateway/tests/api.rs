@@ -482,6 +482,46 @@ async fn failed_sign_ins_are_rate_limited() {
     w.stop().await;
 }
 
+/// One user's writes are held to a budget: a burst, then a steady rate, then 429 with
+/// `Retry-After`; other users write on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_limited_per_user() {
+    let w = World::start().await;
+    let h = &w.http;
+    let erin = w.sign_up("erin").await;
+    let frank = w.sign_up("frank").await;
+    let mut refused = None;
+    for i in 0..40 {
+        let r = h
+            .post(
+                "/api/follows",
+                Some(&erin),
+                json!({ "followee": format!("f{i}") }),
+            )
+            .await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some((i, r));
+            break;
+        }
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    let (i, r) = refused.expect("a burst of 40 follows is refused before its end");
+    assert!((30..=32).contains(&i), "refused at write {i}");
+    let retry = r.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert!(r.error().contains("too many writes"), "{}", r.error());
+    // Another user is not held up.
+    let other = h
+        .post("/api/follows", Some(&frank), json!({ "followee": "erin" }))
+        .await;
+    assert_eq!(other.status, StatusCode::OK, "{}", other.text());
+    w.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posting_reading_and_authorisation() {
     let w = World::start().await;
