@@ -118,6 +118,16 @@ pub struct Assignment {
     pub done: Vec<(usize, Option<i64>)>,
 }
 
+impl Assignment {
+    /// Every partition held (read or draining), now held no more.
+    fn take_held(&mut self) -> Vec<usize> {
+        let held = self.reading.iter().chain(&self.draining).copied().collect();
+        self.reading.clear();
+        self.draining.clear();
+        held
+    }
+}
+
 /// What the ownership task asks of the consumer client (the Kafka consumer in production;
 /// a recorder in the tests).
 pub trait Reader: Send + Sync + 'static {
@@ -196,10 +206,7 @@ impl Ownership {
     pub async fn close(&mut self, offsets: Vec<(usize, i64)>) {
         {
             let mut a = lock(&self.assignment);
-            let held: Vec<usize> = a.reading.iter().chain(&a.draining).copied().collect();
-            a.reading.clear();
-            a.draining.clear();
-            for p in held {
+            for p in a.take_held() {
                 let at = offsets.iter().find(|(q, _)| *q == p).map(|(_, o)| *o);
                 a.done.push((p, at));
             }
@@ -325,13 +332,7 @@ async fn keep(
                 !a.reading.is_empty() || !a.draining.is_empty()
             };
             if holds_any && renewed.elapsed() + RENEW_EVERY >= LEASE_TTL {
-                let held: Vec<usize> = {
-                    let mut a = lock(&assignment);
-                    let held = a.reading.iter().chain(&a.draining).copied().collect();
-                    a.reading.clear();
-                    a.draining.clear();
-                    held
-                };
+                let held = lock(&assignment).take_held();
                 slot = None;
                 for p in held {
                     let _ = blocking(&reader, move |r| r.stop(p)).await;
@@ -404,13 +405,7 @@ async fn keep(
         }
     }
     // Whatever is still held goes (not committed: it comes again to the next reader).
-    let held: Vec<usize> = {
-        let mut a = lock(&assignment);
-        let held = a.reading.iter().chain(&a.draining).copied().collect();
-        a.reading.clear();
-        a.draining.clear();
-        held
-    };
+    let held = lock(&assignment).take_held();
     for p in held {
         let _ = store.release(&keys.partitions[p], &me).await;
     }
