@@ -255,24 +255,44 @@ pub async fn a_failing_message_holds_back_only_its_key<B: EventBus + Clone>(bus:
         )
         .await
         .unwrap();
-    for (key, payload) in [
-        ("a", "a1:fail2"),
-        ("c", "c1:stubborn"),
+    let name = topic.as_str();
+    let publish = |batch: &'static [(&'static str, &'static str)]| async move {
+        for (key, payload) in batch {
+            bus.publish(Message::new(
+                name,
+                key,
+                payload.as_bytes().to_vec(),
+                now_ms(),
+            ))
+            .await
+            .unwrap();
+        }
+    };
+    publish(&[("a", "a1:fail2"), ("c", "c1:stubborn")]).await;
+    // The rest once c1 has failed: b's messages then succeed while c1 is being retried
+    // (whichever partition a reader happens to fetch first), which is what sends c1 to the
+    // dead letters after its 3 attempts rather than after retrying longer.
+    let c1_failed = tokio::time::timeout(WAIT, async {
+        while handler
+            .failures
+            .lock()
+            .unwrap()
+            .get("c1:stubborn")
+            .is_none_or(|n| *n == 0)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(c1_failed.is_ok(), "c1 was tried");
+    publish(&[
         ("a", "a2"),
         ("b", "b1"),
         ("a", "a3"),
         ("b", "b2"),
         ("c", "c2"),
-    ] {
-        bus.publish(Message::new(
-            &topic,
-            key,
-            payload.as_bytes().to_vec(),
-            now_ms(),
-        ))
-        .await
-        .unwrap();
-    }
+    ])
+    .await;
     let letter = next(&mut dead).await.message;
     assert_eq!(letter.payload, b"c1:stubborn");
     assert_eq!(letter.key, "c");
