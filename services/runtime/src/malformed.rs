@@ -22,7 +22,7 @@ const TOO_LARGE: [&str; 2] = [
 /// Rewrites tonic's INTERNAL for an undecodable request into INVALID_ARGUMENT, and its
 /// OUT_OF_RANGE for an oversized one into RESOURCE_EXHAUSTED. Such answers are
 /// trailers-only, so the status is in the response headers.
-pub fn malformed_is_invalid_argument<B>(mut resp: http::Response<B>) -> http::Response<B> {
+pub fn unreadable_request_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
     let headers = resp.headers();
     let status = headers.get("grpc-status").and_then(|v| v.to_str().ok());
     let message = headers
@@ -64,9 +64,9 @@ mod tests {
         let error = <prost_types::Timestamp as prost::Message>::decode(garbage).unwrap_err();
         let undecodable = tonic::Status::internal(error.to_string());
         let (parts, ()) = undecodable.into_http::<()>().into_parts();
-        let resp = malformed_is_invalid_argument(http::Response::from_parts(parts, ()));
+        let resp = unreadable_request_status(http::Response::from_parts(parts, ()));
         assert_eq!(status(&resp), "3");
-        let plain = malformed_is_invalid_argument(answer(
+        let plain = unreadable_request_status(answer(
             "13",
             "failed to decode Protobuf message: buffer underflow",
         ));
@@ -79,7 +79,7 @@ mod tests {
             "Error, decoded message length too large: found 5000000 bytes, the limit is: 4194304 bytes",
         );
         let (parts, ()) = too_large.into_http::<()>().into_parts();
-        let resp = malformed_is_invalid_argument(http::Response::from_parts(parts, ()));
+        let resp = unreadable_request_status(http::Response::from_parts(parts, ()));
         assert_eq!(status(&resp), "8");
     }
 
@@ -92,7 +92,7 @@ mod tests {
             ("0", ""),
         ] {
             assert_eq!(
-                status(&malformed_is_invalid_argument(answer(code, message))),
+                status(&unreadable_request_status(answer(code, message))),
                 code
             );
         }

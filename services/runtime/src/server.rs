@@ -166,7 +166,7 @@ pub async fn start(
             },
         ))
         .layer(tower::util::MapResponseLayer::new(
-            crate::malformed::malformed_is_invalid_argument,
+            crate::malformed::unreadable_request_status,
         ))
         .layer(DeadlineLayer)
         .into_inner();

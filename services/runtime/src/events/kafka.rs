@@ -605,12 +605,9 @@ impl Subscription for KafkaSubscription {
 
     async fn commit_at(&mut self, d: &Delivery, next: i64) -> Result<(), BusError> {
         if let Some(r) = self.readers(&d.message.topic) {
-            if r.ownership.is_some()
-                && !r.reads(d.partition)
-                && !r
-                    .ownership
-                    .as_ref()
-                    .is_some_and(|o| o.draining().contains(&(d.partition as usize)))
+            if r.ownership
+                .as_ref()
+                .is_some_and(|o| !o.holds(d.partition as usize))
             {
                 // Another member reads it now: its commits count, not this one's.
                 return Ok(());

@@ -186,6 +186,13 @@ impl Ownership {
         lock(&self.assignment).reading.contains(&partition)
     }
 
+    /// Whether `partition` is still this member's: read, or being given up (its last
+    /// commits still count).
+    pub fn holds(&self, partition: usize) -> bool {
+        let a = lock(&self.assignment);
+        a.reading.contains(&partition) || a.draining.contains(&partition)
+    }
+
     /// Partitions being given up.
     pub fn draining(&self) -> Vec<usize> {
         lock(&self.assignment).draining.iter().copied().collect()
