@@ -145,6 +145,7 @@ impl GatewayListenArgs {
             grpc: self.grpc,
             token_secret: self.token_secret.clone(),
             token_ttl: Duration::from_secs(self.token_ttl_secs),
+            ..Default::default()
         }
     }
 }

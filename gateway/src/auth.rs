@@ -10,10 +10,13 @@
 //!   set-if-absent in one atomic step): two replicas racing to create the same user cannot
 //!   both succeed (`get` then `set` could), and a crash cannot leave a name claimed without
 //!   a password (claiming the name and writing the hash in two steps could).
-//! * Tokens are stateless, `v1.<user>.<expiry unix seconds>.<HMAC-SHA256>`: checking one
-//!   costs a MAC, not a store round trip, and any replica holding the secret accepts it.
-//!   Without a configured secret a random one is drawn per process (tokens then die with
-//!   the process and are not shared between replicas).
+//! * Tokens are `v2.<user>.<expiry unix seconds>.<generation>.<HMAC-SHA256>`: any replica
+//!   holding the secret checks the MAC and expiry without state. The generation is the
+//!   account's token generation when the token was issued (`token-generation:<user>` in
+//!   the store, 0 while absent); sign-out moves it on, which revokes every token issued
+//!   before on every replica. So each authenticated request costs one store read: the
+//!   price of a sign-out that works. Without a configured secret a random one is drawn per
+//!   process (tokens then die with the process and are not shared between replicas).
 //! * Sign-ins are limited in sliding 60 s windows: failures per (user, client IP) pair (5,
 //!   then that pair is locked out for a minute, twice as long at each lockout after, up to
 //!   16 minutes, until it signs in), failures per client IP (20, whatever the users), and
@@ -44,6 +47,8 @@ use sha2::Sha256;
 use tokio::sync::Semaphore;
 use unicode_normalization::UnicodeNormalization;
 
+use starling_runtime::store::{Store, Write};
+
 use crate::api::{rfc3339, ApiJson};
 use crate::errors::ApiError;
 use crate::AppState;
@@ -61,7 +66,7 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// The longest lockout of one (user, client IP) pair.
 const MAX_LOCKOUT: Duration = Duration::from_secs(16 * 60);
 
-const TOKEN_VERSION: &str = "v1";
+const TOKEN_VERSION: &str = "v2";
 const MIN_PASSWORD: usize = 8;
 const MAX_PASSWORD: usize = 128;
 /// Limiter keys kept before stale ones are swept (bounds memory under a spray of IPs).
@@ -75,6 +80,18 @@ const HASH_QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 fn account_key(user: &str) -> String {
     format!("account:{user}")
+}
+
+fn generation_key(user: &str) -> String {
+    format!("token-generation:{user}")
+}
+
+/// A genuine, unexpired token's claims (the store has not been asked yet whether the
+/// generation is still current: [`Auth::authenticate`] does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub user: String,
+    pub generation: u64,
 }
 
 /// Everything sign-up, sign-in and token checks need, shared by all requests.
@@ -135,20 +152,21 @@ impl Auth {
         mac
     }
 
-    /// A token for `user` valid for the configured lifetime, and its expiry (unix seconds).
-    pub fn issue(&self, user: &str) -> (String, u64) {
+    /// A token for `user` of token generation `generation`, valid for the configured
+    /// lifetime, and its expiry (unix seconds).
+    pub fn issue(&self, user: &str, generation: u64) -> (String, u64) {
         let expires = unix_now().saturating_add(self.ttl.as_secs().max(1));
-        self.issue_until(user, expires)
+        self.issue_until(user, generation, expires)
     }
 
-    fn issue_until(&self, user: &str, expires: u64) -> (String, u64) {
-        let payload = format!("{TOKEN_VERSION}.{user}.{expires}");
+    fn issue_until(&self, user: &str, generation: u64, expires: u64) -> (String, u64) {
+        let payload = format!("{TOKEN_VERSION}.{user}.{expires}.{generation}");
         let sig = URL_SAFE_NO_PAD.encode(self.mac(&payload).finalize().into_bytes());
         (format!("{payload}.{sig}"), expires)
     }
 
-    /// The user a token was issued to, if it is genuine and not expired.
-    pub fn verify(&self, token: &str) -> Result<String, ApiError> {
+    /// The claims of a token, if it is genuine and not expired.
+    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
         let invalid = || ApiError::unauthorized("invalid token: sign in again");
         let (payload, sig) = token.rsplit_once('.').ok_or_else(invalid)?;
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| invalid())?;
@@ -157,16 +175,33 @@ impl Auth {
             .verify_slice(&sig)
             .map_err(|_| invalid())?;
         let mut parts = payload.split('.');
-        let (Some(TOKEN_VERSION), Some(user), Some(expires), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(TOKEN_VERSION), Some(user), Some(expires), Some(generation), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(invalid());
         };
         let expires: u64 = expires.parse().map_err(|_| invalid())?;
+        let generation: u64 = generation.parse().map_err(|_| invalid())?;
         if expires <= unix_now() {
             return Err(ApiError::unauthorized("token expired: sign in again"));
         }
-        Ok(user.to_string())
+        Ok(Claims {
+            user: user.to_string(),
+            generation,
+        })
+    }
+
+    /// The user of a token that is genuine, unexpired and not signed out.
+    pub async fn authenticate(&self, store: &dyn Store, token: &str) -> Result<String, ApiError> {
+        let claims = self.verify(token)?;
+        if generation(store, &claims.user).await? != claims.generation {
+            return Err(ApiError::unauthorized("signed out: sign in again"));
+        }
+        Ok(claims.user)
     }
 
     /// A hashing slot, waited for at most [`HASH_QUEUE_WAIT`]. The permit is owned so it
@@ -410,8 +445,8 @@ pub struct Session {
     pub expires_at: String,
 }
 
-fn session(auth: &Auth, user: String) -> Session {
-    let (token, expires) = auth.issue(&user);
+fn session(auth: &Auth, user: String, generation: u64) -> Session {
+    let (token, expires) = auth.issue(&user, generation);
     Session {
         user,
         token,
@@ -454,6 +489,21 @@ fn check_credentials(c: &Credentials) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The account's current token generation (0 until its first sign-out).
+async fn generation(store: &dyn Store, user: &str) -> Result<u64, ApiError> {
+    let value = store
+        .get(&generation_key(user))
+        .await
+        .map_err(store_unavailable)?;
+    match value {
+        None => Ok(0),
+        Some(v) => std::str::from_utf8(&v)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| store_unavailable(format!("{} is not a number", generation_key(user)))),
+    }
+}
+
 fn store_unavailable(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "account store failure");
     ApiError::unavailable("account store unavailable")
@@ -493,7 +543,11 @@ pub async fn signup(
         return Err(taken());
     }
     tracing::info!(user = %c.user, "account created");
-    Ok((StatusCode::CREATED, Json(session(&state.auth, c.user))))
+    let generation = generation(store.as_ref(), &c.user).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(session(&state.auth, c.user, generation)),
+    ))
 }
 
 /// `POST /api/signin`.
@@ -548,7 +602,28 @@ pub async fn signin(
     }
     auth.clients.release(&client, counted);
     auth.pairs.clear(&pair[0]);
-    Ok(Json(session(auth, c.user)))
+    let generation = generation(state.ctx.store.as_ref(), &c.user).await?;
+    Ok(Json(session(auth, c.user, generation)))
+}
+
+/// `POST /api/signout`: revokes every token of the user issued so far, on every gateway
+/// (the token generation moves on; module docs). Two sign-outs racing both revoke what
+/// was issued before either; neither can revoke a token issued after both.
+pub async fn signout(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<StatusCode, ApiError> {
+    let store = &state.ctx.store;
+    let next = generation(store.as_ref(), &user).await?.saturating_add(1);
+    store
+        .apply(vec![Write::Set {
+            key: generation_key(&user),
+            value: next.to_string().into_bytes(),
+        }])
+        .await
+        .map_err(store_unavailable)?;
+    tracing::info!(%user, "signed out everywhere");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/me`.
@@ -579,7 +654,11 @@ impl FromRequestParts<AppState> for AuthUser {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?;
-        state.auth.verify(token).map(AuthUser)
+        state
+            .auth
+            .authenticate(state.ctx.store.as_ref(), token)
+            .await
+            .map(AuthUser)
     }
 }
 
@@ -609,8 +688,14 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_reject_tampering() {
         let a = auth();
-        let (t, _) = a.issue("alice");
-        assert_eq!(a.verify(&t).unwrap(), "alice");
+        let (t, _) = a.issue("alice", 3);
+        assert_eq!(
+            a.verify(&t).unwrap(),
+            Claims {
+                user: "alice".into(),
+                generation: 3
+            }
+        );
         let forged = t.replacen("alice", "mallory", 1);
         assert_eq!(
             a.verify(&forged).unwrap_err().status,
@@ -618,7 +703,9 @@ mod tests {
         );
         assert!(a.verify("garbage").is_err());
         assert!(a.verify("").is_err());
-        assert!(a.verify("v1.alice.99999999999.!!!").is_err());
+        assert!(a.verify("v2.alice.99999999999.0.!!!").is_err());
+        let older = t.replacen(".3.", ".2.", 1);
+        assert!(a.verify(&older).is_err(), "the generation is signed too");
         let other = Auth::new(
             Some("another secret, at least thirty-two bytes"),
             Duration::from_secs(60),
@@ -630,7 +717,7 @@ mod tests {
     #[test]
     fn expired_tokens_are_rejected() {
         let a = auth();
-        let (t, _) = a.issue_until("alice", unix_now() - 1);
+        let (t, _) = a.issue_until("alice", 0, unix_now() - 1);
         let e = a.verify(&t).unwrap_err();
         assert!(e.message.contains("expired"), "{e}");
     }

@@ -118,6 +118,15 @@ impl From<JsonRejection> for ApiError {
                 format!("JSON body larger than {} bytes", crate::JSON_BODY_LIMIT),
             );
         }
+        // A body that did not arrive in time (listener.rs) is the client's slowness, not
+        // bad JSON.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&r);
+        while let Some(e) = cause {
+            if let Some(timed_out) = e.downcast_ref::<crate::BodyTimedOut>() {
+                return Self::new(StatusCode::REQUEST_TIMEOUT, timed_out.to_string());
+            }
+            cause = e.source();
+        }
         Self::bad_request(format!("invalid JSON body: {}", r.body_text()))
     }
 }

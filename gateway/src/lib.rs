@@ -16,11 +16,11 @@ mod auth;
 mod errors;
 mod grpc;
 mod health;
+mod listener;
 mod stream;
 mod ui;
 mod writes;
 
-use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +31,6 @@ use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::serve::ListenerExt as _;
 use axum::Router;
 use starling_runtime::{ServiceContext, ServiceKind};
 use tokio::sync::watch;
@@ -54,16 +53,24 @@ pub struct GatewayConfig {
     pub token_secret: Option<String>,
     /// How long a token is valid.
     pub token_ttl: Duration,
+    /// How long the event bus may be away before `/readyz` fails (the services' own grace,
+    /// [`starling_runtime::server::BUS_GRACE`], by default).
+    pub bus_grace: Duration,
+    /// Connections, timeouts and HTTP/2 limits of the HTTP port.
+    pub limits: Limits,
 }
 
 impl Default for GatewayConfig {
-    /// `127.0.0.1:8080`, `127.0.0.1:8081`, a random secret, 24 h tokens.
+    /// `127.0.0.1:8080`, `127.0.0.1:8081`, a random secret, 24 h tokens, 30 s bus grace,
+    /// [`Limits::default`].
     fn default() -> Self {
         Self {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             grpc: SocketAddr::from(([127, 0, 0, 1], 8081)),
             token_secret: None,
             token_ttl: Duration::from_secs(24 * 3600),
+            bus_grace: starling_runtime::server::BUS_GRACE,
+            limits: Limits::default(),
         }
     }
 }
@@ -79,7 +86,12 @@ pub(crate) struct AppState {
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
     /// Writes per user (see `writes.rs`).
     pub(crate) writes: Arc<writes::WriteLimiter>,
+    /// Whether the event bus answers, and for how long it may not (see `health.rs`).
+    pub(crate) bus_health: starling_runtime::health::Component,
+    pub(crate) bus_grace: Duration,
 }
+
+pub use listener::{BodyTimedOut, Limits};
 
 /// A serving gateway. [`stop`](RunningGateway::stop) it to finish in-flight requests;
 /// dropping it also stops it, without waiting.
@@ -123,7 +135,14 @@ pub async fn start(config: GatewayConfig, ctx: &ServiceContext) -> anyhow::Resul
         shutdown: shutdown_rx.clone(),
         streams: Arc::new(tokio::sync::Semaphore::new(stream::MAX_STREAMS)),
         writes: Arc::new(writes::WriteLimiter::default()),
+        bus_health: starling_runtime::health::Component::new("bus"),
+        bus_grace: config.bus_grace,
     };
+    tokio::spawn(health::watch_bus(
+        ctx.bus.clone(),
+        state.bus_health.clone(),
+        shutdown_rx.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
@@ -132,22 +151,7 @@ pub async fn start(config: GatewayConfig, ctx: &ServiceContext) -> anyhow::Resul
     let grpc = grpc::serve(config.grpc, ctx.mesh.clone(), shutdown_rx.clone()).await?;
 
     let app = router(state);
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let mut stop = shutdown_rx;
-    let http = tokio::spawn(
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .into_future(),
-    );
+    let http = tokio::spawn(listener::serve(listener, app, config.limits, shutdown_rx));
     tracing::info!(%http_addr, grpc_addr = %grpc.local_addr, "gateway serving");
     Ok(RunningGateway {
         http_addr,
@@ -223,6 +227,7 @@ fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/api/signup", post(auth::signup))
         .route("/api/signin", post(auth::signin))
+        .route("/api/signout", post(auth::signout))
         .route("/api/me", get(auth::me))
         .route("/api/tweets", post(api::create_tweet))
         .route("/api/tweets/{id}", get(api::get_tweet))

@@ -137,6 +137,7 @@ async fn start_gateway(ctx: &ServiceContext, ttl: Duration) -> RunningGateway {
             grpc: "127.0.0.1:0".parse().unwrap(),
             token_secret: Some(SECRET.to_string()),
             token_ttl: ttl,
+            ..Default::default()
         },
         ctx,
     )
@@ -408,6 +409,61 @@ async fn accounts_and_tokens() {
         )
         .await;
     assert_eq!(posted.status, StatusCode::UNAUTHORIZED);
+
+    // Signing out on one gateway revokes every token issued so far, on every gateway;
+    // signing in again gives a token that works.
+    let elsewhere = h
+        .post(
+            "/api/signin",
+            None,
+            json!({"user": "alice", "password": "correct horse"}),
+        )
+        .await
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = h
+        .call(Method::POST, "/api/signout", Some(&token), None)
+        .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT, "{}", out.text());
+    for (gw, t) in [
+        (h, &token),
+        (&h2, &token),
+        (h, &elsewhere),
+        (&h2, &elsewhere),
+    ] {
+        let r = gw.get_auth("/api/me", t).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert!(r.error().contains("signed out"), "{}", r.error());
+    }
+    let revoked_post = h
+        .post(
+            "/api/tweets",
+            Some(&elsewhere),
+            json!({"text": "after sign-out"}),
+        )
+        .await;
+    assert_eq!(revoked_post.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.call(Method::POST, "/api/signout", Some(&token), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED,
+        "a revoked token cannot sign out again"
+    );
+    let fresh = h
+        .post(
+            "/api/signin",
+            None,
+            json!({"user": "alice", "password": "correct horse"}),
+        )
+        .await
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(h2.get_auth("/api/me", &fresh).await.status, StatusCode::OK);
     short_lived.stop().await.unwrap();
     w.stop().await;
 }
@@ -977,6 +1033,257 @@ async fn health_readiness_metrics_ui_and_cors() {
     assert!(body["request_id"].is_string(), "{body}");
     assert!(!down.text().contains("127.0.0.1"), "{}", down.text());
     w.stop().await;
+}
+
+/// A memory bus whose broker can be made to stop answering.
+struct SwitchableBus {
+    inner: MemoryBus,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl EventBus for SwitchableBus {
+    async fn create_topics(&self, t: &[String]) -> Result<(), starling_runtime::events::BusError> {
+        self.inner.create_topics(t).await
+    }
+    async fn publish(
+        &self,
+        m: starling_runtime::events::Message,
+    ) -> Result<(), starling_runtime::events::BusError> {
+        self.inner.publish(m).await
+    }
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<Box<dyn starling_runtime::events::Subscription>, starling_runtime::events::BusError>
+    {
+        self.inner.subscribe(group, topics).await
+    }
+    async fn ping(&self) -> Result<(), starling_runtime::events::BusError> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(starling_runtime::events::BusError::Kafka(
+                "broker switched off".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A gateway with no services behind it, on `bus`, configured by `tune`.
+async fn bare_gateway(
+    bus: Arc<dyn EventBus>,
+    tune: impl FnOnce(&mut GatewayConfig),
+) -> RunningGateway {
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let ctx = ServiceContext {
+        mesh: Arc::new(Mesh::new(
+            registry.clone(),
+            MeshConfig::new(starling_proto::idempotent_methods()),
+        )),
+        registry,
+        store: Arc::new(MemoryStore::new()),
+        bus,
+        settings: Arc::new(AppSettings::default()),
+    };
+    let mut config = GatewayConfig {
+        http: "127.0.0.1:0".parse().unwrap(),
+        grpc: "127.0.0.1:0".parse().unwrap(),
+        token_secret: Some(SECRET.to_string()),
+        ..Default::default()
+    };
+    tune(&mut config);
+    starling_gateway::start(config, &ctx)
+        .await
+        .expect("start gateway")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_event_bus() {
+    let bus = Arc::new(SwitchableBus {
+        inner: MemoryBus::new(),
+        down: std::sync::atomic::AtomicBool::new(true),
+    });
+    let gateway = bare_gateway(bus.clone(), |c| c.bus_grace = Duration::ZERO).await;
+    let h = Http::new(gateway.http_addr);
+    // No services run here, so the gateway is never ready; what matters is whether the
+    // bus is among the reasons.
+    h.eventually("readyz names the silent bus", |h| async move {
+        let r = h.get("/readyz").await;
+        r.status == StatusCode::SERVICE_UNAVAILABLE && r.text().contains("event bus")
+    })
+    .await;
+    bus.down.store(false, std::sync::atomic::Ordering::Relaxed);
+    h.eventually("readyz no longer blames the bus", |h| async move {
+        let r = h.get("/readyz").await;
+        r.status == StatusCode::SERVICE_UNAVAILABLE && !r.text().contains("event bus")
+    })
+    .await;
+    gateway.stop().await.expect("gateway stops");
+}
+
+/// Connects from `source` (a loopback address) to `to`.
+async fn connect_from(source: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .expect("bind a loopback source address");
+    socket.connect(to).await.expect("connect")
+}
+
+/// Reads until the server closes the connection; what it sent, and when it closed.
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream) -> (String, tokio::time::Instant) {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                return (
+                    String::from_utf8_lossy(&got).into_owned(),
+                    tokio::time::Instant::now(),
+                )
+            }
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_idle_and_crowding_connections_are_bounded() {
+    use tokio::io::AsyncWriteExt as _;
+    let limit = Duration::from_secs(1);
+    let gateway = bare_gateway(Arc::new(MemoryBus::new()), |c| {
+        c.limits.header_read_timeout = limit;
+        c.limits.idle_timeout = limit;
+        c.limits.body_timeout = limit;
+        c.limits.max_connections_per_client = 4;
+    })
+    .await;
+    let addr = gateway.http_addr;
+    // Well past each 1 s limit, well short of forever.
+    let patience = Duration::from_secs(6);
+
+    // A connection that never sends anything is closed once idle.
+    let mut idle = connect_from([127, 0, 0, 1], addr).await;
+    let opened = tokio::time::Instant::now();
+    let (_, closed) = tokio::time::timeout(patience, read_until_closed(&mut idle))
+        .await
+        .expect("an idle connection is closed");
+    assert!(
+        closed - opened >= limit,
+        "not before it was idle for the limit"
+    );
+
+    // A header that trickles in, one line every 200 ms, is cut off: the header deadline
+    // counts from the start, not from the last line.
+    let mut slow = connect_from([127, 0, 0, 1], addr).await;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let trickle = async {
+        for i in 0.. {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if slow
+                .write_all(format!("x-line-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return i;
+            }
+        }
+        unreachable!()
+    };
+    let lines = tokio::time::timeout(patience, trickle)
+        .await
+        .expect("the server stops a trickling header");
+    assert!(lines >= 3, "the header had time to start ({lines} lines)");
+
+    // A body that trickles in gets 408 once its time is up.
+    let mut body = connect_from([127, 0, 0, 1], addr).await;
+    body.write_all(
+        b"POST /api/signup HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let (answer, _) = tokio::time::timeout(patience, async {
+        let (mut r, mut w) = body.split();
+        let feed = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if w.write_all(b" ").await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            answer = read_until_closed_half(&mut r) => answer,
+            _ = feed => read_until_closed_half(&mut r).await,
+        }
+    })
+    .await
+    .expect("a trickling body is answered");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive"), "{answer}");
+
+    // Four connections from one address are its share: a fifth is closed unanswered,
+    // while another address is still served.
+    let mut crowd = Vec::new();
+    for _ in 0..4 {
+        crowd.push(connect_from([127, 0, 0, 3], addr).await);
+    }
+    // The server counts a connection once it has accepted it: wait until the fourth is
+    // counted, which shows as a fifth being closed.
+    let mut fifth = connect_from([127, 0, 0, 3], addr).await;
+    fifth
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .ok();
+    let (refused, _) =
+        tokio::time::timeout(Duration::from_millis(900), read_until_closed(&mut fifth))
+            .await
+            .expect("the fifth connection is closed before the idle limit");
+    assert!(refused.is_empty(), "closed without an answer: {refused}");
+    let mut other = connect_from([127, 0, 0, 4], addr).await;
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (ok, _) = tokio::time::timeout(patience, read_until_closed(&mut other))
+        .await
+        .expect("another address is served");
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    drop(crowd);
+    gateway.stop().await.expect("gateway stops");
+}
+
+async fn read_until_closed_half(r: &mut tokio::net::tcp::ReadHalf<'_>) -> (String, ()) {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return (String::from_utf8_lossy(&got).into_owned(), ()),
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                // One full answer is enough (the connection may stay open).
+                let text = String::from_utf8_lossy(&got);
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if rest.len() >= len {
+                        return (text.into_owned(), ());
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -582,7 +582,12 @@
       authenticate("/api/signin");
     });
     $("signup-button").addEventListener("click", () => authenticate("/api/signup"));
-    $("signout-button").addEventListener("click", () => signOut());
+    $("signout-button").addEventListener("click", () => {
+      // Revokes the token on the server (every device of this account), then forgets it
+      // here whether or not the server could be reached.
+      api("POST", "/api/signout").catch(() => {});
+      signOut();
+    });
 
     $("post-form").addEventListener("submit", post);
     $("post-text").addEventListener("input", updateCounter);

@@ -425,7 +425,30 @@ impl EventBus for KafkaBus {
     fn losses(&self) -> Option<watch::Receiver<u64>> {
         Some(self.shared.losses.subscribe())
     }
+
+    /// A metadata request on the current producer's connection, at most [`PING_TIMEOUT`].
+    async fn ping(&self) -> Result<(), BusError> {
+        let producer = self
+            .shared
+            .producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .producer
+            .clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, PING_TIMEOUT)
+                .map(|_| ())
+        })
+        .await
+        .map_err(kafka)?
+        .map_err(kafka)
+    }
 }
+
+/// How long [`KafkaBus::ping`] waits for the broker's metadata.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Keeps librdkafka's own view of the consumer lag (end offset − committed offset, summed
 /// over the assigned partitions), from the statistics it emits every few seconds.

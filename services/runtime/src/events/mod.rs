@@ -87,6 +87,11 @@ pub trait EventBus: Send + Sync + 'static {
     fn losses(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+    /// Whether the broker answers now (for readiness checks of processes that do not
+    /// publish themselves); an in-process bus always does.
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
