@@ -136,6 +136,26 @@ pub struct GatewayListenArgs {
     /// How long a sign-in token is valid, in seconds.
     #[arg(long, env = "STARLING_TOKEN_TTL_SECS", default_value_t = 86_400)]
     pub token_ttl_secs: u64,
+    /// HTTP connections served at once; further clients wait in the listen backlog.
+    #[arg(long, env = "STARLING_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub http_max_connections: usize,
+    /// HTTP connections one client address may hold; more are closed at once.
+    #[arg(
+        long,
+        env = "STARLING_HTTP_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 256
+    )]
+    pub http_max_connections_per_client: usize,
+    /// Seconds a request's header may take to arrive, from its first byte.
+    #[arg(long, env = "STARLING_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+    /// Seconds a connection may stay without reading or writing a byte before it is
+    /// closed (an open live timeline writes a keep-alive every 15 s).
+    #[arg(long, env = "STARLING_HTTP_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub http_idle_timeout_secs: u64,
+    /// Seconds a request body may take to arrive in full (else 408).
+    #[arg(long, env = "STARLING_HTTP_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_body_timeout_secs: u64,
 }
 
 impl GatewayListenArgs {
@@ -145,6 +165,14 @@ impl GatewayListenArgs {
             grpc: self.grpc,
             token_secret: self.token_secret.clone(),
             token_ttl: Duration::from_secs(self.token_ttl_secs),
+            limits: starling_gateway::Limits {
+                max_connections: self.http_max_connections.max(1),
+                max_connections_per_client: self.http_max_connections_per_client.max(1),
+                header_read_timeout: Duration::from_secs(self.http_header_timeout_secs.max(1)),
+                idle_timeout: Duration::from_secs(self.http_idle_timeout_secs.max(1)),
+                body_timeout: Duration::from_secs(self.http_body_timeout_secs.max(1)),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }

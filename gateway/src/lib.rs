@@ -82,8 +82,9 @@ pub(crate) struct AppState {
     pub(crate) auth: Arc<auth::Auth>,
     /// Turns true when the gateway stops; open event streams end on it.
     pub(crate) shutdown: watch::Receiver<bool>,
-    /// Open live-timeline streams, bounded: each polls the timeline service.
+    /// Open live-timeline streams, bounded in all and per user and client (`stream.rs`).
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
+    pub(crate) stream_slots: Arc<stream::StreamSlots>,
     /// Writes per user (see `writes.rs`).
     pub(crate) writes: Arc<writes::WriteLimiter>,
     /// Whether the event bus answers, and for how long it may not (see `health.rs`).
@@ -134,6 +135,7 @@ pub async fn start(config: GatewayConfig, ctx: &ServiceContext) -> anyhow::Resul
         auth,
         shutdown: shutdown_rx.clone(),
         streams: Arc::new(tokio::sync::Semaphore::new(stream::MAX_STREAMS)),
+        stream_slots: Arc::default(),
         writes: Arc::new(writes::WriteLimiter::default()),
         bus_health: starling_runtime::health::Component::new("bus"),
         bus_grace: config.bus_grace,

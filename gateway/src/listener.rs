@@ -181,7 +181,7 @@ async fn connection(
     let (io, activity) = Tracked::new(tcp);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let mut check = tokio::time::interval(idle_timeout / 4);
+    let mut check = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(10)));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
     loop {

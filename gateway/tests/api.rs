@@ -856,9 +856,21 @@ async fn timeline_stream_delivers_new_tweets() {
     })
     .await;
 
+    // A live timeline is the signed-in user's own.
+    let anonymous = h.get("/api/users/alice/timeline/stream").await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        anonymous.error().contains("access_token"),
+        "{}",
+        anonymous.error()
+    );
+    let foreign = h.get_auth("/api/users/alice/timeline/stream", &bob).await;
+    assert_eq!(foreign.status, StatusCode::FORBIDDEN, "{}", foreign.text());
+
     let req = hyper::Request::builder()
         .uri(format!("{}/api/users/alice/timeline/stream", h.base))
         .header("accept", "text/event-stream")
+        .header("authorization", format!("Bearer {alice}"))
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = h.client.request(req).await.expect("stream opens");
@@ -876,9 +888,13 @@ async fn timeline_stream_delivers_new_tweets() {
     assert_eq!(event["author"], "bob");
     assert_eq!(event["text"], "Fresh off the press: a new post");
 
-    // Reconnecting with Last-Event-ID resumes after the given entry.
+    // Reconnecting with Last-Event-ID resumes after the given entry (the token in the
+    // query, as a browser's EventSource sends it).
     let req = hyper::Request::builder()
-        .uri(format!("{}/api/users/alice/timeline/stream", h.base))
+        .uri(format!(
+            "{}/api/users/alice/timeline/stream?access_token={alice}",
+            h.base
+        ))
         .header("last-event-id", &old_id)
         .body(Full::new(Bytes::new()))
         .unwrap();

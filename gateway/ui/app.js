@@ -299,7 +299,10 @@
   function openStream() {
     closeStream();
     const live = $("live-status");
-    const source = new EventSource("/api/users/" + enc(state.user) + "/timeline/stream");
+    // EventSource cannot send an Authorization header: the token goes in the query.
+    const source = new EventSource(
+      "/api/users/" + enc(state.user) + "/timeline/stream?access_token=" + enc(state.token)
+    );
     state.stream = source;
     source.addEventListener("open", () => {
       live.textContent = "live";

@@ -92,6 +92,11 @@ impl Up {
         up
     }
 
+    /// The process id of the running `starling up`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     /// The second word of the banner line "starling: <name> <value> ...".
     pub fn banner(&self, name: &str, what: &str) -> String {
         self.lines

@@ -129,6 +129,10 @@ pub struct ServiceParts {
     /// The runtime relays this outbox to the bus (see [`outbox`]).
     pub outbox: Option<outbox::Outbox>,
     pub probes: Vec<Probe>,
+    /// Run when the instance stops, after it left the registry and drained, before the
+    /// server waits for in-flight calls: ends what would otherwise hold the stop open
+    /// (streams that last as long as their caller likes).
+    pub on_stop: Vec<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl ServiceParts {
@@ -138,7 +142,13 @@ impl ServiceParts {
             consumers: Vec::new(),
             outbox: None,
             probes: Vec::new(),
+            on_stop: Vec::new(),
         }
+    }
+
+    pub fn on_stop(mut self, f: impl FnOnce() + Send + Sync + 'static) -> Self {
+        self.on_stop.push(Box::new(f));
+        self
     }
 
     pub fn consumer(

@@ -77,6 +77,16 @@ pub struct RunningService {
     monitor: JoinHandle<()>,
     /// Whether the instance can do its job (see [`crate::health`]).
     pub health_state: Health,
+    on_stop: StopHooks,
+}
+
+/// [`ServiceParts::on_stop`]'s hooks, shown by count.
+struct StopHooks(Vec<Box<dyn FnOnce() + Send + Sync>>);
+
+impl std::fmt::Debug for StopHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} stop hooks", self.0.len())
+    }
 }
 
 fn advertised(config: &ServerConfig, local: SocketAddr) -> String {
@@ -133,6 +143,7 @@ pub async fn start(
         consumers: specs,
         outbox,
         probes,
+        on_stop,
     } = parts;
     let (registry, bus, store) = (ctx.registry.clone(), ctx.bus.clone(), ctx.store.clone());
     let kind = config.kind;
@@ -265,6 +276,7 @@ pub async fn start(
         relay,
         monitor,
         health_state,
+        on_stop: StopHooks(on_stop),
     })
 }
 
@@ -397,6 +409,9 @@ impl RunningService {
         // Ends open health Watch streams, which would otherwise hold the shutdown open.
         self.health.clear_service_status(kind.grpc_name()).await;
         self.health.clear_service_status("").await;
+        for f in std::mem::take(&mut self.on_stop.0) {
+            f();
+        }
         let _ = self.stop.send(());
         // Consumers finish the message in hand, commit, and leave their groups.
         self.consumers_stop.send_replace(true);

@@ -108,14 +108,24 @@ impl Handler for FollowChangedHandler {
             self.storage
                 .push_many(&e.follower, &ids)
                 .await
-                .map_err(transient)
+                .map_err(transient)?;
         } else {
             // Everything of theirs that can still be in the capped timeline.
             let ids = self.recent_ids(&e.followee, 800).await?;
             self.storage
                 .remove_many(&e.follower, &ids)
                 .await
-                .map_err(transient)
+                .map_err(transient)?;
         }
+        crate::watch::publish(
+            self.storage.store().as_ref(),
+            &crate::watch::Notice {
+                author: e.followee,
+                users: vec![e.follower],
+                celebrity: false,
+            },
+        )
+        .await;
+        Ok(())
     }
 }

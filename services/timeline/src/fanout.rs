@@ -13,7 +13,9 @@
 //!   it; pages are idempotent (adding an id twice is a no-op), so the page in flight at the
 //!   crash is simply written again;
 //! * authors with more followers than the celebrity threshold are not fanned out at all:
-//!   they are marked, and readers merge their tweets in at read time.
+//!   they are marked, and readers merge their tweets in at read time;
+//! * after each page (and for a celebrity's tweet) a notice wakes the live timelines
+//!   concerned (`watch.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -132,6 +134,15 @@ impl Fanout {
         let count = self.followers.count(author).await?;
         if count > self.settings.celebrity_threshold {
             self.storage.mark_celebrity(author).await?;
+            crate::watch::publish(
+                self.storage.store().as_ref(),
+                &crate::watch::Notice {
+                    author: author.to_string(),
+                    users: Vec::new(),
+                    celebrity: true,
+                },
+            )
+            .await;
             tracing::info!(tweet_id, %author, followers = count, "celebrity: merged at read time, not fanned out");
             return Ok(FanoutReport {
                 written: 0,
@@ -171,6 +182,16 @@ impl Fanout {
             wrote?;
             written += users.len() as u64;
             pages += 1;
+            // Live timelines of this page's users (and the author's own) read what is new.
+            crate::watch::publish(
+                self.storage.store().as_ref(),
+                &crate::watch::Notice {
+                    author: author.to_string(),
+                    users,
+                    celebrity: false,
+                },
+            )
+            .await;
             if let Some(l) = last {
                 cursor = l;
             }

@@ -4,14 +4,19 @@
 //!   checkpointed, skipping celebrities);
 //! * [`events`]: consumes `TweetCreated` (fan-out) and `FollowChanged` (merge or remove the
 //!   followee's recent tweets);
-//! * [`handlers`]: `GetHomeTimeline`, merging celebrities' tweets in at read time and
-//!   hydrating ids with one `BatchGetTweets`;
+//! * [`handlers`]: `GetHomeTimeline` and the live `WatchHomeTimeline`;
+//! * [`read`]: one page of a home timeline, merging celebrities' tweets in at read time
+//!   and hydrating ids with one `BatchGetTweets`;
+//! * [`watch`]: who watches which timeline, woken through the store's pub/sub when the
+//!   fan-out or a follow changes it;
 //! * [`storage`]: home timelines, checkpoints and celebrity markers in the store.
 
 pub mod events;
 pub mod fanout;
 pub mod handlers;
+pub mod read;
 pub mod storage;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -30,13 +35,17 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
         followers,
         ctx.settings.clone(),
     ));
+    let reader = read::HomeReader::new(
+        storage.clone(),
+        ctx.mesh.channel("follower"),
+        tweets.clone(),
+    );
+    let watchers = watch::Watchers::new(ctx.store.clone());
+    let stopping = watchers.clone();
     Ok(ServiceParts::new(Routes::new(TimelineServiceServer::new(
-        handlers::TimelineHandler::new(
-            storage.clone(),
-            ctx.mesh.channel("follower"),
-            tweets.clone(),
-        ),
+        handlers::TimelineHandler::new(reader, watchers),
     )))
+    .on_stop(move || stopping.stop())
     .consumer(
         ConsumerConfig::new(TWEET_CREATED, groups::TIMELINE),
         Arc::new(events::TweetCreatedHandler::new(engine)),

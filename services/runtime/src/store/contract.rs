@@ -17,6 +17,7 @@ pub async fn run_all<S: Store>(store: &S, prefix: &str) {
     blocked_xread_wakes_on_add(store, prefix).await;
     leases_are_exclusive(store, prefix).await;
     a_claim_is_first_come_and_lapses(store, prefix).await;
+    published_messages_reach_subscribers(store, prefix).await;
     store.ping().await.unwrap();
 }
 
@@ -319,6 +320,39 @@ pub async fn blocked_xread_wakes_on_add<S: Store>(s: &S, p: &str) {
     });
     assert_eq!(got.unwrap().len(), 1);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+/// Every subscriber of a channel gets what is published on it, in order; other channels'
+/// messages do not reach it.
+pub async fn published_messages_reach_subscribers<S: Store>(s: &S, p: &str) {
+    use futures::StreamExt as _;
+    let channel = format!("{p}news");
+    let mut a = s.subscribe(&channel).await.unwrap();
+    let mut b = s.subscribe(&channel).await.unwrap();
+    let mut other = s.subscribe(&format!("{p}other-news")).await.unwrap();
+    for i in 0..3u8 {
+        s.publish(&channel, &[i]).await.unwrap();
+    }
+    for sub in [&mut a, &mut b] {
+        for i in 0..3u8 {
+            let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .expect("a published message arrives")
+                .expect("the subscription holds");
+            assert_eq!(got, vec![i]);
+        }
+    }
+    s.publish(&format!("{p}other-news"), b"x").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), other.next())
+        .await
+        .expect("the other channel's message arrives");
+    assert_eq!(got, Some(b"x".to_vec()));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), a.next())
+            .await
+            .is_err(),
+        "nothing from another channel"
+    );
 }
 
 /// One holder at a time; the holder renews; a lapsed or released lease can be taken.

@@ -39,7 +39,12 @@ pub struct MemoryStore {
     last_stream_id: Mutex<(u64, u64)>,
     /// Wakes blocked [`Store::xread`] calls when an entry is added.
     added: Notify,
+    /// Pub/sub channels ([`Store::publish`]).
+    channels: Mutex<HashMap<String, tokio::sync::broadcast::Sender<Vec<u8>>>>,
 }
+
+/// Messages a slow subscriber may fall behind by before its subscription breaks.
+const CHANNEL_BACKLOG: usize = 1_024;
 
 impl MemoryStore {
     pub fn new() -> Self {
@@ -399,6 +404,33 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> StoreResult<()> {
         Ok(())
+    }
+
+    async fn publish(&self, channel: &str, payload: &[u8]) -> StoreResult<()> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = channels.get(channel) {
+            if tx.send(payload.to_vec()).is_err() {
+                // Nobody listens any more.
+                channels.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> StoreResult<super::Subscription> {
+        let rx = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(channel.to_string())
+            .or_insert_with(|| tokio::sync::broadcast::channel(CHANNEL_BACKLOG).0)
+            .subscribe();
+        // A subscriber that lagged has missed messages: its stream ends, as a Redis
+        // subscription does when its connection drops.
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.ok().map(|payload| (payload, rx))
+        });
+        Ok(Box::pin(stream))
     }
 }
 

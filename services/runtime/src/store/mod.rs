@@ -202,7 +202,19 @@ pub trait Store: Send + Sync + 'static {
     async fn lease_holders(&self, keys: &[String]) -> StoreResult<Vec<Option<String>>>;
     /// Checks the store answers.
     async fn ping(&self) -> StoreResult<()>;
+    /// Sends `payload` to the current subscribers of `channel` (Redis PUBLISH): at most
+    /// once, to those connected now; nothing is kept for later. For wake-ups whose loss a
+    /// subscriber can make good by reading the data itself, never for the data.
+    async fn publish(&self, channel: &str, payload: &[u8]) -> StoreResult<()>;
+    /// The messages published on `channel` from now on. The stream ends when the
+    /// subscription breaks (the connection dropped, or the subscriber fell too far behind):
+    /// messages may then have been missed, so the caller catches up from the data and
+    /// subscribes again.
+    async fn subscribe(&self, channel: &str) -> StoreResult<Subscription>;
 }
+
+/// What [`Store::subscribe`] answers: payloads, in publication order, until it breaks.
+pub type Subscription = futures::stream::BoxStream<'static, Vec<u8>>;
 
 #[cfg(test)]
 mod tests {

@@ -32,6 +32,8 @@ const PIPELINE_CHUNK: usize = 10_000;
 #[derive(Clone)]
 pub struct RedisStore {
     pool: Pool,
+    /// Subscriptions need a connection of their own each (pub/sub mode), outside the pool.
+    client: redis::Client,
     prefix: String,
     /// The connection in use (see the module docs).
     current: Arc<Mutex<Option<deadpool_redis::Connection>>>,
@@ -65,6 +67,7 @@ impl RedisStore {
             .into_connection_info()
             .map_err(|e| bad(&e))?
             .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info.clone()).map_err(|e| bad(&e))?;
         let manager = Manager::new(info).map_err(|e| bad(&e))?;
         let pool = Pool::builder(manager)
             // One connection is shared by every command; the outbox relay's blocking
@@ -75,6 +78,7 @@ impl RedisStore {
             .map_err(|e| bad(&e))?;
         let store = Self {
             pool,
+            client,
             prefix: prefix.to_string(),
             current: Arc::new(Mutex::new(None)),
         };
@@ -553,5 +557,36 @@ impl Store for RedisStore {
             .await
             .map_err(|e| self.fail("<ping>", e))?;
         Ok(())
+    }
+
+    async fn publish(&self, channel: &str, payload: &[u8]) -> StoreResult<()> {
+        let channel = format!("{}{channel}", self.prefix);
+        let mut c = self.conn().await?;
+        redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(payload)
+            .query_async::<i64>(&mut c)
+            .await
+            .map_err(|e| self.fail(&channel, e))?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> StoreResult<super::Subscription> {
+        use futures::StreamExt as _;
+        let channel = format!("{}{channel}", self.prefix);
+        let mut pubsub = self
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| err(&channel, e))?;
+        pubsub
+            .subscribe(&channel)
+            .await
+            .map_err(|e| err(&channel, e))?;
+        // The stream ends when the connection does.
+        Ok(pubsub
+            .into_on_message()
+            .map(|m| m.get_payload_bytes().to_vec())
+            .boxed())
     }
 }
