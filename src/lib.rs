@@ -1,6 +1,7 @@
 //! The `starling` program: command line ([`cli`]), the service table ([`services`]), the
 //! embedded all-in-one mode ([`up`]), one instance against etcd ([`serve`]), dead letters
-//! ([`dlq`]), fault injection ([`chaos`]) and the benchmarks ([`bench`]).
+//! ([`dlq`]), fault injection ([`chaos`]), the benchmarks ([`bench`]) and registering the
+//! users those tools make up ([`users`]).
 
 pub mod bench;
 pub mod chaos;
@@ -10,6 +11,7 @@ pub mod gateway;
 pub mod serve;
 pub mod services;
 pub mod up;
+pub mod users;
 
 /// Runs a parsed command line to completion.
 pub async fn run(cli: cli::Cli) -> anyhow::Result<()> {

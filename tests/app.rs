@@ -74,6 +74,9 @@ impl Cluster {
     }
 
     async fn follow(&self, follower: &str, followee: &str) {
+        starling::users::register_users(&self.ch("follower"), &[follower.into(), followee.into()])
+            .await
+            .expect("register users");
         FollowerServiceClient::new(self.ch("follower"))
             .follow(FollowRequest {
                 follower: follower.into(),
@@ -325,6 +328,43 @@ async fn every_validation_rule_answers_its_status_and_stores_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("followee"), "{}", e.message());
+    // Names nobody registered cannot follow or be followed.
+    let e = follows
+        .follow(FollowRequest {
+            follower: "eve".into(),
+            followee: "gus".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("\"eve\""), "{}", e.message());
+    let e = follows
+        .register_users(RegisterUsersRequest {
+            users: vec!["eve".into(), "Not A Name".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = follows
+        .get_user(GetUserRequest { user: "eve".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "a refused registration registered nobody");
+    let registered = follows
+        .register_users(RegisterUsersRequest {
+            users: vec!["eve".into(), "gus".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(registered.created, 2);
+    let eve_user = follows
+        .get_user(GetUserRequest { user: "eve".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(eve_user.user, "eve");
+    assert!(eve_user.registered_at.is_some());
     let counts = follows
         .get_follow_counts(GetFollowCountsRequest { user: "eve".into() })
         .await

@@ -310,7 +310,7 @@ async fn up_serves_every_service_with_health_reflection_and_metrics() {
 #[tokio::test]
 async fn up_alone_is_a_working_app() {
     use starling_proto::follower::v1::{
-        follower_service_client::FollowerServiceClient, FollowRequest,
+        follower_service_client::FollowerServiceClient, FollowRequest, RegisterUsersRequest,
     };
     use starling_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
     use starling_proto::recommendation::v1::{
@@ -335,6 +335,12 @@ async fn up_alone_is_a_working_app() {
             .unwrap()
             .connect_lazy()
     };
+    FollowerServiceClient::new(channel("follower"))
+        .register_users(RegisterUsersRequest {
+            users: vec!["alice".into(), "bob".into()],
+        })
+        .await
+        .unwrap();
     FollowerServiceClient::new(channel("follower"))
         .follow(FollowRequest {
             follower: "alice".into(),

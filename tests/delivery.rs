@@ -75,6 +75,9 @@ async fn posts_succeed_while_the_broker_is_down_and_reach_timelines_after() {
                 .await
         );
     }
+    starling::users::register_users(&mesh.channel("follower"), &["alice".into(), "bob".into()])
+        .await
+        .expect("register users");
     FollowerServiceClient::new(mesh.channel("follower"))
         .follow(FollowRequest {
             follower: "alice".into(),

@@ -88,6 +88,12 @@ async fn late_and_repeated_events_change_nothing() {
     .await
     .expect("services");
     let followers = FollowerServiceClient::new(ctx.mesh.channel("follower"));
+    starling::users::register_users(
+        &ctx.mesh.channel("follower"),
+        &["alice".into(), "bob".into(), "carol".into()],
+    )
+    .await
+    .expect("register users");
 
     // alice follows bob, then unfollows: bob's tweet comes and goes.
     let t1 = post(&ctx, "bob", "a new novel for my book club").await;

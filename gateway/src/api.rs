@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use starling_discovery::IDEMPOTENCY_KEY;
 use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
 use starling_proto::follower::v1::{
-    FollowRequest, GetFollowCountsRequest, ListFollowersRequest, ListFollowingRequest,
-    UnfollowRequest,
+    FollowRequest, GetFollowCountsRequest, GetUserRequest, ListFollowersRequest,
+    ListFollowingRequest, UnfollowRequest,
 };
 use starling_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
 use starling_proto::recommendation::v1::{
@@ -257,10 +257,15 @@ pub async fn get_user(
     user: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let user = user_path(user)?;
-    let counts = FollowerServiceClient::new(state.ctx.mesh.channel("follower"))
-        .get_follow_counts(GetFollowCountsRequest { user: user.clone() })
-        .await?
-        .into_inner();
+    let mut users = FollowerServiceClient::new(state.ctx.mesh.channel("follower"));
+    let mut counter = users.clone();
+    // 404 for a name nobody signed up with.
+    let (registered, counts) = futures::join!(
+        users.get_user(GetUserRequest { user: user.clone() }),
+        counter.get_follow_counts(GetFollowCountsRequest { user: user.clone() })
+    );
+    registered?;
+    let counts = counts?.into_inner();
     Ok(Json(serde_json::json!({
         "user": user,
         "followers": counts.followers,

@@ -47,6 +47,8 @@ use sha2::Sha256;
 use tokio::sync::Semaphore;
 use unicode_normalization::UnicodeNormalization;
 
+use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
+use starling_proto::follower::v1::RegisterUsersRequest;
 use starling_runtime::store::{Store, Write};
 
 use crate::api::{rfc3339, ApiJson};
@@ -489,6 +491,16 @@ fn check_credentials(c: &Credentials) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Records in the follower service that `user` exists (`RegisterUsers`, idempotent).
+async fn register(state: &AppState, user: &str) -> Result<(), ApiError> {
+    FollowerServiceClient::new(state.ctx.mesh.channel("follower"))
+        .register_users(RegisterUsersRequest {
+            users: vec![user.to_string()],
+        })
+        .await?;
+    Ok(())
+}
+
 /// The account's current token generation (0 until its first sign-out).
 async fn generation(store: &dyn Store, user: &str) -> Result<u64, ApiError> {
     let value = store
@@ -533,6 +545,10 @@ pub async fn signup(
         return Err(taken());
     }
     let phc = state.auth.hash_password(normalised(&c.password)).await?;
+    // The user exists for every service (the follower service's registry) before the
+    // account does: a crash in between leaves a registered name without an account, which
+    // the next sign-up of that name completes, never an account others cannot follow.
+    register(&state, &c.user).await?;
     // The atomic claim (module docs).
     if store
         .claim(&key, phc.as_bytes(), None)
@@ -602,6 +618,10 @@ pub async fn signin(
     }
     auth.clients.release(&client, counted);
     auth.pairs.clear(&pair[0]);
+    // Accounts made before the registry existed join it at their next sign-in.
+    if let Err(e) = register(&state, &c.user).await {
+        tracing::warn!(user = %c.user, error = %e, "cannot register a signed-in user");
+    }
     let generation = generation(state.ctx.store.as_ref(), &c.user).await?;
     Ok(Json(session(auth, c.user, generation)))
 }

@@ -559,7 +559,10 @@ async fn writes_are_limited_per_user() {
             refused = Some((i, r));
             break;
         }
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        // Made-up names are nobody: following them changes nothing, and still costs a
+        // write of the budget.
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+        assert!(r.error().contains("not a user"), "{}", r.error());
     }
     let (i, r) = refused.expect("a burst of 40 follows is refused before its end");
     assert!((30..=32).contains(&i), "refused at write {i}");
@@ -771,6 +774,22 @@ async fn followees_posts_reach_the_followers_timeline() {
         .post("/api/follows", Some(&alice), json!({"followee": "alice"}))
         .await;
     assert_eq!(itself.status, StatusCode::BAD_REQUEST);
+    // Users exist once they sign up: a name nobody took cannot be followed, and has no
+    // profile.
+    let nobody = h
+        .post("/api/follows", Some(&alice), json!({"followee": "nobody"}))
+        .await;
+    assert_eq!(nobody.status, StatusCode::NOT_FOUND, "{}", nobody.text());
+    assert!(nobody.error().contains("\"nobody\""), "{}", nobody.error());
+    assert_eq!(
+        h.get("/api/users/nobody").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        h.get("/api/users/nobody/followers").await.json()["users"],
+        json!([]),
+        "and nobody follows them"
+    );
 
     assert_eq!(
         h.get("/api/users/alice").await.json(),

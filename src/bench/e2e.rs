@@ -72,6 +72,9 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     let followers: Vec<String> = (0..args.followers)
         .map(|i| format!("reader{i:05}"))
         .collect();
+    let mut names = followers.clone();
+    names.push("poster".into());
+    crate::users::register_users(&ctx.mesh.channel("follower"), &names).await?;
     let mut follow = FollowerServiceClient::new(ctx.mesh.channel("follower"));
     for f in &followers {
         follow

@@ -201,7 +201,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let history = Arc::new(History::default());
     let store =
         RedisStore::connect(&system.backends.redis_url(), &format!("{namespace}:"), 4).await?;
-    setup(&mesh, &history, args.fans).await?;
+    setup(&mesh, &history, args.fans, args.users).await?;
     println!(
         "starling chaos: {} replicas up; {} users, {} ops/s, faults: {}",
         system.replicas.len(),
@@ -322,8 +322,23 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Accounts the probes and the big account use, and the big account's followers.
-async fn setup(mesh: &Arc<Mesh>, history: &History, fans: usize) -> anyhow::Result<()> {
+/// Accounts the probes and the big account use, and the big account's followers; every
+/// name the run uses is registered first (following a name nobody registered is
+/// NOT_FOUND).
+async fn setup(
+    mesh: &Arc<Mesh>,
+    history: &History,
+    fans: usize,
+    users: usize,
+) -> anyhow::Result<()> {
+    let mut names: Vec<String> = [PROBE_READER, PROBE_AUTHOR, pulse::READER, pulse::AUTHOR]
+        .into_iter()
+        .chain([BIG_ACCOUNT])
+        .map(str::to_string)
+        .collect();
+    names.extend((0..users).map(load::user));
+    names.extend((0..fans).map(fan));
+    crate::users::register_users(&mesh.channel("follower"), &names).await?;
     let follow = |follower: String, followee: &str| Kind::Follow {
         follower,
         followee: followee.to_string(),
@@ -343,7 +358,7 @@ async fn setup(mesh: &Arc<Mesh>, history: &History, fans: usize) -> anyhow::Resu
                 );
             client
                 .follow(starling_proto::follower::v1::FollowRequest {
-                    follower: format!("fan{i:05}"),
+                    follower: fan(i),
                     followee: BIG_ACCOUNT.into(),
                 })
                 .await
@@ -358,6 +373,10 @@ async fn setup(mesh: &Arc<Mesh>, history: &History, fans: usize) -> anyhow::Resu
         r??;
     }
     Ok(())
+}
+
+fn fan(i: usize) -> String {
+    format!("fan{i:05}")
 }
 
 /// Posts as the probe author until the post shows in the probe reader's timeline: how

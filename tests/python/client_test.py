@@ -74,18 +74,29 @@ def main():
         return Failure(f"{what}: {e.code().name}: {e.details()}")
 
     try:
-        # Follow is idempotent: retried while the target is still coming up (UNAVAILABLE).
+        # Registering is idempotent: retried while the target is still coming up (UNAVAILABLE).
         deadline = time.monotonic() + CONNECT_WITHIN_S
         while True:
             try:
-                followed = follows.Follow(
-                    follower_pb2.FollowRequest(follower=alice, followee=bob), timeout=CALL_TIMEOUT_S
+                follows.RegisterUsers(
+                    follower_pb2.RegisterUsersRequest(users=[alice, bob]), timeout=CALL_TIMEOUT_S
                 )
                 break
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
-                    raise rpc_error("Follow", e)
+                    raise rpc_error("RegisterUsers", e)
                 time.sleep(0.2)
+        try:
+            follows.Follow(
+                follower_pb2.FollowRequest(follower=alice, followee=f"py_nobody_{suffix}"),
+                timeout=CALL_TIMEOUT_S,
+            )
+            raise Failure("Follow of an unregistered user succeeded")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.NOT_FOUND, f"Follow of nobody: {e.code().name}, want NOT_FOUND")
+        followed = follows.Follow(
+            follower_pb2.FollowRequest(follower=alice, followee=bob), timeout=CALL_TIMEOUT_S
+        )
         check(followed.changed, f"Follow {alice}->{bob}: changed=false for a new edge")
         check(followed.HasField("followed_at"), "Follow: no followed_at")
         again = follows.Follow(follower_pb2.FollowRequest(follower=alice, followee=bob), timeout=CALL_TIMEOUT_S)

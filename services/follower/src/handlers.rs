@@ -11,18 +11,42 @@ use starling_runtime::{check_user, page_size, store_error};
 use tonic::{Request, Response, Status};
 
 use crate::storage::{followers_key, following_key, FollowStorage};
+use crate::users::{Users, MAX_REGISTER};
 
 /// Large pages serve the timeline's fan-out; ordinary clients ask for far fewer.
 pub const MAX_PAGE: u32 = 10_000;
 
 pub struct FollowerHandler {
     storage: FollowStorage,
+    users: Users,
     outbox: Outbox,
 }
 
 impl FollowerHandler {
-    pub fn new(storage: FollowStorage, outbox: Outbox) -> Self {
-        Self { storage, outbox }
+    pub fn new(storage: FollowStorage, users: Users, outbox: Outbox) -> Self {
+        Self {
+            storage,
+            users,
+            outbox,
+        }
+    }
+
+    /// NOT_FOUND naming the first of `users` who never signed up.
+    async fn ensure_registered(&self, users: [(&str, &str); 2]) -> Result<(), Status> {
+        let names = users.map(|(_, u)| u);
+        let registered = self
+            .users
+            .registered_at(&names)
+            .await
+            .map_err(store_error)?;
+        for ((field, user), at) in users.iter().zip(registered) {
+            if at.is_none() {
+                return Err(Status::not_found(format!(
+                    "{field} {user:?} is not a user (users exist once they sign up)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn check_pair(follower: &str, followee: &str) -> Result<(), Status> {
@@ -95,6 +119,8 @@ impl FollowerService for FollowerHandler {
     ) -> Result<Response<FollowResponse>, Status> {
         let FollowRequest { follower, followee } = req.into_inner();
         Self::check_pair(&follower, &followee)?;
+        self.ensure_registered([("follower", &follower), ("followee", &followee)])
+            .await?;
         let changed = self.set(&follower, &followee, true).await?;
         Ok(Response::new(FollowResponse {
             changed,
@@ -174,6 +200,48 @@ impl FollowerService for FollowerHandler {
         Ok(Response::new(GetFollowCountsResponse {
             followers,
             following,
+        }))
+    }
+
+    async fn register_users(
+        &self,
+        req: Request<RegisterUsersRequest>,
+    ) -> Result<Response<RegisterUsersResponse>, Status> {
+        let users = req.into_inner().users;
+        if users.is_empty() || users.len() > MAX_REGISTER {
+            return Err(Status::invalid_argument(format!(
+                "users must name 1 to {MAX_REGISTER} users (got {})",
+                users.len()
+            )));
+        }
+        for u in &users {
+            check_user("users", u)?;
+        }
+        let created = self
+            .users
+            .register(&users, now_ms())
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(RegisterUsersResponse { created }))
+    }
+
+    async fn get_user(
+        &self,
+        req: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserResponse>, Status> {
+        let user = req.into_inner().user;
+        check_user("user", &user)?;
+        let at = self
+            .users
+            .registered_at(&[&user])
+            .await
+            .map_err(store_error)?
+            .pop()
+            .flatten()
+            .ok_or_else(|| Status::not_found(format!("{user:?} is not a user")))?;
+        Ok(Response::new(GetUserResponse {
+            user,
+            registered_at: Some(events::timestamp(at)),
         }))
     }
 }
