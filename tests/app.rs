@@ -349,7 +349,11 @@ async fn every_validation_rule_answers_its_status_and_stores_nothing() {
         .get_user(GetUserRequest { user: "eve".into() })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::NotFound, "a refused registration registered nobody");
+    assert_eq!(
+        e.code(),
+        Code::NotFound,
+        "a refused registration registered nobody"
+    );
     let registered = follows
         .register_users(RegisterUsersRequest {
             users: vec!["eve".into(), "gus".into()],

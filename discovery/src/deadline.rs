@@ -32,12 +32,18 @@ pub async fn propagate_deadline<F: Future>(deadline: Instant, fut: F) -> F::Outp
 
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 
-/// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
+/// Parses a `grpc-timeout` value: 1 to 8 ASCII digits and a unit (H, M, S, m, u, n).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
+    if value.len() < 2 || value.len() > 9 || !value.is_ascii() {
+        // (Checked first: splitting a string that ends in a multi-byte character one
+        // byte from its end would panic.)
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        // `u64::from_str` would take a leading `+`, which the gRPC spec does not.
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(n.checked_mul(3600)?),
@@ -113,6 +119,36 @@ mod tests {
         assert_eq!(parse_grpc_timeout("m"), None);
         assert_eq!(format_grpc_timeout(Duration::from_micros(1500)), "2m");
         assert_eq!(format_grpc_timeout(Duration::ZERO), "1m");
+    }
+
+    proptest::proptest! {
+        /// Any header value: no panic, and an accepted one is what the spec allows.
+        #[test]
+        fn fuzz_grpc_timeout_parsing(value in "\\PC{0,12}") {
+            if let Some(d) = parse_grpc_timeout(&value) {
+                let (digits, unit) = value.split_at(value.len() - 1);
+                proptest::prop_assert!((1..=8).contains(&digits.len()));
+                proptest::prop_assert!(digits.bytes().all(|b| b.is_ascii_digit()));
+                proptest::prop_assert!("HMSmun".contains(unit));
+                proptest::prop_assert!(d <= Duration::from_secs(99_999_999 * 3600));
+            }
+        }
+
+        /// What we send parses back to at least the time we meant (rounded up to the ms).
+        #[test]
+        fn fuzz_grpc_timeout_round_trip(micros in 0u64..200_000_000_000) {
+            let d = Duration::from_micros(micros);
+            let sent = format_grpc_timeout(d);
+            let back = parse_grpc_timeout(&sent).expect("our own format parses");
+            proptest::prop_assert!(back >= d.min(Duration::from_millis(99_999_999)));
+            proptest::prop_assert!(back <= d + Duration::from_millis(1) || back == Duration::from_millis(99_999_999) || d.is_zero());
+        }
+    }
+
+    #[test]
+    fn odd_values_are_refused_not_panicked_on() {
+        assert_eq!(parse_grpc_timeout("1é"), None, "multi-byte last character");
+        assert_eq!(parse_grpc_timeout("+5S"), None, "a sign is not a digit");
     }
 
     #[tokio::test]

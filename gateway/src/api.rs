@@ -516,6 +516,33 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any path segment or JSON string as a tweet id: a number when it is one, a 400
+        /// naming the field otherwise, never a panic.
+        #[test]
+        fn fuzz_tweet_ids(raw in "\\PC{0,24}|[0-9 ]{0,24}") {
+            match parse_id("tweet_id", &raw) {
+                Ok(id) => proptest::prop_assert_eq!(Some(id), raw.trim().parse::<u64>().ok()),
+                Err(e) => {
+                    proptest::prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                    proptest::prop_assert!(e.message.starts_with("tweet_id"));
+                }
+            }
+        }
+
+        /// Any time within ±3,000 years formats as RFC 3339 that reads back as itself.
+        #[test]
+        fn fuzz_rfc3339(seconds in -95_000_000_000i64..95_000_000_000, millis in 0i32..1000) {
+            let text = rfc3339(seconds, millis * 1_000_000);
+            proptest::prop_assert!(text.ends_with('Z'));
+            proptest::prop_assert!(text.contains('T'));
+            if (0..=253_402_300_799).contains(&seconds) {
+                // Years 1970 to 9999: the fixed-width form.
+                proptest::prop_assert!(text.len() == 20 || text.len() == 24, "{}", text);
+            }
+        }
+    }
+
     #[test]
     fn formats_rfc3339() {
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00Z");

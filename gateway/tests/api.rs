@@ -1497,3 +1497,185 @@ async fn grpc_web_is_served_on_the_http_port() {
     );
     w.stop().await;
 }
+
+mod fuzz {
+    //! Random bodies, ids, names and page tokens against every JSON route of a running
+    //! gateway with its five services: each request gets an answer below 500 (bad input is
+    //! the client's fault, so 4xx), and the gateway keeps serving. `PROPTEST_CASES` sets
+    //! the number of cases (256 by default; `scripts/fuzz.sh` runs many more).
+
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    const KEYS: [&str; 9] = [
+        "user", "password", "text", "author", "followee", "follower", "tweet_id", "kind", "limit",
+    ];
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => proptest::sample::select(KEYS.to_vec()).prop_map(String::from),
+            1 => "\\PC{0,8}",
+        ]
+    }
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            "\\PC{0,300}".prop_map(Value::from),
+            "[a-z0-9_]{1,12}".prop_map(Value::from),
+            "[0-9]{1,22}".prop_map(Value::from),
+            proptest::sample::select(vec!["like", "click", "fuzzer", "nobody"])
+                .prop_map(Value::from),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(3, 24, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec((key(), inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A body: mostly objects with the API's own keys, sometimes any JSON, sometimes not
+    /// JSON at all.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            5 => proptest::collection::vec((key(), leaf()), 0..6)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect()).to_string().into_bytes()),
+            2 => json_value().prop_map(|v| v.to_string().into_bytes()),
+            1 => proptest::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    /// Any text, percent-encoded as a path segment or query value.
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,24}",
+            "[0-9]{1,22}",
+            "[a-z0-9_]{1,12}",
+            Just(String::new())
+        ]
+        .prop_map(|s| {
+            s.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b == b'_' {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect()
+        })
+    }
+
+    #[derive(Debug, Clone)]
+    enum Call {
+        Post(&'static str, Vec<u8>),
+        Delete(String),
+        Get(String),
+    }
+
+    fn call() -> impl Strategy<Value = Call> {
+        let post = proptest::sample::select(vec![
+            "/api/signup",
+            "/api/signin",
+            "/api/tweets",
+            "/api/follows",
+            "/api/engagements",
+        ]);
+        prop_oneof![
+            4 => (post, body()).prop_map(|(p, b)| Call::Post(p, b)),
+            1 => segment().prop_map(|s| Call::Delete(format!("/api/follows/{s}"))),
+            3 => (
+                proptest::sample::select(vec![
+                    "/api/tweets/{}",
+                    "/api/users/{}",
+                    "/api/users/{}/tweets?page_size=3&page_token={}",
+                    "/api/users/fuzzer/timeline?page_token={}",
+                    "/api/users/{}/followers?page_token={}&page_size={}",
+                    "/api/users/fuzzer/following?page_token={}",
+                    "/api/users/{}/recommendations?limit={}",
+                    "/api/tags?{}",
+                ]),
+                segment(),
+                segment(),
+                segment(),
+            )
+                .prop_map(|(pattern, a, b, c)| {
+                    let mut parts = [a, b, c].into_iter();
+                    let mut path = String::new();
+                    for (i, piece) in pattern.split("{}").enumerate() {
+                        if i > 0 {
+                            path.push_str(&parts.next().unwrap_or_default());
+                        }
+                        path.push_str(piece);
+                    }
+                    Call::Get(path)
+                }),
+        ]
+    }
+
+    #[test]
+    fn fuzz_json_api_answers_4xx_never_5xx() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (world, token) = rt.block_on(async {
+            let w = World::start().await;
+            let t = w.sign_up("fuzzer").await;
+            (w, t)
+        });
+        let h = world.http.clone();
+        let mut runner = TestRunner::new(Config::default());
+        let result = runner.run(&call(), |c| {
+            let resp = rt.block_on(async {
+                let req = match &c {
+                    Call::Post(path, body) => {
+                        let mut req = h.request(Method::POST, path, Some(&token), None);
+                        req.headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        *req.body_mut() = Full::new(Bytes::from(body.clone()));
+                        req
+                    }
+                    Call::Delete(path) => h.request(Method::DELETE, path, Some(&token), None),
+                    Call::Get(path) => h.request(Method::GET, path, None, None),
+                };
+                h.send(req).await
+            });
+            prop_assert!(
+                resp.status.as_u16() < 500,
+                "{c:?} answered {}: {}",
+                resp.status,
+                resp.text()
+            );
+            if !resp.status.is_success() {
+                let message = serde_json::from_slice::<Value>(&resp.body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                prop_assert!(
+                    !message.is_empty(),
+                    "{c:?}: an error says what is wrong: {}",
+                    resp.text()
+                );
+            }
+            Ok(())
+        });
+        let alive = rt.block_on(h.get("/healthz")).status;
+        rt.block_on(world.stop());
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+        assert_eq!(alive, StatusCode::OK, "the gateway kept serving");
+    }
+}

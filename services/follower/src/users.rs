@@ -92,7 +92,10 @@ mod tests {
             "alice was registered already"
         );
         assert_eq!(
-            users.registered_at(&["alice", "carol", "dave"]).await.unwrap(),
+            users
+                .registered_at(&["alice", "carol", "dave"])
+                .await
+                .unwrap(),
             vec![Some(100), Some(200), None],
             "the first registration stays"
         );

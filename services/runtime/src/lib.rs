@@ -277,6 +277,24 @@ mod tests {
         assert_eq!(page_size(500, 20, 100), 100);
     }
 
+    proptest::proptest! {
+        /// A user name (which is also a page token of the follow lists and a key part in
+        /// the store) is accepted exactly when it is 1 to 32 of `a-z0-9_`.
+        #[test]
+        fn fuzz_user_names(name in "\\PC{0,40}|[a-z0-9_]{0,40}") {
+            let expected = (1..=32).contains(&name.len())
+                && name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'));
+            proptest::prop_assert_eq!(check_user("user", &name).is_ok(), expected);
+        }
+
+        #[test]
+        fn fuzz_page_sizes(requested in proptest::num::u32::ANY, default in 1u32..1000, max in 1u32..10_000) {
+            let n = page_size(requested, default, max);
+            proptest::prop_assert!(n <= max.max(default) as usize);
+            proptest::prop_assert!(n >= 1);
+        }
+    }
+
     #[test]
     fn names_match_the_proto_catalogue() {
         for kind in ServiceKind::ALL {

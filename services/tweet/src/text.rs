@@ -123,4 +123,24 @@ mod tests {
         // A zero-width joiner inside visible text is fine.
         assert!(check_text("a\u{200D}b").is_ok());
     }
+
+    proptest::proptest! {
+        /// Any text: no panic, and what is accepted is stored in the documented form:
+        /// NFC, trimmed, at most 280 clusters of at most 16 code points, nothing forbidden,
+        /// something visible; checking it again changes nothing.
+        #[test]
+        fn fuzz_check_text(text in "(\\PC|[\u{0}-\u{1F}\u{202A}-\u{202E}\u{200B}\u{0301} ]){0,400}") {
+            if let Ok(stored) = check_text(&text) {
+                proptest::prop_assert_eq!(stored.nfc().collect::<String>(), stored.clone());
+                proptest::prop_assert_eq!(stored.trim(), stored.as_str());
+                proptest::prop_assert!(stored.graphemes(true).count() <= MAX_TEXT_CHARS);
+                proptest::prop_assert!(stored
+                    .graphemes(true)
+                    .all(|g| g.chars().count() <= MAX_CLUSTER_CHARS));
+                proptest::prop_assert!(!stored.chars().any(forbidden));
+                proptest::prop_assert!(stored.chars().any(|c| !c.is_whitespace() && !invisible(c)));
+                proptest::prop_assert_eq!(check_text(&stored).ok(), Some(stored.clone()));
+            }
+        }
+    }
 }
