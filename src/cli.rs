@@ -146,11 +146,14 @@ pub struct GatewayListenArgs {
         default_value_t = 256
     )]
     pub http_max_connections_per_client: usize,
-    /// Seconds a request's header may take to arrive, from its first byte.
+    /// Seconds a request's header may take to arrive once the connection is ready for it
+    /// (opened, or the previous answer sent): also how long an idle HTTP/1.1 keep-alive
+    /// connection stays open.
     #[arg(long, env = "STARLING_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub http_header_timeout_secs: u64,
-    /// Seconds a connection may stay without reading or writing a byte before it is
-    /// closed (an open live timeline writes a keep-alive every 15 s).
+    /// Seconds a connection may go without a request (or, with requests in flight,
+    /// without writing a byte of their answers) before it is closed (an open live
+    /// timeline writes a keep-alive every 15 s).
     #[arg(long, env = "STARLING_HTTP_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub http_idle_timeout_secs: u64,
     /// Seconds a request body may take to arrive in full (else 408).

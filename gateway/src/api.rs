@@ -53,9 +53,45 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > crate::JSON_BODY_LIMIT as u64) {
+            drain(req.into_body()).await;
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("JSON body larger than {} bytes", crate::JSON_BODY_LIMIT),
+            ));
+        }
         let r: Result<Json<T>, JsonRejection> = Json::from_request(req, state).await;
         Ok(ApiJson(r?.0))
     }
+}
+
+/// Bytes of a refused body read and dropped before answering, at most.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+/// Time spent reading a refused body, at most.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and drops what a client sends of a body that is refused for its size (up to
+/// [`DRAIN_LIMIT`] and [`DRAIN_TIME`]). Answering without reading it would close the
+/// connection with its bytes unread, and the kernel then resets it, often before the
+/// client has read the answer: the client sees a broken connection instead of the 413.
+async fn drain(body: axum::body::Body) {
+    use futures::StreamExt as _;
+    let mut data = body.into_data_stream();
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = data.next().await {
+            read += chunk.len();
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A tweet as the API shows it.

@@ -13,8 +13,9 @@
 //! * Tokens are `v2.<user>.<expiry unix seconds>.<generation>.<HMAC-SHA256>`: any replica
 //!   holding the secret checks the MAC and expiry without state. The generation is the
 //!   account's token generation when the token was issued (`token-generation:<user>` in
-//!   the store, 0 while absent); sign-out moves it on, which revokes every token issued
-//!   before on every replica. So each authenticated request costs one store read: the
+//!   the store, 0 while absent); sign-out replaces it with a random one, which revokes
+//!   every token issued before on every replica. Stream tickets (`t1.`, 60 s, live
+//!   timeline only) have the same form. So each authenticated request costs one store read: the
 //!   price of a sign-out that works. Without a configured secret a random one is drawn per
 //!   process (tokens then die with the process and are not shared between replicas).
 //! * Sign-ins are limited in sliding 60 s windows: failures per (user, client IP) pair (5,
@@ -94,6 +95,48 @@ fn generation_key(user: &str) -> String {
 pub struct Claims {
     pub user: String,
     pub generation: u64,
+    /// Unix seconds.
+    pub expires: u64,
+}
+
+/// What a signed string is for; a string of one kind is refused as the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The bearer token sign-in answers: every authenticated request, for `token_ttl`.
+    Token,
+    /// A stream ticket: opens the user's live timeline only, for [`TICKET_TTL`]. It goes
+    /// in a URL (an `EventSource` cannot send headers), where proxies and browsers log
+    /// it, so it is short-lived and useless for anything else.
+    Ticket,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Token => TOKEN_VERSION,
+            Kind::Ticket => TICKET_VERSION,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Token => "token",
+            Kind::Ticket => "stream ticket",
+        }
+    }
+}
+
+/// How long a stream ticket may be used to open a stream.
+pub const TICKET_TTL: Duration = Duration::from_secs(60);
+const TICKET_VERSION: &str = "t1";
+
+/// 401 when the account signed out since `claims` were issued (or 503 when the store
+/// cannot say).
+pub async fn still_signed_in(store: &dyn Store, claims: &Claims) -> Result<(), ApiError> {
+    if generation(store, &claims.user).await? != claims.generation {
+        return Err(ApiError::unauthorized("signed out: sign in again"));
+    }
+    Ok(())
 }
 
 /// Everything sign-up, sign-in and token checks need, shared by all requests.
@@ -158,18 +201,24 @@ impl Auth {
     /// lifetime, and its expiry (unix seconds).
     pub fn issue(&self, user: &str, generation: u64) -> (String, u64) {
         let expires = unix_now().saturating_add(self.ttl.as_secs().max(1));
-        self.issue_until(user, generation, expires)
+        self.issue_until(Kind::Token, user, generation, expires)
     }
 
-    fn issue_until(&self, user: &str, generation: u64, expires: u64) -> (String, u64) {
-        let payload = format!("{TOKEN_VERSION}.{user}.{expires}.{generation}");
+    /// A stream ticket for `user` (see [`Kind::Ticket`]), and its expiry.
+    pub fn issue_ticket(&self, user: &str, generation: u64) -> (String, u64) {
+        let expires = unix_now().saturating_add(TICKET_TTL.as_secs());
+        self.issue_until(Kind::Ticket, user, generation, expires)
+    }
+
+    fn issue_until(&self, kind: Kind, user: &str, generation: u64, expires: u64) -> (String, u64) {
+        let payload = format!("{}.{user}.{expires}.{generation}", kind.prefix());
         let sig = URL_SAFE_NO_PAD.encode(self.mac(&payload).finalize().into_bytes());
         (format!("{payload}.{sig}"), expires)
     }
 
-    /// The claims of a token, if it is genuine and not expired.
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        let invalid = || ApiError::unauthorized("invalid token: sign in again");
+    /// The claims of a token of `kind`, if it is genuine and not expired.
+    pub fn verify(&self, kind: Kind, token: &str) -> Result<Claims, ApiError> {
+        let invalid = || ApiError::unauthorized(format!("invalid {}: sign in again", kind.name()));
         let (payload, sig) = token.rsplit_once('.').ok_or_else(invalid)?;
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| invalid())?;
         // Constant-time comparison, inside `verify_slice`.
@@ -177,7 +226,7 @@ impl Auth {
             .verify_slice(&sig)
             .map_err(|_| invalid())?;
         let mut parts = payload.split('.');
-        let (Some(TOKEN_VERSION), Some(user), Some(expires), Some(generation), None) = (
+        let (Some(prefix), Some(user), Some(expires), Some(generation), None) = (
             parts.next(),
             parts.next(),
             parts.next(),
@@ -186,24 +235,34 @@ impl Auth {
         ) else {
             return Err(invalid());
         };
+        if prefix != kind.prefix() {
+            return Err(invalid());
+        }
         let expires: u64 = expires.parse().map_err(|_| invalid())?;
         let generation: u64 = generation.parse().map_err(|_| invalid())?;
         if expires <= unix_now() {
-            return Err(ApiError::unauthorized("token expired: sign in again"));
+            return Err(ApiError::unauthorized(format!(
+                "{} expired: sign in again",
+                kind.name()
+            )));
         }
         Ok(Claims {
             user: user.to_string(),
             generation,
+            expires,
         })
     }
 
-    /// The user of a token that is genuine, unexpired and not signed out.
-    pub async fn authenticate(&self, store: &dyn Store, token: &str) -> Result<String, ApiError> {
-        let claims = self.verify(token)?;
-        if generation(store, &claims.user).await? != claims.generation {
-            return Err(ApiError::unauthorized("signed out: sign in again"));
-        }
-        Ok(claims.user)
+    /// The claims of a token of `kind` that is genuine, unexpired and not signed out.
+    pub async fn authenticate(
+        &self,
+        store: &dyn Store,
+        kind: Kind,
+        token: &str,
+    ) -> Result<Claims, ApiError> {
+        let claims = self.verify(kind, token)?;
+        still_signed_in(store, &claims).await?;
+        Ok(claims)
     }
 
     /// A hashing slot, waited for at most [`HASH_QUEUE_WAIT`]. The permit is owned so it
@@ -275,7 +334,7 @@ fn dummy_hash() -> &'static str {
     })
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -559,11 +618,8 @@ pub async fn signup(
         return Err(taken());
     }
     tracing::info!(user = %c.user, "account created");
-    let generation = generation(store.as_ref(), &c.user).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(session(&state.auth, c.user, generation)),
-    ))
+    // A new account has signed out of nothing: generation 0.
+    Ok((StatusCode::CREATED, Json(session(&state.auth, c.user, 0))))
 }
 
 /// `POST /api/signin`.
@@ -627,15 +683,22 @@ pub async fn signin(
 }
 
 /// `POST /api/signout`: revokes every token of the user issued so far, on every gateway
-/// (the token generation moves on; module docs). Two sign-outs racing both revoke what
-/// was issued before either; neither can revoke a token issued after both.
+/// (module docs). The new generation is drawn at random rather than counted up: two
+/// sign-outs racing (each reading, then writing) then cannot put back a generation that
+/// a third sign-out revoked in between; a late write only revokes more.
 pub async fn signout(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> Result<StatusCode, ApiError> {
-    let store = &state.ctx.store;
-    let next = generation(store.as_ref(), &user).await?.saturating_add(1);
-    store
+    let next = loop {
+        let g = rand::random::<u64>();
+        if g != 0 {
+            break g;
+        }
+    };
+    state
+        .ctx
+        .store
         .apply(vec![Write::Set {
             key: generation_key(&user),
             value: next.to_string().into_bytes(),
@@ -644,6 +707,41 @@ pub async fn signout(
         .map_err(store_unavailable)?;
     tracing::info!(%user, "signed out everywhere");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/stream-ticket`: a short-lived ticket that opens the user's live timeline
+/// (`?ticket=`), for clients that cannot send an `Authorization` header (`EventSource`).
+pub async fn stream_ticket(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let token = bearer(&headers)?;
+    let claims = state
+        .auth
+        .authenticate(state.ctx.store.as_ref(), Kind::Token, token)
+        .await?;
+    let (ticket, expires) = state.auth.issue_ticket(&claims.user, claims.generation);
+    Ok(Json(serde_json::json!({
+        "ticket": ticket,
+        "expires_at": rfc3339(expires as i64, 0),
+    })))
+}
+
+/// The bearer token of `Authorization: Bearer <token>`.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| {
+            ApiError::unauthorized("sign in first: missing Authorization: Bearer <token>")
+        })?
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("invalid Authorization header"))?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))
 }
 
 /// `GET /api/me`.
@@ -660,25 +758,12 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::unauthorized("sign in first: missing Authorization: Bearer <token>")
-            })?
-            .to_str()
-            .map_err(|_| ApiError::unauthorized("invalid Authorization header"))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?;
+        let token = bearer(&parts.headers)?;
         state
             .auth
-            .authenticate(state.ctx.store.as_ref(), token)
+            .authenticate(state.ctx.store.as_ref(), Kind::Token, token)
             .await
-            .map(AuthUser)
+            .map(|c| AuthUser(c.user))
     }
 }
 
@@ -708,37 +793,51 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_reject_tampering() {
         let a = auth();
-        let (t, _) = a.issue("alice", 3);
+        let (t, expires) = a.issue("alice", 3);
         assert_eq!(
-            a.verify(&t).unwrap(),
+            a.verify(Kind::Token, &t).unwrap(),
             Claims {
                 user: "alice".into(),
-                generation: 3
+                generation: 3,
+                expires,
             }
+        );
+        assert!(
+            a.verify(Kind::Ticket, &t).is_err(),
+            "a token is not a ticket"
+        );
+        let (ticket, _) = a.issue_ticket("alice", 3);
+        assert_eq!(a.verify(Kind::Ticket, &ticket).unwrap().user, "alice");
+        assert!(
+            a.verify(Kind::Token, &ticket).is_err(),
+            "a ticket is not a token"
         );
         let forged = t.replacen("alice", "mallory", 1);
         assert_eq!(
-            a.verify(&forged).unwrap_err().status,
+            a.verify(Kind::Token, &forged).unwrap_err().status,
             StatusCode::UNAUTHORIZED
         );
-        assert!(a.verify("garbage").is_err());
-        assert!(a.verify("").is_err());
-        assert!(a.verify("v2.alice.99999999999.0.!!!").is_err());
+        assert!(a.verify(Kind::Token, "garbage").is_err());
+        assert!(a.verify(Kind::Token, "").is_err());
+        assert!(a.verify(Kind::Token, "v2.alice.99999999999.0.!!!").is_err());
         let older = t.replacen(".3.", ".2.", 1);
-        assert!(a.verify(&older).is_err(), "the generation is signed too");
+        assert!(
+            a.verify(Kind::Token, &older).is_err(),
+            "the generation is signed too"
+        );
         let other = Auth::new(
             Some("another secret, at least thirty-two bytes"),
             Duration::from_secs(60),
         )
         .unwrap();
-        assert!(other.verify(&t).is_err());
+        assert!(other.verify(Kind::Token, &t).is_err());
     }
 
     #[test]
     fn expired_tokens_are_rejected() {
         let a = auth();
-        let (t, _) = a.issue_until("alice", 0, unix_now() - 1);
-        let e = a.verify(&t).unwrap_err();
+        let (t, _) = a.issue_until(Kind::Token, "alice", 0, unix_now() - 1);
+        let e = a.verify(Kind::Token, &t).unwrap_err();
         assert!(e.message.contains("expired"), "{e}");
     }
 

@@ -230,6 +230,7 @@ fn router(state: AppState) -> Router {
         .route("/api/signup", post(auth::signup))
         .route("/api/signin", post(auth::signin))
         .route("/api/signout", post(auth::signout))
+        .route("/api/stream-ticket", post(auth::stream_ticket))
         .route("/api/me", get(auth::me))
         .route("/api/tweets", post(api::create_tweet))
         .route("/api/tweets/{id}", get(api::get_tweet))

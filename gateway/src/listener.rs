@@ -8,11 +8,17 @@
 //! * **connections**: at most [`Limits::max_connections`] at once (further clients wait in
 //!   the kernel's backlog until one closes) and [`Limits::max_connections_per_client`] per
 //!   client address (more are closed at once, so one address cannot take them all);
-//! * **headers**: a request's header must arrive within [`Limits::header_read_timeout`]
-//!   (hyper's own timer), and may be at most 64 KiB;
-//! * **idle**: a connection on which nothing was read or written for
-//!   [`Limits::idle_timeout`] is shut down gracefully (an open event stream is not idle: it
-//!   writes a keep-alive comment every 15 s);
+//! * **headers**: a request's header must arrive within [`Limits::header_read_timeout`] of
+//!   the moment the connection is ready for it (its opening, or the end of the previous
+//!   response: hyper's own timer, so an idle HTTP/1.1 keep-alive connection closes then),
+//!   and may be at most 64 KiB;
+//! * **idle**: a connection with no request in flight and none started for
+//!   [`Limits::idle_timeout`] is shut down gracefully, whatever bytes it exchanges (HTTP/2
+//!   pings, a preface sent a byte at a time); one with requests in flight whose answers
+//!   have not moved a byte for as long is stalled (a client that stopped reading) and shut
+//!   down alike; a connection still open [`CLOSE_GRACE`] after its shutdown began is
+//!   dropped. An open event stream writes a keep-alive comment every 15 s, so it is
+//!   neither;
 //! * **bodies**: a request body must be complete within [`Limits::body_timeout`] of the
 //!   request's start, or reading it fails with [`BodyTimedOut`] (the API answers 408);
 //! * **HTTP/2**: at most [`Limits::max_concurrent_streams`] streams per connection and
@@ -28,7 +34,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
@@ -69,6 +75,10 @@ impl Default for Limits {
 
 /// Largest request header block (HTTP/1.1 read buffer, HTTP/2 header list).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// How long a connection asked to shut down gracefully may take to finish its answers
+/// before it is dropped: a client that never reads them cannot hold it.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `stop` turns true, then waits for the connections to
 /// finish (the caller bounds that wait).
@@ -122,15 +132,17 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        let activity = Activity::new();
         let app = PerConnection {
             app: app.clone(),
             peer,
             body_timeout: limits.body_timeout,
+            activity: activity.clone(),
         };
         let builder = builder.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            connection(builder, tcp, app, limits.idle_timeout, stop).await;
+            connection(builder, tcp, app, activity, limits.idle_timeout, stop).await;
             drop(client);
             drop(slot);
         });
@@ -142,25 +154,64 @@ pub async fn serve(
     Ok(())
 }
 
-/// The router as one connection's service: the peer's address for `ConnectInfo`, and the
-/// body deadline on every request.
+/// The router as one connection's service: the peer's address for `ConnectInfo`, the body
+/// deadline on every request, and the connection's count of requests in flight (a request
+/// is in flight until its answer has been sent or dropped).
 #[derive(Clone)]
 struct PerConnection {
     app: Router,
     peer: SocketAddr,
     body_timeout: Duration,
+    activity: Activity,
 }
 
 impl hyper::service::Service<Request<hyper::body::Incoming>> for PerConnection {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
         let mut req = req.map(|body| Body::new(DeadlineBody::new(body, self.body_timeout)));
         req.extensions_mut().insert(ConnectInfo(self.peer));
+        let in_flight = self.activity.request_started();
         // A router is always ready, and cloning one is cheap (an `Arc`).
-        tower::Service::call(&mut self.app.clone(), req)
+        let answer = tower::Service::call(&mut self.app.clone(), req);
+        Box::pin(async move {
+            let resp = answer.await?;
+            Ok(resp.map(|body| {
+                Body::new(InFlightBody {
+                    inner: body,
+                    _in_flight: in_flight,
+                })
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+struct InFlightBody {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for InFlightBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -169,22 +220,32 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Drives one connection to its end: shut down gracefully when idle for too long or when
-/// the gateway stops.
+/// Drives one connection to its end: shut down gracefully when idle or stalled for too
+/// long or when the gateway stops, and dropped if that takes longer than [`CLOSE_GRACE`].
 async fn connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     tcp: TcpStream,
     service: PerConnection,
+    activity: Activity,
     idle_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (io, activity) = Tracked::new(tcp);
+    let io = Tracked {
+        inner: tcp,
+        activity: activity.clone(),
+    };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut check = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(10)));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut closing = false;
+    let mut closing: Option<tokio::time::Instant> = None;
     loop {
+        let give_up = async {
+            match closing {
+                Some(since) => tokio::time::sleep_until(since + CLOSE_GRACE).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             ended = conn.as_mut() => {
                 if let Err(e) = ended {
@@ -192,17 +253,23 @@ async fn connection(
                 }
                 return;
             }
-            _ = check.tick(), if !closing => {
-                if activity.idle_for() >= idle_timeout {
-                    metrics::counter!("starling_gateway_connections_closed_total", "reason" => "idle")
+            _ = check.tick(), if closing.is_none() => {
+                if let Some(reason) = activity.quiet(idle_timeout) {
+                    metrics::counter!("starling_gateway_connections_closed_total", "reason" => reason)
                         .increment(1);
-                    closing = true;
+                    closing = Some(tokio::time::Instant::now());
                     conn.as_mut().graceful_shutdown();
                 }
             }
-            _ = stopped(&mut stop), if !closing => {
-                closing = true;
+            _ = stopped(&mut stop), if closing.is_none() => {
+                closing = Some(tokio::time::Instant::now());
                 conn.as_mut().graceful_shutdown();
+            }
+            _ = give_up => {
+                metrics::counter!("starling_gateway_connections_closed_total", "reason" => "forced")
+                    .increment(1);
+                tracing::debug!("an HTTP connection did not finish shutting down in time; dropped");
+                return;
             }
         }
     }
@@ -245,45 +312,79 @@ impl Drop for ClientSlot {
     }
 }
 
-/// When a connection last read or wrote a byte, shared with its idle check.
+/// What the idle and stall checks of one connection look at: requests in flight, when
+/// one last started or ended, and when the connection last wrote a byte.
 #[derive(Debug, Clone)]
-struct Activity {
-    origin: Instant,
-    last_ms: Arc<AtomicU64>,
+struct Activity(Arc<ActivityState>);
+
+#[derive(Debug)]
+struct ActivityState {
+    origin: tokio::time::Instant,
+    in_flight: AtomicU64,
+    last_request_ms: AtomicU64,
+    last_write_ms: AtomicU64,
+}
+
+/// One request in flight (see [`PerConnection`]).
+struct InFlight(Activity);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let state = &(self.0).0;
+        state
+            .last_request_ms
+            .store(self.0.now_ms(), Ordering::Relaxed);
+        state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Activity {
-    fn touch(&self) {
-        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(now, Ordering::Relaxed);
+    fn new() -> Self {
+        Self(Arc::new(ActivityState {
+            origin: tokio::time::Instant::now(),
+            in_flight: AtomicU64::new(0),
+            last_request_ms: AtomicU64::new(0),
+            last_write_ms: AtomicU64::new(0),
+        }))
     }
 
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.origin.elapsed().saturating_sub(last)
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.0.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn request_started(&self) -> InFlight {
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .last_request_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    fn wrote(&self) {
+        self.0.last_write_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn since(&self, at: &AtomicU64) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(at.load(Ordering::Relaxed)))
+    }
+
+    /// Why the connection should close, if it should: `idle` (no request for `limit`) or
+    /// `stalled` (requests in flight, but no byte written for `limit`).
+    fn quiet(&self, limit: Duration) -> Option<&'static str> {
+        let s = &self.0;
+        let requests_quiet = self.since(&s.last_request_ms) >= limit;
+        if s.in_flight.load(Ordering::Relaxed) == 0 {
+            requests_quiet.then_some("idle")
+        } else {
+            (requests_quiet && self.since(&s.last_write_ms) >= limit).then_some("stalled")
+        }
     }
 }
 
-/// A socket that records its activity.
+/// A socket that records when it wrote.
 struct Tracked {
     inner: TcpStream,
     activity: Activity,
-}
-
-impl Tracked {
-    fn new(inner: TcpStream) -> (Self, Activity) {
-        let activity = Activity {
-            origin: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        };
-        (
-            Self {
-                inner,
-                activity: activity.clone(),
-            },
-            activity,
-        )
-    }
 }
 
 impl AsyncRead for Tracked {
@@ -292,12 +393,7 @@ impl AsyncRead for Tracked {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -309,7 +405,7 @@ impl AsyncWrite for Tracked {
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.wrote();
         }
         polled
     }
@@ -321,7 +417,7 @@ impl AsyncWrite for Tracked {
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.wrote();
         }
         polled
     }
@@ -407,6 +503,39 @@ where
 mod tests {
     use super::*;
     use http_body_util::BodyExt as _;
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_means_no_request_for_a_while_or_a_stalled_answer() {
+        let limit = Duration::from_secs(10);
+        let step = |s| tokio::time::advance(Duration::from_secs(s));
+        let a = Activity::new();
+        assert_eq!(a.quiet(limit), None, "just opened");
+        step(11).await;
+        assert_eq!(
+            a.quiet(limit),
+            Some("idle"),
+            "opened and never asked anything"
+        );
+        let request = a.request_started();
+        assert_eq!(a.quiet(limit), None);
+        step(11).await;
+        assert_eq!(
+            a.quiet(limit),
+            Some("stalled"),
+            "an answer that never moves"
+        );
+        a.wrote();
+        assert_eq!(
+            a.quiet(limit),
+            None,
+            "an answer that moves (an event stream)"
+        );
+        drop(request);
+        step(6).await;
+        assert_eq!(a.quiet(limit), None, "the answer ended 6 s ago");
+        step(5).await;
+        assert_eq!(a.quiet(limit), Some("idle"));
+    }
 
     #[test]
     fn a_client_gets_only_its_share_of_connections() {

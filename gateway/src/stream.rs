@@ -9,9 +9,15 @@
 //! reported, so the browser's stream stays open and loses nothing.
 //!
 //! A stream holds resources as long as it is open, so it is the signed-in user's own
-//! timeline only (a bearer token, in the `Authorization` header or, since `EventSource`
-//! cannot set headers, in the `access_token` query parameter), and bounded: per user, per
-//! client address and per gateway.
+//! timeline only, and bounded: per user, per client address and per gateway. It is opened
+//! with a bearer token in the `Authorization` header or, since `EventSource` cannot set
+//! headers, with a stream ticket in the `ticket` query parameter (`POST /api/stream-ticket`:
+//! 60 s, good for nothing else, so a URL that ends up in a log is worth little). An open
+//! stream checks every minute that its user has not signed out since, and ends when they
+//! have (or when its bearer token expires).
+//!
+//! The per-address caps count the TCP peer: behind a reverse proxy every client is the
+//! proxy, so run the gateway facing its clients (or raise the caps).
 //!
 //! Streams end when the client goes away (axum drops the stream) or when the gateway stops
 //! (the shutdown signal), so a graceful stop is never held open by a browser tab.
@@ -22,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -36,6 +42,7 @@ use tokio::sync::watch;
 use tonic::codec::Streaming;
 
 use crate::api::{user_path, TweetJson, USER_HEADER};
+use crate::auth::{bearer, still_signed_in, Claims, Kind};
 use crate::errors::ApiError;
 use crate::AppState;
 
@@ -52,9 +59,12 @@ const WATCH_LIFETIME: Duration = Duration::from_secs(30 * 60);
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How often an open stream checks that its user has not signed out.
+const RECHECK: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
-    access_token: Option<String>,
+    ticket: Option<String>,
 }
 
 /// Open streams per user and per client address (see the module docs).
@@ -113,26 +123,22 @@ impl Drop for StreamSlot {
     }
 }
 
-/// The bearer token of a stream request: the header, else `access_token`.
-fn stream_token<'a>(headers: &'a HeaderMap, query: &'a StreamQuery) -> Result<&'a str, ApiError> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| ApiError::unauthorized("invalid Authorization header"))?;
-        return value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""));
+/// The credential of a stream request: the bearer token of the header, else the ticket.
+fn credential<'a>(
+    headers: &'a HeaderMap,
+    query: &'a StreamQuery,
+) -> Result<(Kind, &'a str), ApiError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return bearer(headers).map(|t| (Kind::Token, t));
     }
     query
-        .access_token
+        .ticket
         .as_deref()
         .filter(|t| !t.is_empty())
+        .map(|t| (Kind::Ticket, t))
         .ok_or_else(|| {
             ApiError::unauthorized(
-                "sign in first: a live timeline needs Authorization: Bearer <token> or ?access_token=<token>",
+                "sign in first: a live timeline needs Authorization: Bearer <token>, or ?ticket= from POST /api/stream-ticket",
             )
         })
 }
@@ -142,16 +148,18 @@ pub async fn timeline_stream(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     user: Result<Path<String>, PathRejection>,
-    Query(query): Query<StreamQuery>,
+    query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let user = user_path(user)?;
-    let token = stream_token(&headers, &query)?;
-    let me = state
+    let Query(query) = query?;
+    let (kind, credential) = credential(&headers, &query)?;
+    let claims = state
         .auth
-        .authenticate(state.ctx.store.as_ref(), token)
+        .authenticate(state.ctx.store.as_ref(), kind, credential)
         .await?;
-    if me != user {
+    let me = &claims.user;
+    if *me != user {
         return Err(ApiError::forbidden(format!(
             "signed in as {me:?}: a live timeline is only for your own (watch /api/users/{me}/timeline/stream)"
         )));
@@ -165,19 +173,22 @@ pub async fn timeline_stream(
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+        .and_then(|v| v.trim().parse::<u64>().ok());
     // Opening fails (with the service's error) rather than answering a stream that
     // cannot say where it starts.
     let upstream = watch_call(&state.ctx, &user, resume).await?;
-    tracing::debug!(%user, resume, "timeline stream opened");
+    tracing::debug!(%user, ?resume, "timeline stream opened");
+    // A bearer token's stream ends with the token; a ticket only had to be valid to open.
+    let ends_at = (kind == Kind::Token).then_some(claims.expires);
     let live = Live {
         ctx: state.ctx.clone(),
-        user,
+        claims,
+        ends_at,
         position: resume,
         upstream: Some(upstream),
         pending: VecDeque::new(),
         retry: RETRY_FIRST,
+        recheck: tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK),
         shutdown: state.shutdown.clone(),
         _slot: slot,
     };
@@ -189,7 +200,7 @@ pub async fn timeline_stream(
 async fn watch_call(
     ctx: &ServiceContext,
     user: &str,
-    after_id: u64,
+    after_id: Option<u64>,
 ) -> Result<Streaming<WatchHomeTimelineResponse>, ApiError> {
     let mut req = tonic::Request::new(WatchHomeTimelineRequest {
         user: user.to_string(),
@@ -210,18 +221,39 @@ async fn watch_call(
 
 struct Live {
     ctx: ServiceContext,
-    user: String,
-    /// The newest entry accounted for: where a new watch call resumes.
-    position: u64,
+    claims: Claims,
+    /// When the stream must end (its bearer token's expiry, unix seconds).
+    ends_at: Option<u64>,
+    /// The newest entry accounted for: where a new watch call resumes (`None`: the stream
+    /// has not heard from the service yet, so it starts from now).
+    position: Option<u64>,
     upstream: Option<Streaming<WatchHomeTimelineResponse>>,
     pending: VecDeque<TweetJson>,
     retry: Duration,
+    recheck: tokio::time::Interval,
     shutdown: watch::Receiver<bool>,
     /// Held for the stream's life.
     _slot: StreamSlot,
 }
 
 impl Live {
+    fn user(&self) -> &str {
+        &self.claims.user
+    }
+
+    /// Whether the stream may go on: its user has not signed out, its token not expired.
+    async fn still_allowed(&self) -> bool {
+        if self.ends_at.is_some_and(|t| t <= crate::auth::unix_now()) {
+            return false;
+        }
+        match still_signed_in(self.ctx.store.as_ref(), &self.claims).await {
+            Ok(()) => true,
+            Err(e) if e.status == axum::http::StatusCode::UNAUTHORIZED => false,
+            // The store cannot say now: keep the stream, ask again next time.
+            Err(_) => true,
+        }
+    }
+
     /// Waits for the next message of the watch call, watching again when it broke;
     /// false when the stream must end.
     async fn next_batch(&mut self) -> bool {
@@ -234,24 +266,35 @@ impl Live {
                 self.retry = (self.retry * 2).min(RETRY_MAX);
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = self.shutdown.changed() => continue,
+                    _ = self.shutdown.wait_for(|s| *s) => return false,
                 }
-                match watch_call(&self.ctx, &self.user, self.position).await {
+                if !self.still_allowed().await {
+                    return false;
+                }
+                match watch_call(&self.ctx, &self.claims.user, self.position).await {
                     Ok(s) => self.upstream = Some(s),
                     Err(e) => {
-                        tracing::debug!(user = %self.user, error = %e, "cannot watch the timeline again yet")
+                        tracing::debug!(user = %self.user(), error = %e, "cannot watch the timeline again yet")
                     }
                 }
                 continue;
             };
             let message = tokio::select! {
-                m = upstream.message() => m,
-                _ = self.shutdown.changed() => continue,
+                m = upstream.message() => Some(m),
+                _ = self.recheck.tick() => None,
+                _ = self.shutdown.wait_for(|s| *s) => return false,
+            };
+            let Some(message) = message else {
+                if !self.still_allowed().await {
+                    tracing::debug!(user = %self.claims.user, "signed out or expired: live timeline ended");
+                    return false;
+                }
+                continue;
             };
             match message {
                 Ok(Some(m)) => {
                     self.retry = RETRY_FIRST;
-                    self.position = self.position.max(m.position);
+                    self.position = Some(self.position.unwrap_or(0).max(m.position));
                     self.pending
                         .extend(m.tweets.into_iter().map(TweetJson::from));
                     if !self.pending.is_empty() {
@@ -262,7 +305,7 @@ impl Live {
                 // again from where this one was.
                 Ok(None) => self.upstream = None,
                 Err(status) => {
-                    tracing::debug!(user = %self.user, error = %status.message(), "the timeline watch broke");
+                    tracing::debug!(user = %self.user(), error = %status.message(), "the timeline watch broke");
                     self.upstream = None;
                 }
             }

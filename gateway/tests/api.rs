@@ -879,9 +879,17 @@ async fn timeline_stream_delivers_new_tweets() {
     let anonymous = h.get("/api/users/alice/timeline/stream").await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
     assert!(
-        anonymous.error().contains("access_token"),
+        anonymous.error().contains("ticket"),
         "{}",
         anonymous.error()
+    );
+    let token_as_ticket = h
+        .get(&format!("/api/users/alice/timeline/stream?ticket={alice}"))
+        .await;
+    assert_eq!(
+        token_as_ticket.status,
+        StatusCode::UNAUTHORIZED,
+        "a bearer token is not a stream ticket"
     );
     let foreign = h.get_auth("/api/users/alice/timeline/stream", &bob).await;
     assert_eq!(foreign.status, StatusCode::FORBIDDEN, "{}", foreign.text());
@@ -907,11 +915,21 @@ async fn timeline_stream_delivers_new_tweets() {
     assert_eq!(event["author"], "bob");
     assert_eq!(event["text"], "Fresh off the press: a new post");
 
-    // Reconnecting with Last-Event-ID resumes after the given entry (the token in the
-    // query, as a browser's EventSource sends it).
+    // Reconnecting with Last-Event-ID resumes after the given entry (with a stream
+    // ticket in the query, as the web app's EventSource does).
+    let ticket = h
+        .call(Method::POST, "/api/stream-ticket", Some(&alice), None)
+        .await;
+    assert_eq!(ticket.status, StatusCode::OK, "{}", ticket.text());
+    let ticket = ticket.json()["ticket"].as_str().unwrap().to_string();
+    assert_eq!(
+        h.get_auth("/api/me", &ticket).await.status,
+        StatusCode::UNAUTHORIZED,
+        "a stream ticket is good for nothing else"
+    );
     let req = hyper::Request::builder()
         .uri(format!(
-            "{}/api/users/alice/timeline/stream?access_token={alice}",
+            "{}/api/users/alice/timeline/stream?ticket={ticket}",
             h.base
         ))
         .header("last-event-id", &old_id)

@@ -296,12 +296,30 @@
     }
   }
 
-  function openStream() {
+  async function openStream() {
     closeStream();
     const live = $("live-status");
-    // EventSource cannot send an Authorization header: the token goes in the query.
+    // EventSource cannot send an Authorization header: a short-lived stream ticket goes in
+    // the URL instead of the token.
+    let ticket;
+    try {
+      ticket = (await api("POST", "/api/stream-ticket")).ticket;
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) {
+        report(err);
+        return;
+      }
+      live.textContent = "reconnecting";
+      live.classList.remove("on");
+      clearTimeout(state.streamRetry);
+      state.streamRetry = setTimeout(() => {
+        if (state.user && !state.stream) openStream();
+      }, 3000);
+      return;
+    }
+    if (!state.user || state.stream) return;
     const source = new EventSource(
-      "/api/users/" + enc(state.user) + "/timeline/stream?access_token=" + enc(state.token)
+      "/api/users/" + enc(state.user) + "/timeline/stream?ticket=" + enc(ticket)
     );
     state.stream = source;
     source.addEventListener("open", () => {

@@ -110,12 +110,14 @@ impl HomeReader {
         })
     }
 
-    /// The entries newer than `seen`, newest first, reading at most `pages` pages of
-    /// `size`; and whom the user follows.
-    pub async fn newer_than(
+    /// The entries newer than `floor` that `sent` does not hold, reading at most `pages`
+    /// pages of `size` (the next page only while a whole page was new); and whom the user
+    /// follows.
+    pub async fn unsent(
         &self,
         user: &str,
-        seen: u64,
+        floor: u64,
+        sent: &BTreeSet<u64>,
         size: usize,
         pages: usize,
     ) -> Result<(Vec<Tweet>, Vec<String>), Status> {
@@ -127,10 +129,17 @@ impl HomeReader {
             if i == 0 {
                 following = page.following;
             }
-            let reached_seen = page.tweets.iter().any(|t| t.id <= seen);
-            fresh.extend(page.tweets.into_iter().filter(|t| t.id > seen));
+            let all_new = page
+                .tweets
+                .iter()
+                .all(|t| t.id > floor && !sent.contains(&t.id));
+            fresh.extend(
+                page.tweets
+                    .into_iter()
+                    .filter(|t| t.id > floor && !sent.contains(&t.id)),
+            );
             match page.next_before {
-                Some(next) if !reached_seen => before = Some(next),
+                Some(next) if all_new => before = Some(next),
                 _ => break,
             }
         }

@@ -30,6 +30,11 @@ pub const CHANNEL: &str = "timeline-updates";
 
 /// How long to wait before subscribing again after the subscription failed.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+/// How often each instance publishes a heartbeat (an empty notice) on [`CHANNEL`]; a
+/// subscription that has heard nothing for [`SILENCE`] is taken for dead (a connection
+/// that died without a reset never ends the stream on its own) and made again.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+const SILENCE: Duration = Duration::from_secs(35);
 
 /// Which home timelines changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,10 +91,11 @@ pub async fn publish(store: &dyn Store, notice: &Notice) {
 }
 
 /// One watched user: the wake-up counter, and whom the user followed at the last read
-/// (to tell whether a celebrity's tweet concerns them).
+/// (to tell whether a celebrity's tweet concerns them; `None` before the first read, when
+/// every celebrity's tweet might).
 struct Watched {
     wake: watch::Sender<u64>,
-    following: HashSet<String>,
+    following: Option<HashSet<String>>,
     streams: usize,
 }
 
@@ -136,7 +142,7 @@ impl Watchers {
         let mut users = self.users();
         let watched = users.entry(user.to_string()).or_insert_with(|| Watched {
             wake: watch::channel(0).0,
-            following: HashSet::new(),
+            following: None,
             streams: 0,
         });
         watched.streams += 1;
@@ -151,7 +157,7 @@ impl Watchers {
     /// Records whom `user` follows, as the last read of their timeline saw it.
     pub fn set_following(&self, user: &str, following: Vec<String>) {
         if let Some(w) = self.users().get_mut(user) {
-            w.following = following.into_iter().collect();
+            w.following = Some(following.into_iter().collect());
         }
     }
 
@@ -175,10 +181,12 @@ impl Watchers {
             }
         }
         if notice.celebrity {
-            for w in users
-                .values()
-                .filter(|w| w.following.contains(&notice.author))
-            {
+            let concerned = |w: &&Watched| {
+                w.following
+                    .as_ref()
+                    .is_none_or(|f| f.contains(&notice.author))
+            };
+            for w in users.values().filter(concerned) {
                 w.wake.send_modify(|n| *n += 1);
                 woken += 1;
             }
@@ -225,15 +233,31 @@ async fn listen(store: Arc<dyn Store>, inner: Weak<Inner>, mut stop: watch::Rece
                 // Whatever was published while not subscribed is unknown: everyone reads.
                 watchers.wake_all();
                 drop(watchers);
+                let mut beat = tokio::time::interval(HEARTBEAT);
+                let mut heard = tokio::time::Instant::now();
                 loop {
                     let payload = tokio::select! {
                         p = notices.next() => p,
-                        _ = stop.wait_for(|s| *s) => return,
+                        _ = beat.tick() => {
+                            if heard.elapsed() >= SILENCE {
+                                tracing::warn!("the timeline notice subscription went silent; subscribing again");
+                                break;
+                            }
+                            if let Err(e) = store.publish(CHANNEL, &[]).await {
+                                tracing::debug!(error = %e, "cannot publish a heartbeat");
+                            }
+                            continue;
+                        }
+                        _ = stopped(&mut stop) => return,
                     };
                     let Some(payload) = payload else {
                         tracing::warn!("the timeline notice subscription broke; subscribing again");
                         break;
                     };
+                    heard = tokio::time::Instant::now();
+                    if payload.is_empty() {
+                        continue; // a heartbeat
+                    }
                     let Some(inner) = inner.upgrade() else { return };
                     match Notice::decode(&payload) {
                         Some(notice) => Watchers { inner }.wake(&notice),
@@ -247,9 +271,14 @@ async fn listen(store: Arc<dyn Store>, inner: Weak<Inner>, mut stop: watch::Rece
         }
         tokio::select! {
             _ = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stopped(&mut stop) => return,
         }
     }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// One stream's registration; dropping it unregisters the stream.
@@ -316,6 +345,10 @@ mod tests {
         // The subscription's start wakes everyone once.
         assert!(woken(&mut bob).await && woken(&mut bob_again).await && woken(&mut carol).await);
         watchers.set_following("carol", vec!["star".into()]);
+        watchers.set_following("bob", vec!["alice".into()]);
+        // Registered after the subscription began: nothing wakes dave yet.
+        let mut dave = watchers.watch("dave");
+        assert!(!dave.changes.has_changed().unwrap());
 
         publish(
             store.as_ref(),
@@ -340,7 +373,15 @@ mod tests {
         )
         .await;
         assert!(woken(&mut carol).await, "carol follows the celebrity");
-        assert!(!bob.changes.has_changed().unwrap());
+        assert!(
+            woken(&mut dave).await,
+            "whom dave follows is not known yet: any celebrity may concern him"
+        );
+        assert!(
+            !bob.changes.has_changed().unwrap(),
+            "bob does not follow the celebrity"
+        );
+        drop(dave);
 
         drop(bob);
         drop(bob_again);
