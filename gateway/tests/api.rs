@@ -875,6 +875,16 @@ async fn timeline_stream_delivers_new_tweets() {
     })
     .await;
 
+    // carol, whom alice does not follow, posts before the stream opens (see below).
+    let carol = w.sign_up("carol").await;
+    let late: u64 = w
+        .post_tweet(&carol, "Written before bob's post, delivered after")
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
     // A live timeline is the signed-in user's own.
     let anonymous = h.get("/api/users/alice/timeline/stream").await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
@@ -914,6 +924,24 @@ async fn timeline_stream_delivers_new_tweets() {
     let event = await_tweet_event(&mut body, fresh_id).await;
     assert_eq!(event["author"], "bob");
     assert_eq!(event["text"], "Fresh off the press: a new post");
+
+    // Timelines do not fill in id order (a big fan-out lands after a small later one): an
+    // entry older than one already sent, arriving late, is still sent. Here carol's
+    // earlier tweet is put into alice's timeline by hand, as a slow fan-out would.
+    assert!(late < fresh_id.parse::<u64>().unwrap());
+    let storage = starling_timeline::storage::TimelineStorage::new(w.ctx.store.clone(), 800);
+    storage.push_many("alice", &[late]).await.unwrap();
+    starling_timeline::watch::publish(
+        w.ctx.store.as_ref(),
+        &starling_timeline::watch::Notice {
+            author: "carol".into(),
+            users: vec!["alice".into()],
+            celebrity: false,
+        },
+    )
+    .await;
+    let late_event = await_tweet_event(&mut body, &late.to_string()).await;
+    assert_eq!(late_event["id"], late.to_string());
 
     // Reconnecting with Last-Event-ID resumes after the given entry (with a stream
     // ticket in the query, as the web app's EventSource does).
