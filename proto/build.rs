@@ -12,6 +12,7 @@ const FILES: &[&str] = &[
     "starling/tagger/v1/tagger.proto",
     "starling/recommendation/v1/recommendation.proto",
     "starling/events/v1/events.proto",
+    "starling/auth/v1/auth.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

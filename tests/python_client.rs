@@ -1,8 +1,9 @@
 //! Starling from another language: a Python client generated from `proto/` with
 //! grpcio-tools (`python3 -m grpc_tools.protoc`) runs `tests/python/client_test.py` against
-//! `starling up`, once through the gateway's gRPC port and once straight to the services:
-//! follow, post, the post in the follower's home timeline, INVALID_ARGUMENT for an empty
-//! text.
+//! `starling up`: through the gateway's gRPC port and through its HTTP port (signing up
+//! with `AuthService` and sending the tokens; refused without one or as someone else), and
+//! straight to the services: follow, post, the post in the follower's home timeline,
+//! INVALID_ARGUMENT for an empty text.
 //!
 //! Needs `python3` with grpcio-tools (scripts/install-deps.sh installs it). Off CI a missing
 //! piece skips the test loudly; under `CI=true` it fails.
@@ -128,6 +129,9 @@ async fn generated_python_client_works_through_the_gateway_and_directly() {
     wait_ready(&gateway_http).await;
 
     run_client(&python, stubs.path(), &["--gateway", &gateway_grpc]).await;
+    // The HTTP port serves native gRPC too (one port for everything).
+    let http_addr = gateway_http.trim_start_matches("http://").to_string();
+    run_client(&python, stubs.path(), &["--gateway", &http_addr]).await;
     run_client(
         &python,
         stubs.path(),

@@ -221,7 +221,7 @@ pub struct PostTweet {
 
 /// Counts one write against `user`'s budget (see `writes.rs`): 429 with `Retry-After`
 /// when it is spent.
-fn take_write(state: &AppState, user: &str) -> Result<(), ApiError> {
+pub(crate) fn take_write(state: &AppState, user: &str) -> Result<(), ApiError> {
     state.writes.take(user).map_err(|wait| {
         ApiError::too_many_requests(format!(
             "too many writes by {user}: at most {} at once and {} a second; try again in {} s",

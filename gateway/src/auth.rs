@@ -504,6 +504,9 @@ pub struct Session {
     pub user: String,
     pub token: String,
     pub expires_at: String,
+    /// The same instant in unix seconds, for the gRPC answer.
+    #[serde(skip)]
+    pub expires: u64,
 }
 
 fn session(auth: &Auth, user: String, generation: u64) -> Session {
@@ -512,6 +515,7 @@ fn session(auth: &Auth, user: String, generation: u64) -> Session {
         user,
         token,
         expires_at: rfc3339(expires as i64, 0),
+        expires,
     }
 }
 
@@ -586,11 +590,17 @@ pub async fn signup(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(c): ApiJson<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let session = sign_up(&state, peer.ip(), c).await?;
+    Ok((StatusCode::CREATED, Json(session)))
+}
+
+/// Creates an account (JSON and gRPC alike).
+pub async fn sign_up(state: &AppState, peer: IpAddr, c: Credentials) -> Result<Session, ApiError> {
     check_credentials(&c)?;
     state
         .auth
         .signups
-        .reserve(&[ip_key(peer.ip())])
+        .reserve(&[ip_key(peer)])
         .map_err(|wait| {
             ApiError::too_many_requests(format!(
                 "too many sign-ups from this address: try again in {} s",
@@ -607,7 +617,7 @@ pub async fn signup(
     // The user exists for every service (the follower service's registry) before the
     // account does: a crash in between leaves a registered name without an account, which
     // the next sign-up of that name completes, never an account others cannot follow.
-    register(&state, &c.user).await?;
+    register(state, &c.user).await?;
     // The atomic claim (module docs).
     if store
         .claim(&key, phc.as_bytes(), None)
@@ -619,7 +629,7 @@ pub async fn signup(
     }
     tracing::info!(user = %c.user, "account created");
     // A new account has signed out of nothing: generation 0.
-    Ok((StatusCode::CREATED, Json(session(&state.auth, c.user, 0))))
+    Ok(session(&state.auth, c.user, 0))
 }
 
 /// `POST /api/signin`.
@@ -628,13 +638,18 @@ pub async fn signin(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(c): ApiJson<Credentials>,
 ) -> Result<Json<Session>, ApiError> {
+    sign_in(&state, peer.ip(), c).await.map(Json)
+}
+
+/// Checks a password and answers a token (JSON and gRPC alike).
+pub async fn sign_in(state: &AppState, peer: IpAddr, c: Credentials) -> Result<Session, ApiError> {
     starling_runtime::check_user("user", &c.user)?;
     if c.password.len() > 4 * MAX_PASSWORD {
         return Err(ApiError::bad_request("password too long"));
     }
     let auth = &state.auth;
-    let client = [ip_key(peer.ip())];
-    let pair = [pair_key(&c.user, peer.ip())];
+    let client = [ip_key(peer)];
+    let pair = [pair_key(&c.user, peer)];
     // Every sign-in counts against its client (each costs a hash); failures count against
     // the (user, client) pair and the client. A locked pair does not lock the user out
     // from other clients, nor other users out from this one.
@@ -675,11 +690,11 @@ pub async fn signin(
     auth.clients.release(&client, counted);
     auth.pairs.clear(&pair[0]);
     // Accounts made before the registry existed join it at their next sign-in.
-    if let Err(e) = register(&state, &c.user).await {
+    if let Err(e) = register(state, &c.user).await {
         tracing::warn!(user = %c.user, error = %e, "cannot register a signed-in user");
     }
     let generation = generation(state.ctx.store.as_ref(), &c.user).await?;
-    Ok(Json(session(auth, c.user, generation)))
+    Ok(session(auth, c.user, generation))
 }
 
 /// `POST /api/signout`: revokes every token of the user issued so far, on every gateway
@@ -690,6 +705,12 @@ pub async fn signout(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> Result<StatusCode, ApiError> {
+    sign_out(&state, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes every token of `user` (JSON and gRPC alike; see [`signout`]).
+pub async fn sign_out(state: &AppState, user: &str) -> Result<(), ApiError> {
     let next = loop {
         let g = rand::random::<u64>();
         if g != 0 {
@@ -700,13 +721,13 @@ pub async fn signout(
         .ctx
         .store
         .apply(vec![Write::Set {
-            key: generation_key(&user),
+            key: generation_key(user),
             value: next.to_string().into_bytes(),
         }])
         .await
         .map_err(store_unavailable)?;
     tracing::info!(%user, "signed out everywhere");
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// `POST /api/stream-ticket`: a short-lived ticket that opens the user's live timeline

@@ -143,6 +143,38 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// The same failure for a gRPC caller (the gateway's own gRPC methods: `AuthService`, the
+/// user-call checks). 5xx details stay in the log, as for HTTP.
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        let code = match e.status {
+            StatusCode::BAD_REQUEST => Code::InvalidArgument,
+            StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+            StatusCode::FORBIDDEN => Code::PermissionDenied,
+            StatusCode::NOT_FOUND => Code::NotFound,
+            StatusCode::CONFLICT => Code::AlreadyExists,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => {
+                Code::ResourceExhausted
+            }
+            StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
+            StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+            _ => Code::Internal,
+        };
+        if e.status.is_server_error() {
+            let request_id = format!("{:016x}", rand::random::<u64>());
+            tracing::warn!(%request_id, status = %e.status, error = %e.message, "gRPC request failed");
+            return tonic::Status::new(
+                code,
+                format!(
+                    "{} (request id {request_id})",
+                    server_error_message(e.status)
+                ),
+            );
+        }
+        tonic::Status::new(code, e.message)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {

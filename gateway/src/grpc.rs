@@ -1,17 +1,17 @@
-//! gRPC through the gateway: the pass-through port and gRPC-Web on the HTTP port.
+//! gRPC through the gateway: native gRPC on the HTTP port (HTTP/2) and on the gRPC port,
+//! and gRPC-Web on the HTTP port, all served by one [`door`]:
 //!
-//! [`Forwarder`] is a tower service that takes any `/starling.<svc>.v1.<Service>/<Method>`
-//! call and sends it, untouched, through the mesh channel of `<svc>`: balancing, retries of
-//! idempotent methods, ejection and deadlines are the mesh's, exactly as for a Rust client
-//! inside the mesh. Nothing is decoded, so a new method needs no gateway change.
-//!
-//! The gRPC port ([`serve`]) puts the forwarder behind grpc.health.v1 and server reflection
-//! (v1 and v1alpha) served locally from the same descriptor set the services use, so
-//! `grpcurl -plaintext <gateway> list` shows the five services. The health status of each
-//! service name follows the mesh: SERVING while it has at least one endpoint.
-//!
-//! On the HTTP port, requests whose content-type starts with `application/grpc-web` go
-//! through tonic-web's translation layer ([`grpc_web`]) into the same forwarder.
+//! * `starling.auth.v1.AuthService` (`accounts.rs`): sign-up, sign-in and sign-out with the
+//!   JSON API's accounts and tokens;
+//! * grpc.health.v1 (each service's status follows the mesh: SERVING while it has an
+//!   endpoint) and server reflection v1 and v1alpha from the services' descriptor set, so
+//!   `grpcurl -plaintext <gateway> list` shows every service;
+//! * every other `/starling.<svc>.v1.<Service>/<Method>` call, checked by `calls.rs`
+//!   (public reads, a signed-in user's own writes) and sent, untouched, through the mesh
+//!   channel of `<svc>` by [`Forwarder`]: balancing, retries of idempotent methods,
+//!   ejection and deadlines are the mesh's, exactly as for a Rust client inside the mesh.
+//!   Nothing is decoded on the way but a write's acting user, so a new read method needs
+//!   no gateway change.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use starling_discovery::{DeadlineLayer, Mesh};
-use starling_runtime::metrics::{CallMetrics, CallMetricsLayer};
+use starling_proto::auth::v1::auth_service_server::AuthServiceServer;
+use starling_runtime::metrics::CallMetricsLayer;
 use starling_runtime::ServiceKind;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,6 +34,10 @@ use tonic::Status;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+use crate::accounts::Accounts;
+use crate::calls::UserCalls;
+use crate::AppState;
 
 /// How often the gRPC port's health statuses are brought in line with the mesh.
 const HEALTH_REFRESH: Duration = Duration::from_secs(1);
@@ -51,12 +56,11 @@ pub fn target_service(path: &str) -> Option<ServiceKind> {
         .find(|k| k.grpc_name() == grpc_name)
 }
 
-/// Forwards Starling gRPC calls through the mesh (see the module docs).
+/// Forwards Starling gRPC calls through the mesh (see the module docs). Who may make
+/// which call is decided before it, by `calls::UserCalls`.
 #[derive(Clone)]
 pub struct Forwarder {
     mesh: Arc<Mesh>,
-    /// When set, only these paths pass (the reads); anything else is PERMISSION_DENIED.
-    allowed: Option<Arc<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -66,23 +70,8 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    /// Forwards every Starling call: for the gRPC port, which is for trusted networks
-    /// (other services, operators) and has no accounts.
     pub fn new(mesh: Arc<Mesh>) -> Self {
-        Self {
-            mesh,
-            allowed: None,
-        }
-    }
-
-    /// Forwards only the methods declared `NO_SIDE_EFFECTS` in the .proto files: for
-    /// gRPC-Web on the public HTTP port, where writes must go through the JSON API with a
-    /// token (a write here could name any author or follower).
-    pub fn read_only(mesh: Arc<Mesh>) -> Self {
-        Self {
-            mesh,
-            allowed: Some(Arc::new(starling_proto::read_only_methods())),
-        }
+        Self { mesh }
     }
 }
 
@@ -113,16 +102,6 @@ where
                 ))))
             });
         };
-        if let Some(allowed) = &self.allowed {
-            if !allowed.contains(&path) {
-                return Box::pin(async move {
-                    Ok(status_response(Status::permission_denied(format!(
-                        "{path} changes data: use the JSON API with a sign-in token (gRPC-Web \
-                         serves reads only)"
-                    ))))
-                });
-            }
-        }
         let channel = self.mesh.channel(kind.name());
         let (mut parts, body) = req.into_parts();
         // The mesh speaks HTTP/2 to the services whatever the client spoke to us (gRPC-Web
@@ -143,13 +122,55 @@ where
     }
 }
 
-/// The gRPC-Web endpoint of the HTTP port: tonic-web's grpc-web ⇄ grpc translation in
-/// front of a read-only forwarder, counted like the gRPC port's calls.
-pub type GrpcWeb = tonic_web::GrpcWebService<CallMetrics<Forwarder>>;
+/// What every gRPC door of the gateway serves (native gRPC on the HTTP and gRPC ports,
+/// gRPC-Web on the HTTP port): `AuthService`, health and reflection locally, and every
+/// Starling call through [`UserCalls`] (public reads, a user's own writes) to the mesh;
+/// counted by method, with the caller's deadline in scope.
+pub type GrpcDoor =
+    tower::util::BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
 
-pub fn grpc_web(mesh: Arc<Mesh>) -> GrpcWeb {
-    tonic_web::GrpcWebLayer::new()
-        .layer(CallMetricsLayer::new("gateway").layer(Forwarder::read_only(mesh)))
+pub fn door(state: AppState, health: &HealthReporter) -> anyhow::Result<GrpcDoor> {
+    let (reflection_v1, reflection_v1alpha) = starling_runtime::server::reflection()?;
+    let health = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(health.clone()),
+    );
+    let mut builder = tonic::service::Routes::builder();
+    builder
+        .add_service(AuthServiceServer::new(Accounts::new(state.clone())))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let router = builder
+        .routes()
+        .into_axum_router()
+        .fallback_service(UserCalls::new(state));
+    let service = ServiceBuilder::new()
+        .layer(CallMetricsLayer::new("gateway"))
+        .layer(DeadlineLayer)
+        .service(router);
+    let service =
+        ServiceExt::<http::Request<Body>>::map_response(service, |r: axum::response::Response| {
+            r.map(Body::new)
+        });
+    Ok(tower::util::BoxCloneSyncService::new(service))
+}
+
+/// gRPC-Web on the HTTP port: tonic-web's grpc-web ⇄ grpc translation in front of the
+/// same [`door`] as native gRPC.
+pub type GrpcWeb = tonic_web::GrpcWebService<GrpcDoor>;
+
+pub fn grpc_web(door: GrpcDoor) -> GrpcWeb {
+    tonic_web::GrpcWebLayer::new().layer(door)
+}
+
+/// True for native gRPC (not gRPC-Web): `application/grpc`, `application/grpc+proto`, ...
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.starts_with("application/grpc") && !ct.starts_with("application/grpc-web")
+        })
 }
 
 /// True for the content types gRPC-Web clients send.
@@ -168,9 +189,12 @@ pub struct GrpcServer {
     pub health_task: JoinHandle<()>,
 }
 
-/// Binds `addr` and serves the gRPC port until `shutdown` turns true.
+/// Binds `addr` and serves `door` on it until `shutdown` turns true; `health` is the
+/// door's health reporter, kept in line with the mesh.
 pub async fn serve(
     addr: SocketAddr,
+    door: GrpcDoor,
+    health: HealthReporter,
     mesh: Arc<Mesh>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<GrpcServer> {
@@ -178,32 +202,15 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {addr} (gRPC)"))?;
     let local_addr = listener.local_addr()?;
-
-    let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
-    let (reflection_v1, reflection_v1alpha) = starling_runtime::server::reflection()?;
 
-    let mut builder = tonic::service::Routes::builder();
-    builder
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
-    // Everything that is not health or reflection is forwarded.
-    let router = builder
-        .routes()
-        .into_axum_router()
-        .fallback_service(Forwarder::new(mesh.clone()));
-
-    let layers = ServiceBuilder::new()
-        .layer(CallMetricsLayer::new("gateway"))
-        .layer(DeadlineLayer)
-        .into_inner();
+    let router = axum::Router::new()
+        .fallback_service(door.map_request(|r: http::Request<axum::body::Body>| r.map(Body::new)));
     let mut stop = shutdown.clone();
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .layer(layers)
         .add_routes(tonic::service::Routes::from(router))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -1,18 +1,25 @@
 //! The Starling gateway: how browsers and non-Rust clients reach the mesh (see `API.md`).
 //!
-//! Two listeners, one process:
-//! * the HTTP port serves the JSON API under `/api` (`api.rs`, `auth.rs`, `stream.rs`), the
-//!   web UI (`ui.rs`), `/healthz`, `/readyz` (`health.rs`) and gRPC-Web (`grpc.rs`), with CORS open to any origin (the API authenticates with bearer tokens,
-//!   never cookies, so a foreign page gains nothing it could not do with its own token);
-//! * the gRPC port forwards every `starling.*` call through the mesh and serves health and
-//!   reflection itself (`grpc.rs`).
+//! One HTTP port (`listener.rs`: connection caps and timeouts) serves, told apart by
+//! content type:
+//! * the JSON API under `/api` (`api.rs`, `auth.rs`, `stream.rs`), the web UI (`ui.rs`),
+//!   `/healthz` and `/readyz` (`health.rs`), with CORS open to any origin (the API
+//!   authenticates with bearer tokens, never cookies, so a foreign page gains nothing it
+//!   could not do with its own token);
+//! * native gRPC and gRPC-Web (`grpc.rs`): `AuthService` (`accounts.rs`), health,
+//!   reflection, and every `starling.*` call under the JSON API's rules (`calls.rs`)
+//!   forwarded through the mesh.
+//!
+//! The `--grpc` port serves the same gRPC again, for clients that want a port of its own.
 //!
 //! The gateway is stateless apart from accounts (in the shared store) and the sign-in
 //! limiter (in memory), so replicas can run side by side given a shared token secret.
 //! This file only composes: configuration, the router, start and stop.
 
+mod accounts;
 mod api;
 mod auth;
+mod calls;
 mod errors;
 mod grpc;
 mod health;
@@ -150,9 +157,18 @@ pub async fn start(config: GatewayConfig, ctx: &ServiceContext) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot listen on {} (HTTP)", config.http))?;
     let http_addr = listener.local_addr()?;
-    let grpc = grpc::serve(config.grpc, ctx.mesh.clone(), shutdown_rx.clone()).await?;
+    let health = tonic_health::server::HealthReporter::new();
+    let door = grpc::door(state.clone(), &health)?;
+    let grpc = grpc::serve(
+        config.grpc,
+        door.clone(),
+        health,
+        ctx.mesh.clone(),
+        shutdown_rx.clone(),
+    )
+    .await?;
 
-    let app = router(state);
+    let app = router(state, door);
     let http = tokio::spawn(listener::serve(listener, app, config.limits, shutdown_rx));
     tracing::info!(%http_addr, grpc_addr = %grpc.local_addr, "gateway serving");
     Ok(RunningGateway {
@@ -219,8 +235,11 @@ impl RunningGateway {
 pub const JSON_BODY_LIMIT: usize = 16 * 1024;
 
 /// The HTTP port's routes and layers.
-fn router(state: AppState) -> Router {
-    let grpc_web = grpc::grpc_web(state.ctx.mesh.clone());
+fn router(state: AppState, door: grpc::GrpcDoor) -> Router {
+    let doors = GrpcDoors {
+        web: grpc::grpc_web(door.clone()),
+        native: door,
+    };
     Router::new()
         .route("/", get(ui::index))
         .route("/app.js", get(ui::app_js))
@@ -257,19 +276,34 @@ fn router(state: AppState) -> Router {
         .with_state(state)
         // Outermost last: CORS answers preflights for everything, gRPC-Web included.
         .layer(middleware::from_fn(http_metrics))
-        .layer(middleware::from_fn_with_state(grpc_web, grpc_web_dispatch))
+        .layer(middleware::from_fn_with_state(doors, grpc_dispatch))
         .layer(CorsLayer::permissive())
 }
 
-/// Sends gRPC-Web requests to tonic-web and the forwarder, everything else on.
-async fn grpc_web_dispatch(State(web): State<grpc::GrpcWeb>, req: Request, next: Next) -> Response {
-    if !grpc::is_grpc_web(req.headers()) {
-        return next.run(req).await;
+/// The gRPC doors of the HTTP port (see `grpc::door`).
+#[derive(Clone)]
+struct GrpcDoors {
+    web: grpc::GrpcWeb,
+    native: grpc::GrpcDoor,
+}
+
+/// Sends gRPC-Web requests to tonic-web, native gRPC (HTTP/2) to the gRPC door, and
+/// everything else on, told apart by content type: one port serves them all.
+async fn grpc_dispatch(State(doors): State<GrpcDoors>, req: Request, next: Next) -> Response {
+    if grpc::is_grpc_web(req.headers()) {
+        return match doors.web.oneshot(req).await {
+            Ok(resp) => resp.into_response(),
+            Err(never) => match never {},
+        };
     }
-    match web.oneshot(req).await {
-        Ok(resp) => resp.into_response(),
-        Err(never) => match never {},
+    if grpc::is_grpc(req.headers()) {
+        let req = req.map(tonic::body::Body::new);
+        return match doors.native.oneshot(req).await {
+            Ok(resp) => resp.into_response(),
+            Err(never) => match never {},
+        };
     }
+    next.run(req).await
 }
 
 /// `starling_gateway_http_requests_total{method,route,status}` and

@@ -1369,6 +1369,10 @@ async fn read_until_closed_half(r: &mut tokio::net::tcp::ReadHalf<'_>) -> (Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_port_forwards_and_serves_health_and_reflection() {
+    use starling_proto::auth::v1::auth_service_client::AuthServiceClient;
+    use starling_proto::auth::v1::{Credentials, SignOutRequest};
+    use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
+    use starling_proto::follower::v1::RegisterUsersRequest;
     use starling_proto::tweet::v1::tweet_service_client::TweetServiceClient;
     use starling_proto::tweet::v1::{CreateTweetRequest, GetTweetRequest};
     use tonic_health::pb::health_check_response::ServingStatus;
@@ -1387,36 +1391,123 @@ async fn grpc_port_forwards_and_serves_health_and_reflection() {
             .await
             .expect("connect to the gRPC port");
 
-    // A call forwarded through the mesh.
-    let mut tweets = TweetServiceClient::new(channel.clone());
-    let created = tweets
-        .create_tweet(CreateTweetRequest {
-            author: "erin".into(),
-            text: "Posted through the gateway's gRPC port".into(),
-        })
-        .await
-        .expect("create through the gateway")
-        .into_inner()
-        .tweet
-        .unwrap();
-    let got = tweets
-        .get_tweet(GetTweetRequest { id: created.id })
-        .await
-        .expect("get through the gateway")
-        .into_inner()
-        .tweet
-        .unwrap();
-    assert_eq!(got.text, created.text);
-    // Service errors come back as they are.
-    let bad = tweets
-        .create_tweet(CreateTweetRequest {
-            author: "Erin!".into(),
-            text: "x".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
-    assert!(bad.message().contains("author"), "{}", bad.message());
+    // Accounts over gRPC; writes need the token and act as its user only; reads are
+    // public. The same on the HTTP port (native gRPC over HTTP/2 there).
+    let http_channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", w.gateway.http_addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the HTTP port with gRPC");
+    for (door, ch, user) in [
+        ("gRPC port", channel.clone(), "erin"),
+        ("HTTP port", http_channel, "fay"),
+    ] {
+        let mut accounts = AuthServiceClient::new(ch.clone());
+        let session = accounts
+            .sign_up(Credentials {
+                user: user.into(),
+                password: "correct horse".into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{door}: sign up over gRPC: {e:?}"))
+            .into_inner();
+        assert_eq!(session.user, user);
+        assert!(session.expires_at.is_some());
+        let dup = accounts
+            .sign_up(Credentials {
+                user: user.into(),
+                password: "correct horse".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(dup.code(), tonic::Code::AlreadyExists, "{door}");
+        let wrong = accounts
+            .sign_in(Credentials {
+                user: user.into(),
+                password: "wrong horse".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(wrong.code(), tonic::Code::Unauthenticated, "{door}");
+        // The token is the JSON API's.
+        let me = w.http.get_auth("/api/me", &session.token).await;
+        assert_eq!(me.json()["user"], user, "{door}");
+
+        let post = |author: &str, text: &str, token: Option<&str>| {
+            let mut req = tonic::Request::new(CreateTweetRequest {
+                author: author.into(),
+                text: text.into(),
+            });
+            if let Some(t) = token {
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            }
+            req
+        };
+        let mut tweets = TweetServiceClient::new(ch.clone());
+        let anonymous = tweets
+            .create_tweet(post(user, "no token", None))
+            .await
+            .unwrap_err();
+        assert_eq!(anonymous.code(), tonic::Code::Unauthenticated, "{door}");
+        let forged = tweets
+            .create_tweet(post("alice", "as someone else", Some(&session.token)))
+            .await
+            .unwrap_err();
+        assert_eq!(forged.code(), tonic::Code::PermissionDenied, "{door}");
+        let created = tweets
+            .create_tweet(post(
+                user,
+                "Posted through the gateway over gRPC",
+                Some(&session.token),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{door}: create with a token: {e:?}"))
+            .into_inner()
+            .tweet
+            .unwrap();
+        let got = tweets
+            .get_tweet(GetTweetRequest { id: created.id })
+            .await
+            .expect("reads are public")
+            .into_inner()
+            .tweet
+            .unwrap();
+        assert_eq!(got.text, created.text);
+        // Service errors come back as they are.
+        let bad = tweets
+            .create_tweet(post(user, "   ", Some(&session.token)))
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{door}");
+        assert!(bad.message().contains("text"), "{}", bad.message());
+        // Internal methods are not for clients of the gateway, token or not.
+        let mut register = tonic::Request::new(RegisterUsersRequest {
+            users: vec!["ghost".into()],
+        });
+        register.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", session.token).parse().unwrap(),
+        );
+        let internal = FollowerServiceClient::new(ch.clone())
+            .register_users(register)
+            .await
+            .unwrap_err();
+        assert_eq!(internal.code(), tonic::Code::PermissionDenied, "{door}");
+        // Sign-out over gRPC revokes the token.
+        let mut out = tonic::Request::new(SignOutRequest {});
+        out.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", session.token).parse().unwrap(),
+        );
+        accounts.sign_out(out).await.expect("sign out");
+        let revoked = tweets
+            .create_tweet(post(user, "after sign-out", Some(&session.token)))
+            .await
+            .unwrap_err();
+        assert_eq!(revoked.code(), tonic::Code::Unauthenticated, "{door}");
+    }
 
     // Health, served by the gateway itself.
     let mut health = HealthClient::new(channel.clone());
@@ -1504,41 +1595,55 @@ async fn grpc_web_is_served_on_the_http_port() {
     let trailers = String::from_utf8_lossy(&body[5 + len..]);
     assert!(trailers.contains("grpc-status:0"), "{trailers}");
 
-    // A write over gRPC-Web would need no token and could name any author: refused.
-    let create = starling_proto::tweet::v1::CreateTweetRequest {
-        author: "victim".into(),
-        text: "not mine".into(),
-    }
-    .encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(create.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&create);
-    let req = hyper::Request::builder()
-        .method(Method::POST)
-        .uri(format!(
-            "{}/starling.tweet.v1.TweetService/CreateTweet",
-            h.base
-        ))
-        .header("content-type", "application/grpc-web+proto")
-        .header("x-grpc-web", "1")
-        .body(Full::new(Bytes::from(frame)))
-        .unwrap();
-    let r = h.send(req).await;
-    let status = r
-        .headers
-        .get("grpc-status")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
-    assert!(
-        status.contains('7'),
-        "PERMISSION_DENIED expected, got {status:?}"
-    );
+    // Writes over gRPC-Web need a token and act as its user only.
+    let victim_token = w.sign_up("victim").await;
+    let mallory = w.sign_up("mallory").await;
+    let web_post = |author: &str, token: Option<String>| {
+        let create = starling_proto::tweet::v1::CreateTweetRequest {
+            author: author.into(),
+            text: format!("posted as {author}"),
+        }
+        .encode_to_vec();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(create.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&create);
+        let mut req = hyper::Request::builder()
+            .method(Method::POST)
+            .uri(format!(
+                "{}/starling.tweet.v1.TweetService/CreateTweet",
+                h.base
+            ))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.body(Full::new(Bytes::from(frame))).unwrap()
+    };
+    let grpc_status = |r: &Resp| {
+        r.headers
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_else(|| {
+                let text = String::from_utf8_lossy(&r.body).into_owned();
+                text.split("grpc-status:")
+                    .nth(1)
+                    .map(|s| s.trim().chars().take_while(char::is_ascii_digit).collect())
+                    .unwrap_or(text)
+            })
+    };
+    let anonymous = h.send(web_post("victim", None)).await;
+    assert_eq!(grpc_status(&anonymous), "16", "UNAUTHENTICATED expected");
+    let forged = h.send(web_post("victim", Some(mallory))).await;
+    assert_eq!(grpc_status(&forged), "7", "PERMISSION_DENIED expected");
+    let own = h.send(web_post("victim", Some(victim_token))).await;
+    assert_eq!(grpc_status(&own), "0", "the user's own write goes through");
     let victim = h.get("/api/users/victim/tweets").await;
     assert_eq!(victim.status, StatusCode::OK);
     assert_eq!(
-        victim.json()["tweets"],
-        serde_json::json!([]),
-        "nothing was posted: {}",
+        victim.json()["tweets"].as_array().map(Vec::len),
+        Some(1),
+        "only the victim's own post: {}",
         victim.text()
     );
     w.stop().await;

@@ -39,6 +39,12 @@ pub mod events {
         tonic::include_proto!("starling.events.v1");
     }
 }
+/// Accounts for gRPC clients, served by the gateway (not a mesh service).
+pub mod auth {
+    pub mod v1 {
+        tonic::include_proto!("starling.auth.v1");
+    }
+}
 
 /// The encoded `FileDescriptorSet` of every Starling `.proto` file and its imports, for
 /// server reflection and for clients that want to inspect the API at run time.

@@ -6,9 +6,12 @@
     python3 tests/python/client_test.py --stubs DIR --gateway HOST:PORT
     python3 tests/python/client_test.py --stubs DIR --tweet A --follower B --timeline C
 
-With --gateway every call goes to the gateway's gRPC port; otherwise straight to the
-services. alice follows bob (fresh names), bob posts, alice's home timeline shows the tweet
-within 20 s, and an empty text is INVALID_ARGUMENT. Prints a summary; exits 1 on any
+With --gateway every call goes to the gateway (either of its ports): alice and bob sign up
+with starling.auth.v1.AuthService and send their tokens as `authorization: Bearer` metadata;
+a write without a token is UNAUTHENTICATED and one as someone else PERMISSION_DENIED.
+Otherwise straight to the services, which register the names with RegisterUsers. alice
+follows bob (fresh names), bob posts, alice's home timeline shows the tweet within 20 s, and
+an empty text is INVALID_ARGUMENT. Prints a summary; exits 1 on any
 failure (the reason on stderr), 2 on bad usage. tests/python_client.rs runs it.
 """
 
@@ -45,6 +48,7 @@ def main():
 
     sys.path.insert(0, args.stubs)
     import grpc
+    from starling.auth.v1 import auth_pb2, auth_pb2_grpc
     from starling.follower.v1 import follower_pb2, follower_pb2_grpc
     from starling.timeline.v1 import timeline_pb2, timeline_pb2_grpc
     from starling.tweet.v1 import tweet_pb2, tweet_pb2_grpc
@@ -74,37 +78,84 @@ def main():
         return Failure(f"{what}: {e.code().name}: {e.details()}")
 
     try:
-        # Registering is idempotent: retried while the target is still coming up (UNAVAILABLE).
-        deadline = time.monotonic() + CONNECT_WITHIN_S
-        while True:
-            try:
-                follows.RegisterUsers(
-                    follower_pb2.RegisterUsersRequest(users=[alice, bob]), timeout=CALL_TIMEOUT_S
+        # The first call is retried while the target is still coming up (UNAVAILABLE).
+        def until_up(what, call):
+            deadline = time.monotonic() + CONNECT_WITHIN_S
+            while True:
+                try:
+                    return call()
+                except grpc.RpcError as e:
+                    if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                        raise rpc_error(what, e)
+                    time.sleep(0.2)
+
+        as_alice = as_bob = None
+        if args.gateway:
+            accounts = auth_pb2_grpc.AuthServiceStub(shared)
+            password = f"pw-{suffix}-not-common"
+
+            def sign_up(user):
+                session = until_up(
+                    "SignUp",
+                    lambda: accounts.SignUp(
+                        auth_pb2.Credentials(user=user, password=password), timeout=CALL_TIMEOUT_S
+                    ),
                 )
-                break
+                check(session.user == user and session.token, f"SignUp({user}) answered {session}")
+                return (("authorization", f"Bearer {session.token}"),)
+
+            as_alice, as_bob = sign_up(alice), sign_up(bob)
+            try:
+                follows.Follow(follower_pb2.FollowRequest(follower=alice, followee=bob), timeout=CALL_TIMEOUT_S)
+                raise Failure("Follow without a token succeeded through the gateway")
             except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
-                    raise rpc_error("RegisterUsers", e)
-                time.sleep(0.2)
+                check(
+                    e.code() == grpc.StatusCode.UNAUTHENTICATED,
+                    f"Follow without a token: {e.code().name}, want UNAUTHENTICATED",
+                )
+            try:
+                tweets.CreateTweet(
+                    tweet_pb2.CreateTweetRequest(author=bob, text="forged"),
+                    metadata=as_alice,
+                    timeout=CALL_TIMEOUT_S,
+                )
+                raise Failure("alice posted as bob through the gateway")
+            except grpc.RpcError as e:
+                check(
+                    e.code() == grpc.StatusCode.PERMISSION_DENIED,
+                    f"CreateTweet as another user: {e.code().name}, want PERMISSION_DENIED",
+                )
+        else:
+            until_up(
+                "RegisterUsers",
+                lambda: follows.RegisterUsers(
+                    follower_pb2.RegisterUsersRequest(users=[alice, bob]), timeout=CALL_TIMEOUT_S
+                ),
+            )
         try:
             follows.Follow(
                 follower_pb2.FollowRequest(follower=alice, followee=f"py_nobody_{suffix}"),
+                metadata=as_alice,
                 timeout=CALL_TIMEOUT_S,
             )
             raise Failure("Follow of an unregistered user succeeded")
         except grpc.RpcError as e:
             check(e.code() == grpc.StatusCode.NOT_FOUND, f"Follow of nobody: {e.code().name}, want NOT_FOUND")
         followed = follows.Follow(
-            follower_pb2.FollowRequest(follower=alice, followee=bob), timeout=CALL_TIMEOUT_S
+            follower_pb2.FollowRequest(follower=alice, followee=bob), metadata=as_alice, timeout=CALL_TIMEOUT_S
         )
         check(followed.changed, f"Follow {alice}->{bob}: changed=false for a new edge")
         check(followed.HasField("followed_at"), "Follow: no followed_at")
-        again = follows.Follow(follower_pb2.FollowRequest(follower=alice, followee=bob), timeout=CALL_TIMEOUT_S)
+        again = follows.Follow(
+            follower_pb2.FollowRequest(follower=alice, followee=bob), metadata=as_alice, timeout=CALL_TIMEOUT_S
+        )
         check(not again.changed, "Follow twice: the second must say changed=false")
         counts = follows.GetFollowCounts(follower_pb2.GetFollowCountsRequest(user=bob), timeout=CALL_TIMEOUT_S)
         check(counts.followers == 1, f"GetFollowCounts({bob}).followers = {counts.followers}, want 1")
 
-        created = tweets.CreateTweet(tweet_pb2.CreateTweetRequest(author=bob, text=text), timeout=CALL_TIMEOUT_S)
+        created = tweets.CreateTweet(
+            tweet_pb2.CreateTweetRequest(author=bob, text=text), metadata=as_bob, timeout=CALL_TIMEOUT_S
+        )
         tweet = created.tweet
         check(tweet.id != 0, "CreateTweet: id 0")
         check(tweet.author == bob and tweet.text == text, f"CreateTweet answered {tweet}")
@@ -134,7 +185,9 @@ def main():
         check(seen[0] == tweet.id, f"the newest entry must come first: {seen}")
 
         try:
-            tweets.CreateTweet(tweet_pb2.CreateTweetRequest(author=bob, text=""), timeout=CALL_TIMEOUT_S)
+            tweets.CreateTweet(
+                tweet_pb2.CreateTweetRequest(author=bob, text=""), metadata=as_bob, timeout=CALL_TIMEOUT_S
+            )
             raise Failure("CreateTweet with an empty text succeeded; want INVALID_ARGUMENT")
         except grpc.RpcError as e:
             check(
