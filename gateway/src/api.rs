@@ -94,8 +94,9 @@ async fn drain(body: axum::body::Body) {
     .await;
 }
 
-/// A tweet as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// A tweet as the API shows it (ids are decimal strings: JavaScript numbers cannot hold
+/// 64-bit ids).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct TweetJson {
     pub id: String,
     pub author: String,
@@ -155,14 +156,16 @@ fn parse_id(field: &str, raw: &str) -> Result<u64, ApiError> {
     })
 }
 
-#[derive(Debug, Deserialize)]
+/// A tweet id: a decimal string, or (leniently) a JSON number.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum IdValue {
     Text(String),
     Number(u64),
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     pub page_size: Option<u32>,
     pub page_token: Option<String>,
@@ -178,13 +181,13 @@ pub(crate) fn user_path(p: Result<Path<String>, PathRejection>) -> Result<String
     Ok(user)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TweetPage {
     pub tweets: Vec<TweetJson>,
     pub next_page_token: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserPage {
     pub users: Vec<String>,
     pub next_page_token: String,
@@ -213,7 +216,7 @@ pub async fn home_timeline(
         .into_inner())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PostTweet {
     pub text: String,
     pub author: Option<String>,
@@ -236,6 +239,17 @@ pub(crate) fn take_write(state: &AppState, user: &str) -> Result<(), ApiError> {
 /// `POST /api/tweets`. An `Idempotency-Key` header is passed on (a client that sends the
 /// post again with it gets the first one's tweet); without one the gateway names the post
 /// itself, so the mesh may resend it to another replica when the first one dies mid-call.
+#[utoipa::path(post, path = "/api/tweets", tag = "tweets", request_body = PostTweet,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 128 visible ASCII characters: the same key and text again answer the first tweet")),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "the tweet as stored", body = TweetJson),
+        (status = 400, description = "bad input", body = ErrorBody),
+        (status = 401, description = "no, or a bad, token", body = ErrorBody),
+        (status = 403, description = "another author", body = ErrorBody),
+        (status = 409, description = "the idempotency key was used for another text", body = ErrorBody),
+        (status = 429, description = "over the user's write budget", body = ErrorBody),
+    ))]
 pub async fn create_tweet(
     State(state): State<AppState>,
     AuthUser(me): AuthUser,
@@ -273,6 +287,13 @@ pub async fn create_tweet(
 }
 
 /// `GET /api/tweets/{id}`.
+#[utoipa::path(get, path = "/api/tweets/{id}", tag = "tweets",
+    params(("id" = String, Path, description = "a tweet id (decimal)")),
+    responses(
+        (status = 200, description = "the tweet", body = TweetJson),
+        (status = 400, description = "not a tweet id", body = ErrorBody),
+        (status = 404, description = "no such tweet", body = ErrorBody),
+    ))]
 pub async fn get_tweet(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -288,10 +309,17 @@ pub async fn get_tweet(
 }
 
 /// `GET /api/users/{user}`.
+#[utoipa::path(get, path = "/api/users/{user}", tag = "users",
+    params(("user" = String, Path, description = "a user name")),
+    responses(
+        (status = 200, description = "the user's follow counts", body = Profile),
+        (status = 400, description = "not a user name", body = ErrorBody),
+        (status = 404, description = "nobody signed up with this name", body = ErrorBody),
+    ))]
 pub async fn get_user(
     State(state): State<AppState>,
     user: Result<Path<String>, PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Profile>, ApiError> {
     let user = user_path(user)?;
     let mut users = FollowerServiceClient::new(state.ctx.mesh.channel("follower"));
     let mut counter = users.clone();
@@ -302,14 +330,20 @@ pub async fn get_user(
     );
     registered?;
     let counts = counts?.into_inner();
-    Ok(Json(serde_json::json!({
-        "user": user,
-        "followers": counts.followers,
-        "following": counts.following,
-    })))
+    Ok(Json(Profile {
+        user,
+        followers: counts.followers,
+        following: counts.following,
+    }))
 }
 
 /// `GET /api/users/{user}/tweets`.
+#[utoipa::path(get, path = "/api/users/{user}/tweets", tag = "tweets",
+    params(("user" = String, Path, description = "a user name"), PageQuery),
+    responses(
+        (status = 200, description = "the user's tweets, newest first", body = TweetPage),
+        (status = 400, description = "bad input", body = ErrorBody),
+    ))]
 pub async fn user_tweets(
     State(state): State<AppState>,
     user: Result<Path<String>, PathRejection>,
@@ -332,6 +366,12 @@ pub async fn user_tweets(
 }
 
 /// `GET /api/users/{user}/timeline`.
+#[utoipa::path(get, path = "/api/users/{user}/timeline", tag = "timelines",
+    params(("user" = String, Path, description = "a user name"), PageQuery),
+    responses(
+        (status = 200, description = "the user's home timeline, newest first", body = TweetPage),
+        (status = 400, description = "bad input", body = ErrorBody),
+    ))]
 pub async fn user_timeline(
     State(state): State<AppState>,
     user: Result<Path<String>, PathRejection>,
@@ -353,6 +393,12 @@ pub async fn user_timeline(
 }
 
 /// `GET /api/users/{user}/followers`.
+#[utoipa::path(get, path = "/api/users/{user}/followers", tag = "users",
+    params(("user" = String, Path, description = "a user name"), PageQuery),
+    responses(
+        (status = 200, description = "who follows the user", body = UserPage),
+        (status = 400, description = "bad input", body = ErrorBody),
+    ))]
 pub async fn followers(
     State(state): State<AppState>,
     user: Result<Path<String>, PathRejection>,
@@ -375,6 +421,12 @@ pub async fn followers(
 }
 
 /// `GET /api/users/{user}/following`.
+#[utoipa::path(get, path = "/api/users/{user}/following", tag = "users",
+    params(("user" = String, Path, description = "a user name"), PageQuery),
+    responses(
+        (status = 200, description = "whom the user follows", body = UserPage),
+        (status = 400, description = "bad input", body = ErrorBody),
+    ))]
 pub async fn following(
     State(state): State<AppState>,
     user: Result<Path<String>, PathRejection>,
@@ -396,18 +448,28 @@ pub async fn following(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct FollowBody {
     pub followee: String,
     pub follower: Option<String>,
 }
 
 /// `POST /api/follows`.
+#[utoipa::path(post, path = "/api/follows", tag = "users", request_body = FollowBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "whether the graph changed", body = Changed),
+        (status = 400, description = "bad input", body = ErrorBody),
+        (status = 401, description = "no, or a bad, token", body = ErrorBody),
+        (status = 403, description = "another follower", body = ErrorBody),
+        (status = 404, description = "the followee never signed up", body = ErrorBody),
+        (status = 429, description = "over the user's write budget", body = ErrorBody),
+    ))]
 pub async fn follow(
     State(state): State<AppState>,
     AuthUser(me): AuthUser,
     ApiJson(body): ApiJson<FollowBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Changed>, ApiError> {
     let follower = ensure_self(&me, body.follower.as_deref(), "follower")?;
     take_write(&state, &me)?;
     let changed = FollowerServiceClient::new(state.ctx.mesh.channel("follower"))
@@ -418,15 +480,24 @@ pub async fn follow(
         .await?
         .into_inner()
         .changed;
-    Ok(Json(serde_json::json!({ "changed": changed })))
+    Ok(Json(Changed { changed }))
 }
 
 /// `DELETE /api/follows/{followee}`.
+#[utoipa::path(delete, path = "/api/follows/{followee}", tag = "users",
+    params(("followee" = String, Path, description = "a user name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "whether the graph changed", body = Changed),
+        (status = 400, description = "bad input", body = ErrorBody),
+        (status = 401, description = "no, or a bad, token", body = ErrorBody),
+        (status = 429, description = "over the user's write budget", body = ErrorBody),
+    ))]
 pub async fn unfollow(
     State(state): State<AppState>,
     AuthUser(me): AuthUser,
     followee: Result<Path<String>, PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Changed>, ApiError> {
     let followee = followee?.0;
     take_write(&state, &me)?;
     let changed = FollowerServiceClient::new(state.ctx.mesh.channel("follower"))
@@ -437,15 +508,16 @@ pub async fn unfollow(
         .await?
         .into_inner()
         .changed;
-    Ok(Json(serde_json::json!({ "changed": changed })))
+    Ok(Json(Changed { changed }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RecommendQuery {
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Recommendation {
     pub tweet: Option<TweetJson>,
     pub score: f64,
@@ -453,11 +525,17 @@ pub struct Recommendation {
 }
 
 /// `GET /api/users/{user}/recommendations`.
+#[utoipa::path(get, path = "/api/users/{user}/recommendations", tag = "recommendations",
+    params(("user" = String, Path, description = "a user name"), RecommendQuery),
+    responses(
+        (status = 200, description = "ranked tweets with the reasons that explain them", body = Recommendations),
+        (status = 400, description = "bad input", body = ErrorBody),
+    ))]
 pub async fn recommendations(
     State(state): State<AppState>,
     user: Result<Path<String>, PathRejection>,
     q: Result<Query<RecommendQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Recommendations>, ApiError> {
     let user = user_path(user)?;
     let q = q?.0;
     let items: Vec<Recommendation> =
@@ -476,10 +554,10 @@ pub async fn recommendations(
                 reasons: r.reasons,
             })
             .collect();
-    Ok(Json(serde_json::json!({ "items": items })))
+    Ok(Json(Recommendations { items }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EngagementBody {
     pub tweet_id: IdValue,
     pub kind: String,
@@ -487,6 +565,15 @@ pub struct EngagementBody {
 }
 
 /// `POST /api/engagements`.
+#[utoipa::path(post, path = "/api/engagements", tag = "recommendations", request_body = EngagementBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "recorded; recommendations follow shortly", body = Accepted),
+        (status = 400, description = "bad input", body = ErrorBody),
+        (status = 401, description = "no, or a bad, token", body = ErrorBody),
+        (status = 403, description = "another user", body = ErrorBody),
+        (status = 429, description = "over the user's write budget", body = ErrorBody),
+    ))]
 pub async fn record_engagement(
     State(state): State<AppState>,
     AuthUser(me): AuthUser,
@@ -516,20 +603,58 @@ pub async fn record_engagement(
         .await?
         .into_inner()
         .event_id;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "event_id": event_id })),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(Accepted { event_id })))
 }
 
 /// `GET /api/tags`.
-pub async fn tags(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/api/tags", tag = "tweets",
+    responses((status = 200, description = "every tag the tagger knows", body = Tags)))]
+pub async fn tags(State(state): State<AppState>) -> Result<Json<Tags>, ApiError> {
     let tags = TaggerServiceClient::new(state.ctx.mesh.channel("tagger"))
         .list_tags(ListTagsRequest {})
         .await?
         .into_inner()
         .tags;
-    Ok(Json(serde_json::json!({ "tags": tags })))
+    Ok(Json(Tags { tags }))
+}
+
+/// A user's follow counts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Profile {
+    pub user: String,
+    pub followers: u64,
+    pub following: u64,
+}
+
+/// Whether a follow or unfollow changed the graph (false: it already was so).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Changed {
+    pub changed: bool,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Recommendations {
+    pub items: Vec<Recommendation>,
+}
+
+/// An engagement was recorded under this event id.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    pub event_id: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Tags {
+    pub tags: Vec<String>,
+}
+
+/// Every error answer: what went wrong, and for a 5xx the id under which the gateway
+/// logged the details.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Answers unknown `/api/...` paths with a JSON 404.

@@ -493,13 +493,13 @@ fn ip_key(ip: IpAddr) -> String {
     format!("ip:{ip}")
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Credentials {
     pub user: String,
     pub password: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Session {
     pub user: String,
     pub token: String,
@@ -585,6 +585,13 @@ fn store_unavailable(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// `POST /api/signup`.
+#[utoipa::path(post, path = "/api/signup", tag = "accounts", request_body = Credentials,
+    responses(
+        (status = 201, description = "the account and a token", body = Session),
+        (status = 400, description = "bad name or password", body = crate::api::ErrorBody),
+        (status = 409, description = "the name is taken", body = crate::api::ErrorBody),
+        (status = 429, description = "too many sign-ups from this address", body = crate::api::ErrorBody),
+    ))]
 pub async fn signup(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -633,6 +640,13 @@ pub async fn sign_up(state: &AppState, peer: IpAddr, c: Credentials) -> Result<S
 }
 
 /// `POST /api/signin`.
+#[utoipa::path(post, path = "/api/signin", tag = "accounts", request_body = Credentials,
+    responses(
+        (status = 200, description = "a token", body = Session),
+        (status = 400, description = "bad input", body = crate::api::ErrorBody),
+        (status = 401, description = "wrong name or password", body = crate::api::ErrorBody),
+        (status = 429, description = "over a sign-in limit", body = crate::api::ErrorBody),
+    ))]
 pub async fn signin(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -701,6 +715,12 @@ pub async fn sign_in(state: &AppState, peer: IpAddr, c: Credentials) -> Result<S
 /// (module docs). The new generation is drawn at random rather than counted up: two
 /// sign-outs racing (each reading, then writing) then cannot put back a generation that
 /// a third sign-out revoked in between; a late write only revokes more.
+#[utoipa::path(post, path = "/api/signout", tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "every token of the account is revoked"),
+        (status = 401, description = "no, or a bad, token", body = crate::api::ErrorBody),
+    ))]
 pub async fn signout(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -732,20 +752,26 @@ pub async fn sign_out(state: &AppState, user: &str) -> Result<(), ApiError> {
 
 /// `POST /api/stream-ticket`: a short-lived ticket that opens the user's live timeline
 /// (`?ticket=`), for clients that cannot send an `Authorization` header (`EventSource`).
+#[utoipa::path(post, path = "/api/stream-ticket", tag = "timelines",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "a ticket that opens the user's live timeline within 60 s", body = Ticket),
+        (status = 401, description = "no, or a bad, token", body = crate::api::ErrorBody),
+    ))]
 pub async fn stream_ticket(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Ticket>, ApiError> {
     let token = bearer(&headers)?;
     let claims = state
         .auth
         .authenticate(state.ctx.store.as_ref(), Kind::Token, token)
         .await?;
     let (ticket, expires) = state.auth.issue_ticket(&claims.user, claims.generation);
-    Ok(Json(serde_json::json!({
-        "ticket": ticket,
-        "expires_at": rfc3339(expires as i64, 0),
-    })))
+    Ok(Json(Ticket {
+        ticket,
+        expires_at: rfc3339(expires as i64, 0),
+    }))
 }
 
 /// The bearer token of `Authorization: Bearer <token>`.
@@ -766,8 +792,26 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
 }
 
 /// `GET /api/me`.
-pub async fn me(AuthUser(user): AuthUser) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "user": user }))
+#[utoipa::path(get, path = "/api/me", tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "who the token belongs to", body = Me),
+        (status = 401, description = "no, or a bad, token", body = crate::api::ErrorBody),
+    ))]
+pub async fn me(AuthUser(user): AuthUser) -> Json<Me> {
+    Json(Me { user })
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Me {
+    pub user: String,
+}
+
+/// A stream ticket (see [`Kind::Ticket`]).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Ticket {
+    pub ticket: String,
+    pub expires_at: String,
 }
 
 /// The user of the request's bearer token; rejects with 401 when it is missing, forged or

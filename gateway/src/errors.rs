@@ -180,17 +180,17 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             let request_id = format!("{:016x}", rand::random::<u64>());
             tracing::warn!(%request_id, status = %self.status, error = %self.message, "request failed");
-            let body = serde_json::json!({
-                "error": server_error_message(self.status),
-                "request_id": request_id,
-            });
+            let body = crate::api::ErrorBody {
+                error: server_error_message(self.status).to_string(),
+                request_id: Some(request_id),
+            };
             return (self.status, Json(body)).into_response();
         }
-        let mut resp = (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response();
+        let body = crate::api::ErrorBody {
+            error: self.message,
+            request_id: None,
+        };
+        let mut resp = (self.status, Json(body)).into_response();
         if let Some(wait) = self.retry_after {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             resp.headers_mut()

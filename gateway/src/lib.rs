@@ -24,6 +24,7 @@ mod errors;
 mod grpc;
 mod health;
 mod listener;
+mod openapi;
 mod stream;
 mod ui;
 mod writes;
@@ -37,7 +38,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::Router;
 use starling_runtime::{ServiceContext, ServiceKind};
 use tokio::sync::watch;
@@ -240,36 +241,16 @@ fn router(state: AppState, door: grpc::GrpcDoor) -> Router {
         web: grpc::grpc_web(door.clone()),
         native: door,
     };
+    let (api, doc) = openapi::api_routes().split_for_parts();
+    let doc = Arc::new(doc);
     Router::new()
         .route("/", get(ui::index))
         .route("/app.js", get(ui::app_js))
         .route("/style.css", get(ui::style_css))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/api/signup", post(auth::signup))
-        .route("/api/signin", post(auth::signin))
-        .route("/api/signout", post(auth::signout))
-        .route("/api/stream-ticket", post(auth::stream_ticket))
-        .route("/api/me", get(auth::me))
-        .route("/api/tweets", post(api::create_tweet))
-        .route("/api/tweets/{id}", get(api::get_tweet))
-        .route("/api/users/{user}", get(api::get_user))
-        .route("/api/users/{user}/tweets", get(api::user_tweets))
-        .route("/api/users/{user}/timeline", get(api::user_timeline))
-        .route(
-            "/api/users/{user}/timeline/stream",
-            get(stream::timeline_stream),
-        )
-        .route("/api/users/{user}/followers", get(api::followers))
-        .route("/api/users/{user}/following", get(api::following))
-        .route(
-            "/api/users/{user}/recommendations",
-            get(api::recommendations),
-        )
-        .route("/api/follows", post(api::follow))
-        .route("/api/follows/{followee}", delete(api::unfollow))
-        .route("/api/engagements", post(api::record_engagement))
-        .route("/api/tags", get(api::tags))
+        .route("/openapi.json", get(openapi::openapi_json).with_state(doc))
+        .merge(api)
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(JSON_BODY_LIMIT))

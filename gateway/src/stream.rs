@@ -144,6 +144,20 @@ fn credential<'a>(
 }
 
 /// `GET /api/users/{user}/timeline/stream`.
+#[utoipa::path(get, path = "/api/users/{user}/timeline/stream", tag = "timelines",
+    params(
+        ("user" = String, Path, description = "the signed-in user"),
+        ("ticket" = Option<String>, Query, description = "a stream ticket, when no Authorization header can be sent"),
+        ("Last-Event-ID" = Option<String>, Header, description = "resume after this tweet id"),
+    ),
+    security(("bearer" = []), ()),
+    responses(
+        (status = 200, description = "server-sent events: `tweet` events whose data is a tweet", content_type = "text/event-stream", body = String),
+        (status = 401, description = "no valid token or ticket", body = crate::api::ErrorBody),
+        (status = 403, description = "another user's timeline", body = crate::api::ErrorBody),
+        (status = 429, description = "too many open streams for this user or address", body = crate::api::ErrorBody),
+        (status = 503, description = "too many open streams on this gateway", body = crate::api::ErrorBody),
+    ))]
 pub async fn timeline_stream(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

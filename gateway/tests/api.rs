@@ -1830,3 +1830,278 @@ mod fuzz {
         assert_eq!(alive, StatusCode::OK, "the gateway kept serving");
     }
 }
+
+/// Whether `v` is what `schema` (within the OpenAPI document `doc`) describes: types,
+/// required properties, no undocumented properties, array items; `$ref`, `oneOf` and
+/// `anyOf` followed. An error says where the answer departs from the document.
+fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.trim_start_matches("#/components/schemas/");
+        let target = &doc["components"]["schemas"][name];
+        if target.is_null() {
+            return Err(format!("{at}: dangling $ref {r}"));
+        }
+        return conforms(doc, target, v, at);
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(alts) = schema.get(key).and_then(Value::as_array) {
+            if alts.iter().any(|alt| conforms(doc, alt, v, at).is_ok()) {
+                return Ok(());
+            }
+            return Err(format!("{at}: {v} matches none of {key} {schema}"));
+        }
+    }
+    let actual = match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty()
+        && !types
+            .iter()
+            .any(|t| *t == actual || (*t == "number" && actual == "integer"))
+    {
+        return Err(format!(
+            "{at}: a {actual} ({v}) where the document says {types:?}"
+        ));
+    }
+    if let Value::Object(fields) = v {
+        let props = schema.get("properties").and_then(Value::as_object);
+        for req in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            if !fields.contains_key(req) {
+                return Err(format!("{at}: required property {req:?} missing from {v}"));
+            }
+        }
+        if let Some(props) = props {
+            for (k, fv) in fields {
+                let Some(ps) = props.get(k) else {
+                    return Err(format!("{at}: property {k:?} is not in the document"));
+                };
+                conforms(doc, ps, fv, &format!("{at}.{k}"))?;
+            }
+        }
+    }
+    if let (Value::Array(items), Some(s)) = (v, schema.get("items")) {
+        for (i, item) in items.iter().enumerate() {
+            conforms(doc, s, item, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_documents_every_route_and_real_answers_match() {
+    let w = World::start().await;
+    let h = &w.http;
+    let r = h.get("/openapi.json").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let doc = r.json();
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{}",
+        doc["openapi"]
+    );
+
+    // Every route of the JSON API is documented, and nothing else.
+    let documented: std::collections::BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(m, _)| ["get", "post", "put", "delete", "patch"].contains(&m.as_str()))
+                .map(move |(m, _)| (m.to_uppercase(), path.clone()))
+        })
+        .collect();
+    let expected: std::collections::BTreeSet<(String, String)> = [
+        ("POST", "/api/signup"),
+        ("POST", "/api/signin"),
+        ("POST", "/api/signout"),
+        ("POST", "/api/stream-ticket"),
+        ("GET", "/api/me"),
+        ("POST", "/api/tweets"),
+        ("GET", "/api/tweets/{id}"),
+        ("GET", "/api/users/{user}"),
+        ("GET", "/api/users/{user}/tweets"),
+        ("GET", "/api/users/{user}/timeline"),
+        ("GET", "/api/users/{user}/timeline/stream"),
+        ("GET", "/api/users/{user}/followers"),
+        ("GET", "/api/users/{user}/following"),
+        ("GET", "/api/users/{user}/recommendations"),
+        ("POST", "/api/follows"),
+        ("DELETE", "/api/follows/{followee}"),
+        ("POST", "/api/engagements"),
+        ("GET", "/api/tags"),
+    ]
+    .into_iter()
+    .map(|(m, p)| (m.to_string(), p.to_string()))
+    .collect();
+    assert_eq!(documented, expected);
+    // ... and each documented operation is served (not the fallback's 404 or 405).
+    for (method, path) in &documented {
+        let concrete = path
+            .replace("{user}", "nobody")
+            .replace("{id}", "1")
+            .replace("{followee}", "nobody");
+        let r = h
+            .call(
+                Method::from_bytes(method.as_bytes()).unwrap(),
+                &concrete,
+                None,
+                None,
+            )
+            .await;
+        assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert!(
+            !r.text().contains("no such API route"),
+            "{method} {path} is documented but not served"
+        );
+    }
+
+    // Real answers match what the document says of them.
+    let check = |method: &str, path: &str, r: &Resp| {
+        let op = &doc["paths"][path][method.to_lowercase()];
+        let response = &op["responses"][r.status.as_u16().to_string()];
+        assert!(
+            !response.is_null(),
+            "{method} {path} answered {}, which the document does not list: {}",
+            r.status,
+            r.text()
+        );
+        if let Some(schema) = response["content"]["application/json"].get("schema") {
+            if let Err(e) = conforms(&doc, schema, &r.json(), &format!("{method} {path}")) {
+                panic!("{e}");
+            }
+        }
+    };
+    let creds = json!({"user": "olive", "password": "correct horse"});
+    let r = h.post("/api/signup", None, creds.clone()).await;
+    check("POST", "/api/signup", &r);
+    let olive = r.json()["token"].as_str().unwrap().to_string();
+    check(
+        "POST",
+        "/api/signup",
+        &h.post("/api/signup", None, creds.clone()).await,
+    );
+    check(
+        "POST",
+        "/api/signin",
+        &h.post("/api/signin", None, creds).await,
+    );
+    let pat = w.sign_up("pat").await;
+    check("GET", "/api/me", &h.get_auth("/api/me", &olive).await);
+    check("GET", "/api/me", &h.get("/api/me").await);
+    let r = h
+        .post(
+            "/api/tweets",
+            Some(&pat),
+            json!({"text": "Reading a novel #books"}),
+        )
+        .await;
+    check("POST", "/api/tweets", &r);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    check(
+        "POST",
+        "/api/tweets",
+        &h.post("/api/tweets", Some(&pat), json!({"text": ""})).await,
+    );
+    check(
+        "GET",
+        "/api/tweets/{id}",
+        &h.get(&format!("/api/tweets/{id}")).await,
+    );
+    check("GET", "/api/tweets/{id}", &h.get("/api/tweets/1").await);
+    check("GET", "/api/tweets/{id}", &h.get("/api/tweets/x").await);
+    let r = h
+        .post("/api/follows", Some(&olive), json!({"followee": "pat"}))
+        .await;
+    check("POST", "/api/follows", &r);
+    check(
+        "POST",
+        "/api/follows",
+        &h.post("/api/follows", Some(&olive), json!({"followee": "nobody"}))
+            .await,
+    );
+    check("GET", "/api/users/{user}", &h.get("/api/users/pat").await);
+    check(
+        "GET",
+        "/api/users/{user}",
+        &h.get("/api/users/nobody").await,
+    );
+    check(
+        "GET",
+        "/api/users/{user}/tweets",
+        &h.get("/api/users/pat/tweets").await,
+    );
+    check(
+        "GET",
+        "/api/users/{user}/timeline",
+        &h.get("/api/users/olive/timeline").await,
+    );
+    check(
+        "GET",
+        "/api/users/{user}/followers",
+        &h.get("/api/users/pat/followers").await,
+    );
+    check(
+        "GET",
+        "/api/users/{user}/following",
+        &h.get("/api/users/olive/following?page_token=NOPE").await,
+    );
+    let r = h
+        .post(
+            "/api/engagements",
+            Some(&olive),
+            json!({"tweet_id": id, "kind": "like"}),
+        )
+        .await;
+    check("POST", "/api/engagements", &r);
+    check(
+        "GET",
+        "/api/users/{user}/recommendations",
+        &h.get("/api/users/olive/recommendations").await,
+    );
+    check("GET", "/api/tags", &h.get("/api/tags").await);
+    check(
+        "POST",
+        "/api/stream-ticket",
+        &h.call(Method::POST, "/api/stream-ticket", Some(&olive), None)
+            .await,
+    );
+    check(
+        "DELETE",
+        "/api/follows/{followee}",
+        &h.call(Method::DELETE, "/api/follows/pat", Some(&olive), None)
+            .await,
+    );
+    check(
+        "POST",
+        "/api/signout",
+        &h.call(Method::POST, "/api/signout", Some(&olive), None)
+            .await,
+    );
+    check(
+        "POST",
+        "/api/signout",
+        &h.call(Method::POST, "/api/signout", Some(&olive), None)
+            .await,
+    );
+    w.stop().await;
+}
