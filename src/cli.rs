@@ -289,7 +289,9 @@ pub struct BackendArgs {
     /// Redis URL (e.g. redis://127.0.0.1:6379) for storage; embedded store when absent.
     #[arg(long, env = "STARLING_REDIS")]
     pub redis: Option<String>,
-    /// Redis connections per process.
+    /// Most Redis connections one process opens (at least 2). Every command shares one
+    /// multiplexed connection; the others serve blocking reads (the outbox relay) and
+    /// replace a connection that died.
     #[arg(long, env = "STARLING_REDIS_POOL", default_value_t = 16)]
     pub redis_pool: usize,
     /// Kafka bootstrap servers (e.g. 127.0.0.1:9092) for events; embedded bus when absent.

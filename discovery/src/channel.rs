@@ -30,7 +30,6 @@ use rand::Rng;
 use tokio::sync::watch;
 use tonic::body::Body;
 use tonic::Status;
-use tower::retry::budget::TpsBudget;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tracing::{debug, warn};
@@ -288,7 +287,8 @@ impl MeshChannel {
         let stack = ServiceBuilder::new()
             .layer(tower::retry::RetryLayer::new(RetryPolicy::new(
                 config.max_attempts,
-                RetryPolicy::default_budget_shared(),
+                // One budget per target: retries to one service cannot spend another's.
+                RetryPolicy::default_budget(),
             )))
             .service(Balance {
                 target: target.clone(),
@@ -336,12 +336,6 @@ impl MeshChannel {
             .is_ok()
         };
         tokio::time::timeout(timeout, wait).await.unwrap_or(false)
-    }
-}
-
-impl RetryPolicy {
-    fn default_budget_shared() -> Arc<TpsBudget> {
-        RetryPolicy::default_budget()
     }
 }
 
