@@ -44,6 +44,48 @@ pub enum Command {
     /// processes on loopback, a steady workload, faults one after another; then every
     /// acknowledged operation is checked. Needs etcd, redis-server and the Tansu broker.
     Chaos(ChaosArgs),
+    /// A certificate authority for service identities: X.509 certificates whose URI SAN is
+    /// spiffe://<namespace>/<name> (tweet, follower, ..., gateway, admin).
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a CA: DIR/ca.crt and DIR/ca.key (refuses to overwrite them).
+    Init(CaInitArgs),
+    /// Issue DIR/NAME.crt and DIR/NAME.key, signed by the CA in DIR.
+    Issue(CaIssueArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CaInitArgs {
+    /// Where the CA's certificate and key go (created if missing).
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
+    /// How long the CA is valid, in days.
+    #[arg(long, default_value_t = 3650)]
+    pub days: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CaIssueArgs {
+    /// The identity: a service name (tweet, follower, timeline, tagger, recommendation),
+    /// gateway, or admin for operators; a-z, 0-9, _ and -.
+    pub name: String,
+    /// The directory holding ca.crt and ca.key; NAME.crt and NAME.key are written there.
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
+    /// The trust domain in the SPIFFE id (spiffe://<namespace>/<name>).
+    #[arg(long, env = "STARLING_NAMESPACE", default_value = "starling")]
+    pub namespace: String,
+    /// How long the certificate is valid, in days.
+    #[arg(long, default_value_t = 90)]
+    pub days: u32,
+    /// More DNS names the certificate is valid for (repeatable); NAME, localhost,
+    /// 127.0.0.1 and ::1 are always included.
+    #[arg(long)]
+    pub dns: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -188,13 +230,19 @@ pub struct GatewayArgs {
     /// etcd client URLs, comma-separated.
     #[arg(long, env = "STARLING_ETCD", value_delimiter = ',', required = true)]
     pub etcd: Vec<String>,
-    /// Serve Prometheus metrics on this address too (they are also on the HTTP port).
+    /// Serve Prometheus metrics on this address (GET /metrics); the public HTTP port does
+    /// not serve them (they name internal addresses).
     #[arg(long, env = "STARLING_METRICS")]
     pub metrics: Option<SocketAddr>,
     /// Allow in-memory accounts when --redis is missing: sign-ups then live in this process
     /// only, unseen by other gateways and lost when it exits. For experiments only.
     #[arg(long, env = "STARLING_EMBEDDED")]
     pub embedded: bool,
+    /// Mutual TLS to the services: DIR/ca.crt and DIR/gateway.crt + .key (see `starling
+    /// ca`). Without it, plaintext (a warning is logged). The gateway's own ports stay
+    /// plaintext: put TLS for browsers in front of them.
+    #[arg(long, env = "STARLING_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub mesh: MeshArgs,
     #[command(flatten)]
@@ -335,6 +383,11 @@ pub struct ServeArgs {
     /// then has its own private data, lost when it exits: for experiments only.
     #[arg(long, env = "STARLING_EMBEDDED")]
     pub embedded: bool,
+    /// Mutual TLS: DIR/ca.crt and DIR/<service>.crt + .key (see `starling ca`). The
+    /// listener then takes only callers with a certificate from that CA, and calls to
+    /// other services present this one. Without it, plaintext (a warning is logged).
+    #[arg(long, env = "STARLING_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub mesh: MeshArgs,
     #[command(flatten)]

@@ -21,7 +21,15 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics {
         starling_runtime::metrics::serve(addr).await?;
     }
-    let ctx = crate::services::context(&args.backends, &args.mesh, &args.etcd).await?;
+    let tls = match &args.tls_dir {
+        Some(dir) => Some(starling_discovery::ClientTls::from_dir(dir, "gateway")?),
+        None => {
+            tracing::warn!("no --tls-dir: calling the services in plaintext, with no identity");
+            None
+        }
+    };
+    let ctx =
+        crate::services::context_with_tls(&args.backends, &args.mesh, &args.etcd, tls).await?;
     let gateway = starling_gateway::start(args.listen.config(), &ctx).await?;
     println!("starling: gateway http://{}", gateway.http_addr);
     println!("starling: gateway-grpc {}", gateway.grpc_addr);

@@ -4,6 +4,7 @@
 //! users those tools make up ([`users`]).
 
 pub mod bench;
+pub mod ca;
 pub mod chaos;
 pub mod cli;
 pub mod dlq;
@@ -23,5 +24,6 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Bench(cmd) => bench::run(cmd).await,
         cli::Command::Dlq(cmd) => dlq::run(cmd).await,
         cli::Command::Chaos(args) => chaos::run(args).await,
+        cli::Command::Ca(cmd) => ca::run(cmd),
     }
 }

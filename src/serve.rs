@@ -11,9 +11,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics {
         starling_runtime::metrics::serve(addr).await?;
     }
-    let ctx = crate::services::context(&args.backends, &args.mesh, &args.etcd).await?;
+    let name = args.service.name();
+    let tls = match &args.tls_dir {
+        Some(dir) => {
+            let (ca, identity) = starling_discovery::tls::load(dir, name)?;
+            tracing::info!(dir = %dir.display(), "mutual TLS: serving and calling as {name}");
+            Some((ca, identity))
+        }
+        None => {
+            tracing::warn!("no --tls-dir: serving and calling in plaintext, with no identities");
+            None
+        }
+    };
+    let client_tls = tls
+        .as_ref()
+        .map(|(ca, id)| starling_discovery::ClientTls::new(ca.clone(), id.clone()));
+    let ctx = crate::services::context_with_tls(&args.backends, &args.mesh, &args.etcd, client_tls)
+        .await?;
     tracing::info!("{}", crate::services::describe(&args.backends, &args.etcd));
     let mut config = ServerConfig::new(args.service, args.listen);
+    config.tls = tls.map(|(ca, identity)| (identity, ca));
     config.advertise = args.advertise;
     config.zone = args.zone;
     config.weight = args.weight;

@@ -28,6 +28,16 @@ pub async fn context(
     mesh: &MeshArgs,
     etcd: &[String],
 ) -> anyhow::Result<ServiceContext> {
+    context_with_tls(backends, mesh, etcd, None).await
+}
+
+/// [`context`] whose mesh calls every endpoint over mutual TLS when `tls` is given.
+pub async fn context_with_tls(
+    backends: &BackendArgs,
+    mesh: &MeshArgs,
+    etcd: &[String],
+    tls: Option<starling_discovery::ClientTls>,
+) -> anyhow::Result<ServiceContext> {
     let registry: Arc<dyn Registry> = if etcd.is_empty() {
         Arc::new(MemoryRegistry::new())
     } else {
@@ -64,7 +74,11 @@ pub async fn context(
         ..AppSettings::default()
     };
     Ok(ServiceContext {
-        mesh: Arc::new(Mesh::new(registry.clone(), mesh.mesh_config())),
+        mesh: Arc::new(Mesh::new(registry.clone(), {
+            let mut config = mesh.mesh_config();
+            config.tls = tls;
+            config
+        })),
         registry,
         store,
         bus,

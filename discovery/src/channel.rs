@@ -140,6 +140,8 @@ pub struct MeshConfig {
     /// answers RESOURCE_EXHAUSTED once this much has arrived, so no caller can make the
     /// channel hold more. The default is tonic's message limit (4 MiB) plus one frame header.
     pub max_buffered_request: usize,
+    /// Mutual TLS to every endpoint (`None`: plaintext, for an insecure mesh).
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// tonic's default limit on a decoded message, plus the 5-byte gRPC frame header.
@@ -148,6 +150,7 @@ pub const DEFAULT_MAX_BUFFERED_REQUEST: usize = 4 * 1024 * 1024 + 5;
 impl MeshConfig {
     pub fn new(idempotent_methods: HashSet<String>) -> Self {
         Self {
+            tls: None,
             default_policy: Policy::RoundRobin,
             targets: HashMap::new(),
             call_timeout: Duration::from_secs(10),
@@ -274,6 +277,7 @@ impl MeshChannel {
             watch,
             tx,
             config.connect_timeout,
+            config.tls.clone(),
         ));
         let target = Arc::new(Target {
             service: service.to_string(),
@@ -346,6 +350,7 @@ async fn maintain(
     mut watch: EndpointWatch,
     tx: watch::Sender<Arc<Snapshot>>,
     connect_timeout: Duration,
+    tls: Option<crate::tls::ClientTls>,
 ) {
     let gauge = metrics::gauge!("starling_client_endpoints", "target" => service.clone());
     loop {
@@ -360,13 +365,15 @@ async fn maintain(
                 .filter(|e| e.instance.same_endpoint(inst));
             let ep = match reused {
                 Some(ep) => ep,
-                None => match Endpoint::new(&service, inst.clone(), connect_timeout) {
-                    Ok(ep) => Arc::new(ep),
-                    Err(e) => {
-                        warn!(%service, instance = %id, error = %e, "ignoring endpoint");
-                        continue;
+                None => {
+                    match Endpoint::new(&service, inst.clone(), connect_timeout, tls.as_ref()) {
+                        Ok(ep) => Arc::new(ep),
+                        Err(e) => {
+                            warn!(%service, instance = %id, error = %e, "ignoring endpoint");
+                            continue;
+                        }
                     }
-                },
+                }
             };
             ep.set_serving(inst.serving);
             snap.by_id.insert(id.clone(), snap.endpoints.len());

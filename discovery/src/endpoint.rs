@@ -56,15 +56,23 @@ impl Endpoint {
         target: &str,
         instance: ServiceInstance,
         connect_timeout: Duration,
+        tls: Option<&crate::tls::ClientTls>,
     ) -> Result<Self, String> {
-        let uri = format!("http://{}", instance.address);
-        let channel = TonicEndpoint::from_shared(uri.clone())
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let uri = format!("{scheme}://{}", instance.address);
+        let mut endpoint = TonicEndpoint::from_shared(uri.clone())
             .map_err(|e| format!("bad endpoint address {uri}: {e}"))?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            // The server must prove it is `target`: its certificate names the service.
+            endpoint = endpoint
+                .tls_config(tls.config_for(target))
+                .map_err(|e| format!("TLS for {uri}: {e}"))?;
+        }
+        let channel = endpoint.connect_lazy();
         let labels = [
             ("target", target.to_string()),
             ("endpoint", instance.address.clone()),
@@ -179,6 +187,7 @@ mod tests {
             "t",
             ServiceInstance::new("t", "127.0.0.1:1"),
             Duration::from_millis(100),
+            None,
         )
         .unwrap();
         let cfg = EjectionConfig {
@@ -209,6 +218,7 @@ mod tests {
             "t",
             ServiceInstance::new("t", "127.0.0.1:1"),
             Duration::from_millis(100),
+            None,
         )
         .unwrap();
         let idle = ep.load();

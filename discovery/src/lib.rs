@@ -9,7 +9,8 @@
 //! The request path through a `MeshChannel`, outermost first (see `channel.rs`):
 //! deadline (grpc-timeout, propagated from the inbound call) -> retry on another endpoint
 //! for idempotent methods -> balancer (round-robin, consistent-hash or p2c over peak EWMA,
-//! skipping ejected endpoints) -> per-endpoint tonic `Channel`.
+//! skipping ejected endpoints) -> per-endpoint tonic `Channel` (mutual TLS when
+//! [`MeshConfig::tls`] is set, see [`tls`]).
 
 mod backoff;
 mod balance;
@@ -22,6 +23,7 @@ mod instance;
 mod memory;
 mod registry;
 mod retry;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +36,7 @@ pub use etcd::{EtcdConfig, EtcdRegistry};
 pub use instance::{new_instance_id, EndpointSet, Keys, ServiceInstance};
 pub use memory::MemoryRegistry;
 pub use registry::{Claim, DiscoveryError, EndpointWatch, Registration, Registry, ServingHandle};
+pub use tls::ClientTls;
 
 /// gRPC's retry pushback header: a negative value tells the caller not to retry (see
 /// gRFC A6). A service sets it on failures of a dependency that every replica shares, and

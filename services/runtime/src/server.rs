@@ -42,6 +42,9 @@ pub struct ServerConfig {
     /// After the listener closes, how long in-flight calls and open streams (a health
     /// Watch, say) may take before the server is stopped anyway.
     pub shutdown_grace: Duration,
+    /// Mutual TLS on the listener: the instance's identity, and the CA whose certificates
+    /// callers must present (`None`: plaintext, for an insecure mesh).
+    pub tls: Option<(tonic::transport::Identity, tonic::transport::Certificate)>,
 }
 
 impl ServerConfig {
@@ -54,6 +57,7 @@ impl ServerConfig {
             weight: 1,
             drain_delay: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -183,7 +187,17 @@ pub async fn start(
         .into_inner();
 
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((identity, client_ca)) = config.tls.clone() {
+        builder = builder
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(identity)
+                    .client_ca_root(client_ca),
+            )
+            .context("TLS configuration")?;
+    }
+    let server = builder
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))

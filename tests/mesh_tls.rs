@@ -1,0 +1,142 @@
+//! Mutual TLS in the mesh, in one process on the in-memory backends: certificates from
+//! `starling ca`, a service that takes only callers with a certificate from its CA, a mesh
+//! channel that presents one, and grpcurl with `-cacert/-cert/-key`.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling::cli::{CaInitArgs, CaIssueArgs};
+use starling_discovery::{ClientTls, MemoryRegistry, Mesh, MeshConfig, Registry};
+use starling_proto::tagger::v1::tagger_service_client::TaggerServiceClient;
+use starling_proto::tagger::v1::ListTagsRequest;
+use starling_runtime::events::{topics, MemoryBus};
+use starling_runtime::server::{self, ServerConfig};
+use starling_runtime::store::MemoryStore;
+use starling_runtime::{AppSettings, ServiceContext, ServiceKind};
+
+fn make_ca(dir: &Path, names: &[&str]) {
+    starling::ca::init(&CaInitArgs {
+        dir: dir.to_path_buf(),
+        days: 1,
+    })
+    .expect("ca init");
+    for name in names {
+        starling::ca::issue(&CaIssueArgs {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            namespace: "starling".into(),
+            days: 1,
+            dns: Vec::new(),
+        })
+        .expect("ca issue");
+    }
+}
+
+fn context(registry: Arc<dyn Registry>, tls: Option<ClientTls>) -> ServiceContext {
+    let mut config = MeshConfig::new(starling_proto::idempotent_methods());
+    config.tls = tls;
+    config.no_endpoint_timeout = Duration::from_millis(500);
+    config.call_timeout = Duration::from_secs(3);
+    ServiceContext {
+        mesh: Arc::new(Mesh::new(registry.clone(), config)),
+        registry,
+        store: Arc::new(MemoryStore::new()),
+        bus: Arc::new(MemoryBus::new()),
+        settings: Arc::new(AppSettings::default()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_callers_with_a_certificate_from_the_ca_get_through() {
+    let pki = tempfile::tempdir().unwrap();
+    make_ca(pki.path(), &["tagger", "gateway"]);
+    let foreign = tempfile::tempdir().unwrap();
+    make_ca(foreign.path(), &["gateway"]);
+
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let tagger_tls = ClientTls::from_dir(pki.path(), "tagger").unwrap();
+    let ctx = context(registry.clone(), Some(tagger_tls));
+    ctx.bus.create_topics(&topics::all_topics()).await.unwrap();
+    let (ca, identity) = starling_discovery::tls::load(pki.path(), "tagger").unwrap();
+    let mut config = ServerConfig::new(ServiceKind::Tagger, "127.0.0.1:0".parse().unwrap());
+    config.drain_delay = Duration::ZERO;
+    config.tls = Some((identity, ca));
+    let parts = starling_tagger::build(&ctx).await.unwrap();
+    let tagger = server::start(config, parts, &ctx)
+        .await
+        .expect("start over TLS");
+
+    // The gateway's identity, from the same CA: served.
+    let trusted = context(
+        registry.clone(),
+        Some(ClientTls::from_dir(pki.path(), "gateway").unwrap()),
+    );
+    let tags = TaggerServiceClient::new(trusted.mesh.channel("tagger"))
+        .list_tags(ListTagsRequest {})
+        .await
+        .expect("a caller with a certificate from the CA is served")
+        .into_inner()
+        .tags;
+    assert!(!tags.is_empty());
+
+    // No certificate at all (plaintext), or one from another CA: refused.
+    for (who, tls) in [
+        ("plaintext", None),
+        (
+            "another CA",
+            Some(ClientTls::from_dir(foreign.path(), "gateway").unwrap()),
+        ),
+    ] {
+        let stranger = context(registry.clone(), tls);
+        let e = TaggerServiceClient::new(stranger.mesh.channel("tagger"))
+            .list_tags(ListTagsRequest {})
+            .await
+            .expect_err(who);
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{who}: {e:?}");
+    }
+
+    // grpcurl with the CA and a client certificate; and without the client certificate.
+    if let Some(grpcurl) = common::require_binary("grpcurl") {
+        let addr = tagger.local_addr.to_string();
+        let file = |f: &str| pki.path().join(f).display().to_string();
+        let with_cert = std::process::Command::new(&grpcurl)
+            .args([
+                "-cacert",
+                &file("ca.crt"),
+                "-cert",
+                &file("gateway.crt"),
+                "-key",
+                &file("gateway.key"),
+                "-d",
+                "{}",
+                &addr,
+                "starling.tagger.v1.TaggerService/ListTags",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            with_cert.status.success(),
+            "grpcurl with a certificate: {}",
+            String::from_utf8_lossy(&with_cert.stderr)
+        );
+        let without = std::process::Command::new(&grpcurl)
+            .args([
+                "-cacert",
+                &file("ca.crt"),
+                "-d",
+                "{}",
+                &addr,
+                "starling.tagger.v1.TaggerService/ListTags",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            !without.status.success(),
+            "grpcurl without a client certificate must be refused"
+        );
+    }
+    tagger.stop().await.unwrap();
+}
