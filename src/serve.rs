@@ -30,7 +30,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await?;
     tracing::info!("{}", crate::services::describe(&args.backends, &args.etcd));
     let mut config = ServerConfig::new(args.service, args.listen);
-    config.tls = tls.map(|(ca, identity)| (identity, ca));
+    config.tls = tls.map(|(ca, identity)| starling_runtime::ServerTls {
+        identity,
+        client_ca: ca,
+        namespace: args.mesh.namespace.clone(),
+        policy: starling_runtime::authz::Policy::default_policy(),
+    });
     config.advertise = args.advertise;
     config.zone = args.zone;
     config.weight = args.weight;

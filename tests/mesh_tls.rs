@@ -1,6 +1,7 @@
 //! Mutual TLS in the mesh, in one process on the in-memory backends: certificates from
-//! `starling ca`, a service that takes only callers with a certificate from its CA, a mesh
-//! channel that presents one, and grpcurl with `-cacert/-cert/-key`.
+//! `starling ca`, services that take only callers with a certificate from their CA and
+//! authorize them by identity, mesh channels that present one, and grpcurl with
+//! `-cacert/-cert/-key`.
 
 mod common;
 
@@ -10,12 +11,15 @@ use std::time::Duration;
 
 use starling::cli::{CaInitArgs, CaIssueArgs};
 use starling_discovery::{ClientTls, MemoryRegistry, Mesh, MeshConfig, Registry};
+use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
+use starling_proto::follower::v1::{FollowRequest, RegisterUsersRequest};
 use starling_proto::tagger::v1::tagger_service_client::TaggerServiceClient;
 use starling_proto::tagger::v1::ListTagsRequest;
+use starling_runtime::authz::Policy;
 use starling_runtime::events::{topics, MemoryBus};
 use starling_runtime::server::{self, ServerConfig};
 use starling_runtime::store::MemoryStore;
-use starling_runtime::{AppSettings, ServiceContext, ServiceKind};
+use starling_runtime::{AppSettings, ServerTls, ServiceContext, ServiceKind};
 
 fn make_ca(dir: &Path, names: &[&str]) {
     starling::ca::init(&CaInitArgs {
@@ -52,7 +56,7 @@ fn context(registry: Arc<dyn Registry>, tls: Option<ClientTls>) -> ServiceContex
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_callers_with_a_certificate_from_the_ca_get_through() {
     let pki = tempfile::tempdir().unwrap();
-    make_ca(pki.path(), &["tagger", "gateway"]);
+    make_ca(pki.path(), &["tagger", "follower", "gateway"]);
     let foreign = tempfile::tempdir().unwrap();
     make_ca(foreign.path(), &["gateway"]);
 
@@ -60,12 +64,24 @@ async fn only_callers_with_a_certificate_from_the_ca_get_through() {
     let tagger_tls = ClientTls::from_dir(pki.path(), "tagger").unwrap();
     let ctx = context(registry.clone(), Some(tagger_tls));
     ctx.bus.create_topics(&topics::all_topics()).await.unwrap();
-    let (ca, identity) = starling_discovery::tls::load(pki.path(), "tagger").unwrap();
-    let mut config = ServerConfig::new(ServiceKind::Tagger, "127.0.0.1:0".parse().unwrap());
-    config.drain_delay = Duration::ZERO;
-    config.tls = Some((identity, ca));
+    let serve = |kind: ServiceKind| {
+        let (client_ca, identity) = starling_discovery::tls::load(pki.path(), kind.name()).unwrap();
+        let mut config = ServerConfig::new(kind, "127.0.0.1:0".parse().unwrap());
+        config.drain_delay = Duration::ZERO;
+        config.tls = Some(ServerTls {
+            identity,
+            client_ca,
+            namespace: "starling".into(),
+            policy: Policy::default_policy(),
+        });
+        config
+    };
     let parts = starling_tagger::build(&ctx).await.unwrap();
-    let tagger = server::start(config, parts, &ctx)
+    let tagger = server::start(serve(ServiceKind::Tagger), parts, &ctx)
+        .await
+        .expect("start over TLS");
+    let parts = starling_follower::build(&ctx).await.unwrap();
+    let follower = server::start(serve(ServiceKind::Follower), parts, &ctx)
         .await
         .expect("start over TLS");
 
@@ -81,6 +97,45 @@ async fn only_callers_with_a_certificate_from_the_ca_get_through() {
         .into_inner()
         .tags;
     assert!(!tags.is_empty());
+
+    // Authorization by identity (services/runtime/src/policy.txt): the gateway may
+    // register users and follow; the tagger may not.
+    let mut as_gateway = FollowerServiceClient::new(trusted.mesh.channel("follower"));
+    as_gateway
+        .register_users(RegisterUsersRequest {
+            users: vec!["ann".into(), "ben".into()],
+        })
+        .await
+        .expect("the gateway registers users");
+    let follow = || FollowRequest {
+        follower: "ann".into(),
+        followee: "ben".into(),
+    };
+    let as_tagger = context(
+        registry.clone(),
+        Some(ClientTls::from_dir(pki.path(), "tagger").unwrap()),
+    );
+    let denied = FollowerServiceClient::new(as_tagger.mesh.channel("follower"))
+        .follow(follow())
+        .await
+        .expect_err("the tagger may not follow on anyone's behalf");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("tagger"), "{}", denied.message());
+    assert!(
+        as_gateway
+            .follow(follow())
+            .await
+            .expect("the gateway may")
+            .into_inner()
+            .changed
+    );
+    // Health is open to any authenticated peer.
+    tonic_health::pb::health_client::HealthClient::new(as_tagger.mesh.channel("follower"))
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health is open to every identity");
 
     // No certificate at all (plaintext), or one from another CA: refused.
     for (who, tls) in [
@@ -139,4 +194,5 @@ async fn only_callers_with_a_certificate_from_the_ca_get_through() {
         );
     }
     tagger.stop().await.unwrap();
+    follower.stop().await.unwrap();
 }

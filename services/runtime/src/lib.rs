@@ -2,6 +2,7 @@
 //! bootstrap ([`server`]), metrics ([`metrics`]), the service catalogue ([`ServiceKind`]),
 //! logging set-up and signal handling ([`shutdown`]).
 
+pub mod authz;
 pub mod events;
 pub mod health;
 pub mod ids;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 
 use starling_discovery::{Mesh, Registry};
 
-pub use server::{RunningService, ServerConfig};
+pub use server::{RunningService, ServerConfig, ServerTls};
 
 /// The five Starling services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

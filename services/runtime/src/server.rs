@@ -42,9 +42,22 @@ pub struct ServerConfig {
     /// After the listener closes, how long in-flight calls and open streams (a health
     /// Watch, say) may take before the server is stopped anyway.
     pub shutdown_grace: Duration,
-    /// Mutual TLS on the listener: the instance's identity, and the CA whose certificates
-    /// callers must present (`None`: plaintext, for an insecure mesh).
-    pub tls: Option<(tonic::transport::Identity, tonic::transport::Certificate)>,
+    /// Mutual TLS on the listener, and authorization by the callers' identities
+    /// (`None`: plaintext, with no identities, for an insecure mesh).
+    pub tls: Option<ServerTls>,
+}
+
+/// The listener's side of mutual TLS.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The instance's certificate and key.
+    pub identity: tonic::transport::Identity,
+    /// The CA whose certificates callers must present.
+    pub client_ca: tonic::transport::Certificate,
+    /// The trust domain of the callers' SPIFFE ids.
+    pub namespace: String,
+    /// Which caller may call which method.
+    pub policy: crate::authz::Policy,
 }
 
 impl ServerConfig {
@@ -171,8 +184,13 @@ pub async fn start(
         .parse()
         .context("instance id is a valid header value")?;
     // Every inbound call passes these layers, outermost first.
+    let authz = config
+        .tls
+        .as_ref()
+        .map(|t| crate::authz::AuthzLayer::new(t.policy.clone(), &t.namespace));
     let layers = ServiceBuilder::new()
         .layer(CallMetricsLayer::new(kind.name()))
+        .option_layer(authz)
         .layer(tower::util::MapResponseLayer::new(
             move |mut resp: http::Response<tonic::body::Body>| {
                 resp.headers_mut()
@@ -188,12 +206,12 @@ pub async fn start(
 
     let (stop, stopped) = oneshot::channel::<()>();
     let mut builder = tonic::transport::Server::builder();
-    if let Some((identity, client_ca)) = config.tls.clone() {
+    if let Some(tls) = config.tls.clone() {
         builder = builder
             .tls_config(
                 tonic::transport::ServerTlsConfig::new()
-                    .identity(identity)
-                    .client_ca_root(client_ca),
+                    .identity(tls.identity)
+                    .client_ca_root(tls.client_ca),
             )
             .context("TLS configuration")?;
     }
