@@ -39,6 +39,27 @@ fn make_ca(dir: &Path, names: &[&str]) {
     }
 }
 
+/// `name`'s identity from the CA in `dir`, but a certificate that expired yesterday.
+fn expired_identity(dir: &Path, name: &str) -> ClientTls {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let ca_key = rcgen::KeyPair::from_pem(&read("ca.key")).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&read("ca.crt"), ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        format!("spiffe://starling/{name}").try_into().unwrap(),
+    ));
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(3);
+    params.not_after = now - time::Duration::days(1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    ClientTls::new(
+        tonic::transport::Certificate::from_pem(read("ca.crt")),
+        tonic::transport::Identity::from_pem(cert.pem(), key.serialize_pem()),
+    )
+}
+
 fn context(registry: Arc<dyn Registry>, tls: Option<ClientTls>) -> ServiceContext {
     let mut config = MeshConfig::new(starling_proto::idempotent_methods());
     config.tls = tls;
@@ -137,13 +158,16 @@ async fn only_callers_with_a_certificate_from_the_ca_get_through() {
         .await
         .expect("health is open to every identity");
 
-    // No certificate at all (plaintext), or one from another CA: refused.
+    // No certificate at all (plaintext), one from another CA, or an expired one from the
+    // right CA: refused at the handshake.
+    let expired = expired_identity(pki.path(), "gateway");
     for (who, tls) in [
         ("plaintext", None),
         (
             "another CA",
             Some(ClientTls::from_dir(foreign.path(), "gateway").unwrap()),
         ),
+        ("an expired certificate", Some(expired)),
     ] {
         let stranger = context(registry.clone(), tls);
         let e = TaggerServiceClient::new(stranger.mesh.channel("tagger"))
