@@ -262,7 +262,16 @@ async fn hostile_clients_stay_bounded() {
             );
         }
     }
-    // A window with the streams open and nothing happening.
+    // Each stream reads its timeline once when it opens (in the background, after its
+    // answer began): wait until those reads are over, then a window with the streams
+    // open and nothing happening.
+    let settled = common::eventually(Duration::from_secs(15), || async {
+        let a = internal_calls(metrics).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        internal_calls(metrics).await == a
+    })
+    .await;
+    assert!(settled, "the streams' opening reads end");
     let window = Duration::from_secs(3);
     let before = internal_calls(metrics).await;
     tokio::time::sleep(window).await;
