@@ -114,11 +114,7 @@ where
                 .await
             {
                 Ok(b) => b.to_bytes(),
-                Err(_) => {
-                    return Ok(refuse(Status::resource_exhausted(format!(
-                        "a request to {path} is at most {MAX_MESSAGE} bytes"
-                    ))))
-                }
+                Err(e) => return Ok(refuse(body_error(&path, e))),
             };
             let message = match unary_message(&body) {
                 Ok(m) => m,
@@ -163,6 +159,25 @@ where
             this.forwarder.oneshot(req).await
         })
     }
+}
+
+/// Why a write's body could not be read, as a status: too large, too slow, or broken.
+fn body_error(path: &str, e: tower::BoxError) -> Status {
+    if e.downcast_ref::<http_body_util::LengthLimitError>()
+        .is_some()
+    {
+        return Status::resource_exhausted(format!(
+            "a request to {path} is at most {MAX_MESSAGE} bytes"
+        ));
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(c) = cause {
+        if let Some(t) = c.downcast_ref::<crate::BodyTimedOut>() {
+            return Status::deadline_exceeded(t.to_string());
+        }
+        cause = c.source();
+    }
+    Status::invalid_argument(format!("the request body could not be read: {e}"))
 }
 
 /// The one message of a unary request body: a 5-byte gRPC frame header (uncompressed,
