@@ -68,19 +68,8 @@ impl AuthService for Accounts {
         &self,
         req: Request<SignOutRequest>,
     ) -> Result<Response<SignOutResponse>, Status> {
-        let token = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Status::unauthenticated("sign in first: missing authorization: Bearer <token>")
-            })?;
+        let headers = req.metadata().clone().into_headers();
+        let token = auth::bearer(&headers)?;
         let claims = self
             .state
             .auth
