@@ -1,4 +1,4 @@
-//! `starling ca init` and `starling ca issue`: a small certificate authority for the
+//! `starling ca init`, `ca issue` and `ca mesh`: a small certificate authority for the
 //! mesh's identities. A certificate names its holder twice: as a SPIFFE id in a URI SAN
 //! (`spiffe://<namespace>/<name>`, the identity authorization decides on) and as DNS
 //! names (`<name>`, `localhost`, the loopback addresses), which TLS clients check the
@@ -15,7 +15,19 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use crate::cli::{CaCommand, CaInitArgs, CaIssueArgs};
+use crate::cli::{CaCommand, CaInitArgs, CaIssueArgs, CaMeshArgs};
+
+/// Every identity a Starling mesh uses: its five services, the gateway, and `admin` for
+/// operators' tools.
+pub const MESH_IDENTITIES: [&str; 7] = [
+    "tweet",
+    "follower",
+    "timeline",
+    "tagger",
+    "recommendation",
+    "gateway",
+    "admin",
+];
 
 pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
     match cmd {
@@ -32,6 +44,11 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
                 args.namespace,
                 args.name
             );
+        }
+        CaCommand::Mesh(args) => {
+            for line in mesh(&args)? {
+                println!("starling ca: {line}");
+            }
         }
     }
     Ok(())
@@ -66,6 +83,73 @@ fn write_new(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Writes `path` whole or not at all: a new file beside it, then renamed over it.
+fn replace(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, contents, private)?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// Writes `ca`'s certificate as `dir/ca.crt` and a certificate and key for each of `names`
+/// (`dir/<name>.crt`, `.key`, valid for a day): a whole mesh's files at once, for tools
+/// that start one.
+pub fn write_identities<'a>(
+    dir: &Path,
+    ca: &Authority,
+    namespace: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_new(&dir.join("ca.crt"), ca.cert_pem(), false)?;
+    for name in names {
+        let (cert, key) = ca.issue(name, namespace, 1, &[])?;
+        write_new(&dir.join(format!("{name}.key")), &key, true)?;
+        write_new(&dir.join(format!("{name}.crt")), &cert, false)?;
+    }
+    Ok(())
+}
+
+/// `starling ca mesh`: creates what is missing in `args.dir`; says what it did per file.
+pub fn mesh(args: &CaMeshArgs) -> anyhow::Result<Vec<String>> {
+    let mut said = Vec::new();
+    let (crt, key) = (args.dir.join("ca.crt"), args.dir.join("ca.key"));
+    if !crt.exists() && !key.exists() {
+        init(&CaInitArgs {
+            dir: args.dir.clone(),
+            days: args.days.saturating_mul(10),
+        })?;
+        said.push(format!("wrote {} and {}", crt.display(), key.display()));
+    } else {
+        said.push(format!("kept the CA in {}", args.dir.display()));
+    }
+    for name in MESH_IDENTITIES {
+        let issue_args = CaIssueArgs {
+            name: name.to_string(),
+            dir: args.dir.clone(),
+            namespace: args.namespace.clone(),
+            days: args.days,
+            dns: Vec::new(),
+            renew: false,
+        };
+        let file = args.dir.join(format!("{name}.crt"));
+        if file.exists() {
+            said.push(format!("kept {}", file.display()));
+        } else {
+            let (crt, _) = issue(&issue_args)?;
+            said.push(format!(
+                "wrote {} for spiffe://{}/{name}",
+                crt.display(),
+                args.namespace
+            ));
+        }
+    }
+    Ok(said)
+}
+
 /// Creates `DIR/ca.crt` and `DIR/ca.key`.
 pub fn init(args: &CaInitArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
     fs::create_dir_all(&args.dir)
@@ -77,18 +161,110 @@ pub fn init(args: &CaInitArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
             args.dir.display()
         );
     }
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "Starling CA");
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    validity(&mut params, args.days)?;
-    let signing = KeyPair::generate().context("cannot make a key")?;
-    let cert = params.self_signed(&signing).context("cannot sign the CA")?;
-    write_new(&key, &signing.serialize_pem(), true)?;
-    write_new(&crt, &cert.pem(), false)?;
+    let ca = Authority::new(args.days)?;
+    write_new(&key, &ca.key_pem, true)?;
+    write_new(&crt, &ca.cert_pem, false)?;
     Ok((crt, key))
+}
+
+/// A CA held in memory: `ca init` writes a new one's files, `ca issue` reads them back,
+/// and `starling up` makes one at start that is never written anywhere.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Authority {
+    /// A new CA valid for `days`.
+    pub fn new(days: u32) -> anyhow::Result<Self> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "Starling CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        validity(&mut params, days)?;
+        let signing = KeyPair::generate().context("cannot make a key")?;
+        let cert = params.self_signed(&signing).context("cannot sign the CA")?;
+        let key_pem = signing.serialize_pem();
+        Ok(Self {
+            issuer: Issuer::new(params, signing),
+            cert_pem: cert.pem(),
+            key_pem,
+        })
+    }
+
+    /// The CA in `ca_pem` whose key is `key_pem`.
+    pub fn from_pem(ca_pem: &str, key_pem: &str) -> anyhow::Result<Self> {
+        let key = KeyPair::from_pem(key_pem).context("ca.key is not a PEM private key")?;
+        let issuer =
+            Issuer::from_ca_cert_pem(ca_pem, key).context("ca.crt is not a PEM certificate")?;
+        Ok(Self {
+            issuer,
+            cert_pem: ca_pem.to_string(),
+            key_pem: key_pem.to_string(),
+        })
+    }
+
+    /// The CA's certificate (what peers trust).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A certificate and key for `name` in `namespace`: SPIFFE id
+    /// `spiffe://<namespace>/<name>`, DNS names `name`, `localhost` and `dns`, and the
+    /// loopback addresses. Returns (certificate PEM, key PEM).
+    pub fn issue(
+        &self,
+        name: &str,
+        namespace: &str,
+        days: u32,
+        dns: &[String],
+    ) -> anyhow::Result<(String, String)> {
+        check_name(name)?;
+        anyhow::ensure!(
+            !namespace.is_empty()
+                && namespace
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)),
+            "--namespace must be a trust domain of letters, digits, '-', '.' and '_' (got {namespace:?})"
+        );
+        let mut names = vec![name.to_string(), "localhost".to_string()];
+        names.extend(dns.iter().cloned());
+        let mut params =
+            CertificateParams::new(names).context("a --dns name is not a valid DNS name")?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+        let spiffe = format!("spiffe://{namespace}/{name}");
+        params.subject_alt_names.push(SanType::URI(
+            spiffe
+                .clone()
+                .try_into()
+                .with_context(|| format!("{spiffe} is not a valid URI"))?,
+        ));
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // One certificate serves both sides of mTLS: a service is called and calls others.
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, days)?;
+        let signing = KeyPair::generate().context("cannot make a key")?;
+        let cert = params
+            .signed_by(&signing, &self.issuer)
+            .context("cannot sign the certificate")?;
+        Ok((cert.pem(), signing.serialize_pem()))
+    }
 }
 
 /// A name is a path segment of the SPIFFE id and a file name.
@@ -112,15 +288,6 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 /// Creates `DIR/NAME.crt` and `DIR/NAME.key`, signed by `DIR/ca.{crt,key}`.
 pub fn issue(args: &CaIssueArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
     check_name(&args.name)?;
-    anyhow::ensure!(
-        !args.namespace.is_empty()
-            && args
-                .namespace
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)),
-        "--namespace must be a trust domain of letters, digits, '-', '.' and '_' (got {:?})",
-        args.namespace
-    );
     let read = |p: PathBuf| {
         fs::read_to_string(&p).with_context(|| {
             format!(
@@ -130,56 +297,31 @@ pub fn issue(args: &CaIssueArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
             )
         })
     };
-    let ca_key = KeyPair::from_pem(&read(args.dir.join("ca.key"))?)
-        .context("ca.key is not a PEM private key")?;
-    let issuer = Issuer::from_ca_cert_pem(&read(args.dir.join("ca.crt"))?, ca_key)
-        .context("ca.crt is not a PEM certificate")?;
-
-    let mut dns = vec![args.name.clone(), "localhost".to_string()];
-    dns.extend(args.dns.iter().cloned());
-    let mut params = CertificateParams::new(dns).context("a --dns name is not a valid DNS name")?;
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress([127, 0, 0, 1].into()));
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
-    let spiffe = format!("spiffe://{}/{}", args.namespace, args.name);
-    params.subject_alt_names.push(SanType::URI(
-        spiffe
-            .clone()
-            .try_into()
-            .with_context(|| format!("{spiffe} is not a valid URI"))?,
-    ));
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, args.name.clone());
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    // One certificate serves both sides of mTLS: a service is called and calls others.
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.use_authority_key_identifier_extension = true;
-    validity(&mut params, args.days)?;
-    let signing = KeyPair::generate().context("cannot make a key")?;
-    let cert = params
-        .signed_by(&signing, &issuer)
-        .context("cannot sign the certificate")?;
+    let ca = Authority::from_pem(
+        &read(args.dir.join("ca.crt"))?,
+        &read(args.dir.join("ca.key"))?,
+    )?;
+    let (cert_pem, key_pem) = ca.issue(&args.name, &args.namespace, args.days, &args.dns)?;
     let (crt, key) = (
         args.dir.join(format!("{}.crt", args.name)),
         args.dir.join(format!("{}.key", args.name)),
     );
+    if args.renew {
+        // Each file appears whole (rename); a reader that sees the new key beside the old
+        // certificate finds they do not match and reads again later.
+        replace(&key, &key_pem, true)?;
+        replace(&crt, &cert_pem, false)?;
+        return Ok((crt, key));
+    }
     if crt.exists() || key.exists() {
         bail!(
-            "{} or {} exists already: remove both first to issue a new certificate",
+            "{} or {} exists already: pass --renew to replace them, or remove both first",
             crt.display(),
             key.display()
         );
     }
-    write_new(&key, &signing.serialize_pem(), true)?;
-    write_new(&crt, &cert.pem(), false)?;
+    write_new(&key, &key_pem, true)?;
+    write_new(&crt, &cert_pem, false)?;
     Ok((crt, key))
 }
 
@@ -203,6 +345,7 @@ mod tests {
             namespace: "starling".into(),
             days: 5,
             dns: vec!["tweet.internal".into()],
+            renew: false,
         };
         let (crt, key) = issue(&issue_args("tweet")).unwrap();
         let pem = fs::read_to_string(&crt).unwrap();
@@ -219,6 +362,14 @@ mod tests {
         let needle = b"spiffe://starling/tweet";
         assert!(der.windows(needle.len()).any(|w| w == needle));
         assert!(issue(&issue_args("tweet")).is_err(), "no overwrite");
+        let renewed = CaIssueArgs {
+            renew: true,
+            ..issue_args("tweet")
+        };
+        issue(&renewed).expect("--renew replaces");
+        let pem2 = fs::read_to_string(&crt).unwrap();
+        assert_ne!(pem, pem2, "--renew wrote a new certificate");
+        assert!(!dir.path().join("tweet.crt.new").exists());
         assert!(issue(&issue_args("Bad Name")).is_err());
         assert!(issue(&issue_args("ca")).is_err());
         let no_ca = CaIssueArgs {
@@ -227,6 +378,43 @@ mod tests {
         };
         let e = issue(&no_ca).unwrap_err().to_string();
         assert!(e.contains("starling ca init"), "{e}");
+    }
+
+    #[test]
+    fn ca_mesh_writes_what_is_missing_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = CaMeshArgs {
+            dir: dir.path().join("pki"),
+            namespace: "prod".into(),
+            days: 30,
+        };
+        let said = mesh(&args).unwrap();
+        assert_eq!(
+            said.iter().filter(|l| l.starts_with("wrote")).count(),
+            8,
+            "{said:?}"
+        );
+        for name in MESH_IDENTITIES {
+            let pem = fs::read_to_string(args.dir.join(format!("{name}.crt"))).unwrap();
+            let needle = format!("spiffe://prod/{name}");
+            let der = pem_der(&pem);
+            assert!(der.windows(needle.len()).any(|w| w == needle.as_bytes()));
+        }
+        let before = fs::read(args.dir.join("tweet.crt")).unwrap();
+        fs::remove_file(args.dir.join("admin.crt")).unwrap();
+        fs::remove_file(args.dir.join("admin.key")).unwrap();
+        let said = mesh(&args).unwrap();
+        assert_eq!(
+            said.iter().filter(|l| l.starts_with("wrote")).count(),
+            1,
+            "{said:?}"
+        );
+        assert_eq!(
+            before,
+            fs::read(args.dir.join("tweet.crt")).unwrap(),
+            "kept"
+        );
+        assert!(args.dir.join("admin.crt").exists());
     }
 
     fn pem_der(pem: &str) -> Vec<u8> {

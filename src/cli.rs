@@ -56,6 +56,22 @@ pub enum CaCommand {
     Init(CaInitArgs),
     /// Issue DIR/NAME.crt and DIR/NAME.key, signed by the CA in DIR.
     Issue(CaIssueArgs),
+    /// Everything a mesh needs at once: the CA (unless DIR has one) and a certificate for
+    /// each of the five services, gateway and admin (unless DIR has it). Safe to rerun.
+    Mesh(CaMeshArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CaMeshArgs {
+    /// Where the files go (created if missing).
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
+    /// The trust domain in the SPIFFE ids (spiffe://<namespace>/<name>).
+    #[arg(long, env = "STARLING_NAMESPACE", default_value = "starling")]
+    pub namespace: String,
+    /// How long new certificates are valid, in days (a new CA: ten times as long).
+    #[arg(long, default_value_t = 90)]
+    pub days: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -86,6 +102,11 @@ pub struct CaIssueArgs {
     /// 127.0.0.1 and ::1 are always included.
     #[arg(long)]
     pub dns: Vec<String>,
+    /// Replace NAME's certificate and key if they exist (rotation): the new files are
+    /// renamed into place, and running processes start using them within seconds, on new
+    /// connections, without a restart.
+    #[arg(long)]
+    pub renew: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -238,11 +259,10 @@ pub struct GatewayArgs {
     /// only, unseen by other gateways and lost when it exits. For experiments only.
     #[arg(long, env = "STARLING_EMBEDDED")]
     pub embedded: bool,
-    /// Mutual TLS to the services: DIR/ca.crt and DIR/gateway.crt + .key (see `starling
-    /// ca`). Without it, plaintext (a warning is logged). The gateway's own ports stay
-    /// plaintext: put TLS for browsers in front of them.
-    #[arg(long, env = "STARLING_TLS_DIR")]
-    pub tls_dir: Option<std::path::PathBuf>,
+    /// Mutual TLS to the services as identity `gateway` (DIR/gateway.crt); the gateway's own
+    /// ports stay plaintext: put TLS for browsers in front of them.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub mesh: MeshArgs,
     #[command(flatten)]
@@ -259,11 +279,59 @@ pub struct HealthArgs {
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 3_000)]
     pub timeout_ms: u64,
+    /// Mutual TLS: DIR/ca.crt and the certificate of --identity. The server must present
+    /// a certificate valid for ADDRESS's host. (No environment variable: the gateway's own
+    /// ports are plaintext, so a probe of them must not pick up STARLING_TLS_DIR.)
+    #[arg(long)]
+    pub tls_dir: Option<std::path::PathBuf>,
+    /// Whose certificate to present with --tls-dir (health is open to every identity).
+    #[arg(long, default_value = "admin")]
+    pub identity: String,
+}
+
+/// How a process proves who it is to the mesh, and checks who calls it.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// Mutual TLS (TLS 1.3): DIR/ca.crt is the CA every peer's certificate must come from,
+    /// DIR/<name>.crt + .key this process's identity (made by `starling ca`). Changed files
+    /// are picked up within seconds by new connections, without a restart. Required
+    /// unless --insecure.
+    #[arg(long, env = "STARLING_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
+    /// Plaintext instead: no identities and no authorization, so anyone who can reach a
+    /// port can call every method on it. For local experiments; a warning is logged.
+    #[arg(long, env = "STARLING_INSECURE", conflicts_with = "tls_dir")]
+    pub insecure: bool,
+}
+
+impl TlsArgs {
+    /// The identity `name` from --tls-dir, `None` with --insecure, an error naming both
+    /// flags when neither is given.
+    pub fn load(&self, name: &str) -> anyhow::Result<Option<starling_discovery::MeshTls>> {
+        match (&self.tls_dir, self.insecure) {
+            (Some(dir), _) => {
+                let tls = starling_discovery::MeshTls::from_dir(dir, name)?;
+                tracing::info!(dir = %dir.display(), "mutual TLS as {name}; certificate files are watched for rotation");
+                Ok(Some(tls))
+            }
+            (None, true) => {
+                tracing::warn!("--insecure: plaintext mesh calls, no identities, no authorization: anyone who can reach a port can call any method");
+                Ok(None)
+            }
+            (None, false) => anyhow::bail!(
+                "no --tls-dir (STARLING_TLS_DIR): the mesh runs on mutual TLS. Make the files with \
+                 `starling ca init --dir DIR` and `starling ca issue {name} --dir DIR`, then pass --tls-dir DIR; \
+                 or pass --insecure for plaintext with no identities"
+            ),
+        }
+    }
 }
 
 /// How this process discovers and calls other services.
 #[derive(Debug, Clone, Args)]
 pub struct MeshArgs {
+    #[command(flatten)]
+    pub etcd_security: EtcdSecurityArgs,
     /// Isolates deployments sharing backends: etcd keys live under /<namespace>/, Redis keys
     /// start with <namespace>:, Kafka topics and groups with <namespace>.
     #[arg(long, env = "STARLING_NAMESPACE", default_value = "starling")]
@@ -321,13 +389,80 @@ impl MeshArgs {
         config
     }
 
-    pub fn etcd_config(&self, endpoints: Vec<String>) -> EtcdConfig {
+    pub fn etcd_config(&self, endpoints: Vec<String>) -> anyhow::Result<EtcdConfig> {
         let mut config = EtcdConfig::new(endpoints);
         config.namespace = self.namespace.clone();
         config.lease_ttl = Duration::from_secs(self.lease_ttl);
         config.relist_grace = Duration::from_secs(self.lease_ttl * 2);
         config.claim_ttl = Duration::from_secs(self.claim_ttl);
-        config
+        config.tls = self.etcd_security.tls()?;
+        config.user = self.etcd_security.user()?;
+        Ok(config)
+    }
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// How to reach an etcd that takes TLS or has auth enabled.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EtcdSecurityArgs {
+    /// TLS to etcd: the CA certificate (PEM) that signed etcd's. Endpoints without a scheme
+    /// then use https://.
+    #[arg(long, env = "STARLING_ETCD_CA")]
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-key.
+    #[arg(long, env = "STARLING_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "STARLING_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<std::path::PathBuf>,
+    /// etcd user, when etcd's auth is enabled; the password comes from
+    /// STARLING_ETCD_PASSWORD (an environment variable, so it stays out of process lists).
+    #[arg(long, env = "STARLING_ETCD_USER")]
+    pub etcd_user: Option<String>,
+}
+
+impl EtcdSecurityArgs {
+    fn tls(&self) -> anyhow::Result<Option<starling_discovery::EtcdTls>> {
+        let read = |p: &std::path::PathBuf| {
+            anyhow::Context::with_context(std::fs::read(p), || {
+                format!("cannot read {}", p.display())
+            })
+        };
+        let Some(ca) = &self.etcd_ca else {
+            anyhow::ensure!(
+                self.etcd_cert.is_none(),
+                "--etcd-cert needs --etcd-ca (the CA that signed etcd's certificate)"
+            );
+            return Ok(None);
+        };
+        let mut tls = starling_discovery::EtcdTls::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&self.etcd_cert, &self.etcd_key) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        Ok(Some(tls))
+    }
+
+    fn user(&self) -> anyhow::Result<Option<starling_discovery::EtcdUser>> {
+        let Some(name) = &self.etcd_user else {
+            return Ok(None);
+        };
+        let password = std::env::var("STARLING_ETCD_PASSWORD").map_err(|_| {
+            anyhow::anyhow!("--etcd-user {name} needs its password in STARLING_ETCD_PASSWORD")
+        })?;
+        Ok(Some(starling_discovery::EtcdUser {
+            name: name.clone(),
+            password,
+        }))
     }
 }
 
@@ -342,9 +477,19 @@ pub struct BackendArgs {
     /// replace a connection that died.
     #[arg(long, env = "STARLING_REDIS_POOL", default_value_t = 16)]
     pub redis_pool: usize,
+    /// CA certificate (PEM) that signed Redis's, for a rediss:// (TLS) URL; the system's
+    /// roots otherwise. A password goes in the URL: rediss://:PASSWORD@host:port.
+    #[arg(long, env = "STARLING_REDIS_CA")]
+    pub redis_ca: Option<std::path::PathBuf>,
     /// Kafka bootstrap servers (e.g. 127.0.0.1:9092) for events; embedded bus when absent.
     #[arg(long, env = "STARLING_KAFKA")]
     pub kafka: Option<String>,
+    /// A librdkafka setting for every Kafka client, KEY=VALUE (repeatable), e.g.
+    /// security.protocol=SASL_SSL, ssl.ca.location=/pki/kafka-ca.crt, sasl.mechanism=PLAIN,
+    /// sasl.username=..., sasl.password=... The settings Starling's guarantees rest on
+    /// (acks, enable.idempotence, group.id, ...) are refused.
+    #[arg(long = "kafka-option", env = "STARLING_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
     /// Authors with more followers than this are merged into timelines at read time
     /// instead of being fanned out.
     #[arg(long, env = "STARLING_CELEBRITY_THRESHOLD", default_value_t = 100_000)]
@@ -383,11 +528,10 @@ pub struct ServeArgs {
     /// then has its own private data, lost when it exits: for experiments only.
     #[arg(long, env = "STARLING_EMBEDDED")]
     pub embedded: bool,
-    /// Mutual TLS: DIR/ca.crt and DIR/<service>.crt + .key (see `starling ca`). The
-    /// listener then takes only callers with a certificate from that CA, and calls to
-    /// other services present this one. Without it, plaintext (a warning is logged).
-    #[arg(long, env = "STARLING_TLS_DIR")]
-    pub tls_dir: Option<std::path::PathBuf>,
+    /// Mutual TLS as the service's own identity (DIR/<service>.crt): the listener takes
+    /// only callers with a certificate from DIR/ca.crt and authorizes them by identity.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub mesh: MeshArgs,
     #[command(flatten)]
@@ -408,6 +552,11 @@ pub struct UpArgs {
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long, env = "STARLING_METRICS")]
     pub metrics: Option<SocketAddr>,
+    /// Internal calls run over mutual TLS: with certificates from --tls-dir (each service
+    /// as DIR/<service>.crt, the gateway as DIR/gateway.crt), or by default from a CA made
+    /// in memory at start. --insecure: plaintext.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub gateway: GatewayListenArgs,
     #[command(flatten)]

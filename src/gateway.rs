@@ -21,13 +21,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics {
         starling_runtime::metrics::serve(addr).await?;
     }
-    let tls = match &args.tls_dir {
-        Some(dir) => Some(starling_discovery::ClientTls::from_dir(dir, "gateway")?),
-        None => {
-            tracing::warn!("no --tls-dir: calling the services in plaintext, with no identity");
-            None
-        }
-    };
+    let tls = args.tls.load("gateway")?;
     let ctx =
         crate::services::context_with_tls(&args.backends, &args.mesh, &args.etcd, tls).await?;
     let gateway = starling_gateway::start(args.listen.config(), &ctx).await?;
@@ -39,11 +33,20 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
 
 pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.address))
-            .with_context(|| format!("bad address {:?}", args.address))?
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {}", args.address))?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", args.address))
+            .with_context(|| format!("bad address {:?}", args.address))?;
+        let channel = match &args.tls_dir {
+            Some(dir) => {
+                let tls = starling_discovery::MeshTls::from_dir(dir, &args.identity)?;
+                // The server proves it is the host we dialled (a service's certificate names
+                // the service, localhost and the loopback addresses).
+                let host = endpoint.uri().host().unwrap_or_default();
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                endpoint.connect_with_connector(tls.connector(host)?).await
+            }
+            None => endpoint.connect().await,
+        }
+        .with_context(|| format!("cannot connect to {}", args.address))?;
         let status = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: args.service.clone(),

@@ -16,6 +16,7 @@ pub mod users;
 
 /// Runs a parsed command line to completion.
 pub async fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    starling_discovery::tls::install_default_provider();
     match cli.command {
         cli::Command::Serve(args) => serve::run(args).await,
         cli::Command::Up(args) => up::run(args).await,

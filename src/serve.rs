@@ -12,27 +12,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         starling_runtime::metrics::serve(addr).await?;
     }
     let name = args.service.name();
-    let tls = match &args.tls_dir {
-        Some(dir) => {
-            let (ca, identity) = starling_discovery::tls::load(dir, name)?;
-            tracing::info!(dir = %dir.display(), "mutual TLS: serving and calling as {name}");
-            Some((ca, identity))
-        }
-        None => {
-            tracing::warn!("no --tls-dir: serving and calling in plaintext, with no identities");
-            None
-        }
-    };
-    let client_tls = tls
-        .as_ref()
-        .map(|(ca, id)| starling_discovery::ClientTls::new(ca.clone(), id.clone()));
-    let ctx = crate::services::context_with_tls(&args.backends, &args.mesh, &args.etcd, client_tls)
-        .await?;
+    let tls = args.tls.load(name)?;
+    let ctx =
+        crate::services::context_with_tls(&args.backends, &args.mesh, &args.etcd, tls.clone())
+            .await?;
     tracing::info!("{}", crate::services::describe(&args.backends, &args.etcd));
     let mut config = ServerConfig::new(args.service, args.listen);
-    config.tls = tls.map(|(ca, identity)| starling_runtime::ServerTls {
-        identity,
-        client_ca: ca,
+    config.tls = tls.map(|tls| starling_runtime::ServerTls {
+        tls,
         namespace: args.mesh.namespace.clone(),
         policy: starling_runtime::authz::Policy::default_policy(),
     });

@@ -36,24 +36,38 @@ pub async fn context_with_tls(
     backends: &BackendArgs,
     mesh: &MeshArgs,
     etcd: &[String],
-    tls: Option<starling_discovery::ClientTls>,
+    tls: Option<starling_discovery::MeshTls>,
 ) -> anyhow::Result<ServiceContext> {
     let registry: Arc<dyn Registry> = if etcd.is_empty() {
         Arc::new(MemoryRegistry::new())
     } else {
-        Arc::new(EtcdRegistry::connect(mesh.etcd_config(etcd.to_vec())).await?)
+        Arc::new(EtcdRegistry::connect(mesh.etcd_config(etcd.to_vec())?).await?)
     };
     let store: Arc<dyn Store> = match &backends.redis {
-        Some(url) => Arc::new(
-            RedisStore::connect(url, &format!("{}:", mesh.namespace), backends.redis_pool)
+        Some(url) => {
+            let ca = match &backends.redis_ca {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                ),
+                None => None,
+            };
+            Arc::new(
+                RedisStore::connect_with_ca(
+                    url,
+                    &format!("{}:", mesh.namespace),
+                    backends.redis_pool,
+                    ca,
+                )
                 .await
                 .context("connecting to redis")?,
-        ),
+            )
+        }
         None => Arc::new(MemoryStore::new()),
     };
     let bus: Arc<dyn EventBus> = match &backends.kafka {
         Some(brokers) => Arc::new(
-            KafkaBus::connect(brokers, &mesh.namespace)
+            KafkaBus::connect_with(brokers, &mesh.namespace, backends.kafka_options.clone())
                 .await
                 .context("connecting to kafka")?
                 .coordinated_by(store.clone()),
@@ -98,7 +112,9 @@ pub fn describe(backends: &BackendArgs, etcd: &[String]) -> String {
         backends
             .redis
             .as_deref()
-            .map_or("embedded".to_string(), |r| format!("redis {r}")),
+            .map_or("embedded".to_string(), |r| {
+                format!("redis {}", starling_runtime::store::redacted_url(r))
+            }),
         backends
             .kafka
             .as_deref()

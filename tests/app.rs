@@ -37,10 +37,9 @@ impl Cluster {
             instances.push(b.serve(s, extra, Stdio::null()).await);
         }
         let registry = Arc::new(b.etcd.registry(&b.namespace, LEASE_TTL).await);
-        let mesh = Mesh::new(
-            registry,
-            MeshConfig::new(starling_proto::idempotent_methods()),
-        );
+        let mut config = MeshConfig::new(starling_proto::idempotent_methods());
+        config.tls = Some(b.admin_tls());
+        let mesh = Mesh::new(registry, config);
         for s in SERVICES {
             assert!(
                 mesh.channel(s)

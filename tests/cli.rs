@@ -13,6 +13,14 @@ use starling_proto::tweet::v1::{tweet_service_client::TweetServiceClient, GetTwe
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
+/// A channel to the service at `addr` over mutual TLS, as `admin` from `pki`.
+fn tls_channel(addr: &str, pki: &std::path::Path) -> tonic::transport::Channel {
+    let admin = starling_discovery::MeshTls::from_dir(pki, "admin").unwrap();
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector_lazy(admin.connector("localhost").unwrap())
+}
+
 fn starling(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_starling"))
         .args(args)
@@ -20,6 +28,8 @@ fn starling(args: &[&str]) -> std::process::Output {
         .env_remove("STARLING_REDIS")
         .env_remove("STARLING_KAFKA")
         .env_remove("STARLING_EMBEDDED")
+        .env_remove("STARLING_TLS_DIR")
+        .env_remove("STARLING_INSECURE")
         .output()
         .expect("run starling")
 }
@@ -88,6 +98,52 @@ fn bad_input_gets_a_precise_error() {
         "{out:?}"
     );
 
+    // librdkafka settings: KEY=VALUE; the ones the delivery guarantees rest on are refused;
+    // a key librdkafka does not know is named.
+    for (option, expect) in [
+        ("acks", "KEY=VALUE"),
+        ("acks=0", "acks is set by Starling"),
+        ("no.such.setting=1", "no.such.setting"),
+    ] {
+        let out = starling(&["up", "--kafka", "127.0.0.1:1", "--kafka-option", option]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "{option}: {out:?}"
+        );
+    }
+
+    // The mesh is on mutual TLS unless plaintext is asked for by name.
+    let out = starling(&[
+        "serve",
+        "tagger",
+        "--etcd",
+        "http://127.0.0.1:1",
+        "--embedded",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("--tls-dir")
+            && err.contains("--insecure")
+            && err.contains("starling ca init"),
+        "{out:?}"
+    );
+    let out = starling(&[
+        "serve",
+        "tagger",
+        "--etcd",
+        "http://127.0.0.1:1",
+        "--embedded",
+        "--tls-dir",
+        "/nonexistent-starling-pki",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("/nonexistent-starling-pki/ca.crt"),
+        "{out:?}"
+    );
+
     let out = starling(&["serve", "tweets", "--etcd", "http://127.0.0.1:1"]);
     assert!(!out.status.success());
     assert!(
@@ -121,7 +177,17 @@ fn http_get(addr: &str, path: &str) -> String {
 #[tokio::test]
 async fn up_serves_every_service_with_health_reflection_and_metrics() {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let up = common::up::Up::start_with(&["--replicas", "2", "--metrics", &metrics_addr]).await;
+    let pki = common::pki("starling");
+    let pki_dir = pki.path().to_str().unwrap().to_string();
+    let up = common::up::Up::start_with(&[
+        "--replicas",
+        "2",
+        "--metrics",
+        &metrics_addr,
+        "--tls-dir",
+        &pki_dir,
+    ])
+    .await;
     let lines = up.lines.clone();
     let addr_of = |service: &str| up.banner(service, "ADDR");
     assert_eq!(
@@ -141,13 +207,7 @@ async fn up_serves_every_service_with_health_reflection_and_metrics() {
             "starling.recommendation.v1.RecommendationService",
         ),
     ] {
-        let url = format!("http://{}", addr_of(service));
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut health = HealthClient::new(channel);
+        let mut health = HealthClient::new(tls_channel(&addr_of(service), pki.path()));
         let resp = health
             .check(HealthCheckRequest {
                 service: grpc.into(),
@@ -157,18 +217,12 @@ async fn up_serves_every_service_with_health_reflection_and_metrics() {
         assert_eq!(resp.get_ref().status(), ServingStatus::Serving, "{service}");
     }
 
-    let tagger = format!("http://{}", addr_of("tagger"));
-    let tags = TaggerServiceClient::connect(tagger)
-        .await
-        .unwrap()
+    let tags = TaggerServiceClient::new(tls_channel(&addr_of("tagger"), pki.path()))
         .list_tags(ListTagsRequest {})
         .await
         .unwrap();
     assert_eq!(tags.get_ref().tags.len(), 50);
-    let tweet = format!("http://{}", addr_of("tweet"));
-    let err = TweetServiceClient::connect(tweet)
-        .await
-        .unwrap()
+    let err = TweetServiceClient::new(tls_channel(&addr_of("tweet"), pki.path()))
         .get_tweet(GetTweetRequest { id: 1 })
         .await
         .unwrap_err();
@@ -197,11 +251,15 @@ async fn up_serves_every_service_with_health_reflection_and_metrics() {
         &addr_of("tagger"),
         "--service",
         "starling.tagger.v1.TaggerService",
+        "--tls-dir",
+        &pki_dir,
     ]);
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SERVING"),
         "{out:?}"
     );
+    let out = starling(&["health", &addr_of("tagger"), "--timeout-ms", "2000"]);
+    assert!(!out.status.success(), "plaintext is refused: {out:?}");
     let out = starling(&[
         "health",
         &format!("127.0.0.1:{}", free_port()),
@@ -213,8 +271,18 @@ async fn up_serves_every_service_with_health_reflection_and_metrics() {
     // Reflection, through grpcurl 1.8.6 (which speaks only v1alpha).
     if let Some(grpcurl) = require_binary("grpcurl") {
         let addr = addr_of("timeline");
+        let file = |f: &str| pki.path().join(f).display().to_string();
+        let certs = [
+            "-cacert".to_string(),
+            file("ca.crt"),
+            "-cert".to_string(),
+            file("admin.crt"),
+            "-key".to_string(),
+            file("admin.key"),
+        ];
         let out = Command::new(&grpcurl)
-            .args(["-plaintext", &addr, "list"])
+            .args(&certs)
+            .args([&addr, "list"])
             .output()
             .unwrap();
         let listed = String::from_utf8_lossy(&out.stdout);
@@ -229,7 +297,8 @@ async fn up_serves_every_service_with_health_reflection_and_metrics() {
             );
         }
         let out = Command::new(&grpcurl)
-            .args(["-plaintext", &addr, "describe", "starling.tweet.v1.Tweet"])
+            .args(&certs)
+            .args([&addr, "describe", "starling.tweet.v1.Tweet"])
             .output()
             .unwrap();
         let described = String::from_utf8_lossy(&out.stdout);
@@ -238,8 +307,8 @@ async fn up_serves_every_service_with_health_reflection_and_metrics() {
             "{described}"
         );
         let out = Command::new(&grpcurl)
+            .args(&certs)
             .args([
-                "-plaintext",
                 "-d",
                 "{}",
                 &addr_of("tagger"),
@@ -321,7 +390,8 @@ async fn up_alone_is_a_working_app() {
     };
     use starling_proto::tweet::v1::CreateTweetRequest;
 
-    let up = common::up::Up::start().await;
+    let pki = common::pki("starling");
+    let up = common::up::Up::start_with(&["--tls-dir", pki.path().to_str().unwrap()]).await;
     let lines = up.lines.clone();
     assert!(
         lines
@@ -329,12 +399,7 @@ async fn up_alone_is_a_working_app() {
             .is_some_and(|l| l.contains("store: embedded") && l.contains("events: embedded")),
         "{lines:?}"
     );
-    let channel = |service: &str| {
-        let addr = up.banner(service, "ADDR");
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy()
-    };
+    let channel = |service: &str| tls_channel(&up.banner(service, "ADDR"), pki.path());
     FollowerServiceClient::new(channel("follower"))
         .register_users(RegisterUsersRequest {
             users: vec!["alice".into(), "bob".into()],
@@ -426,4 +491,63 @@ async fn up_alone_is_a_working_app() {
         "carol liked a book tweet: dave's book tweet is recommended to her"
     );
     up.stop().await;
+}
+
+/// `starling up` with no flags runs the mesh on mutual TLS with a CA made in memory: a
+/// plaintext caller, or one with a certificate from another CA, is refused by the services,
+/// while the gateway (which holds its identity) gets through.
+#[tokio::test]
+async fn up_runs_the_mesh_on_mutual_tls_by_default() {
+    let up = common::up::Up::start().await;
+    assert!(
+        up.lines
+            .iter()
+            .any(|l| l.contains("mutual TLS with a CA made in memory")),
+        "{:?}",
+        up.lines
+    );
+    let tagger = up.banner("tagger", "ADDR");
+    let plaintext = tonic::transport::Endpoint::from_shared(format!("http://{tagger}"))
+        .unwrap()
+        .connect_lazy();
+    // No answer: the server speaks TLS, so the client reads its alert as a broken HTTP/2
+    // connection (tonic says Unknown, Internal or Unavailable depending on timing).
+    TaggerServiceClient::new(plaintext)
+        .list_tags(ListTagsRequest {})
+        .await
+        .expect_err("plaintext is refused");
+    let stranger = common::pki("starling");
+    let e = TaggerServiceClient::new(tls_channel(&tagger, stranger.path()))
+        .list_tags(ListTagsRequest {})
+        .await
+        .expect_err("a certificate from another CA is refused");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+
+    let gateway = up.banner("gateway-grpc", "ADDR");
+    let tags = TaggerServiceClient::connect(format!("http://{gateway}"))
+        .await
+        .unwrap()
+        .list_tags(ListTagsRequest {})
+        .await
+        .expect("through the gateway, which calls the tagger over mutual TLS")
+        .into_inner()
+        .tags;
+    assert_eq!(tags.len(), 50);
+    up.stop().await;
+}
+
+/// The README quotes the shipped authorization policy: the quote must stay the policy.
+#[test]
+fn readme_shows_the_shipped_policy() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let rules: Vec<&str> = starling_runtime::authz::DEFAULT_POLICY
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .collect();
+    let quoted = format!("```\n{}\n```", rules.join("\n"));
+    assert!(
+        readme.contains(&quoted),
+        "README.md must quote services/runtime/src/policy.txt's rules exactly:\n{quoted}"
+    );
 }

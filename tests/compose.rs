@@ -82,6 +82,8 @@ fn compose_file_matches_the_program() {
     }
     let mut replicas: HashMap<String, usize> = HashMap::new();
     let mut gateways = 0;
+    let mut pki: Option<(String, String)> = None;
+    let mut tls_dirs: Vec<(String, String, bool)> = Vec::new();
     for (name, svc) in &services {
         for dep in svc
             .get("depends_on")
@@ -102,6 +104,21 @@ fn compose_file_matches_the_program() {
         let sub: Vec<&str> = command.iter().map(String::as_str).collect();
         assert!(!sub.is_empty(), "{name} has no command");
         let text = help(&sub);
+        if sub[0] == "ca" {
+            // The one-shot service that writes the mesh's certificates.
+            assert_eq!(sub.get(1).copied(), Some("mesh"), "{name}");
+            for flag in command.iter().filter(|c| c.starts_with("--")) {
+                assert!(text.contains(flag.as_str()), "{name}: unknown flag {flag}");
+            }
+            let dir = command
+                .iter()
+                .skip_while(|c| *c != "--dir")
+                .nth(1)
+                .cloned()
+                .unwrap_or_default();
+            pki = Some((name.clone(), dir));
+            continue;
+        }
         // Every STARLING_* variable is one the subcommand reads (STARLING_LOG is the log
         // filter every subcommand reads; see README).
         let vars = env(svc);
@@ -134,6 +151,17 @@ fn compose_file_matches_the_program() {
                 .is_some_and(|v| v == "kafka:9092"),
             "{name}: STARLING_KAFKA"
         );
+        let waits_for_pki = svc
+            .get("depends_on")
+            .and_then(|d| d.get("pki"))
+            .and_then(|p| p.get("condition"))
+            .and_then(Value::as_str)
+            == Some("service_completed_successfully");
+        tls_dirs.push((
+            name.clone(),
+            vars.get("STARLING_TLS_DIR").cloned().unwrap_or_default(),
+            waits_for_pki,
+        ));
         let health = strings(svc.get("healthcheck").and_then(|h| h.get("test")));
         assert_eq!(
             health.get(1).map(String::as_str),
@@ -164,6 +192,12 @@ fn compose_file_matches_the_program() {
                     port(listen),
                     "{name}: health check probes the listened port"
                 );
+                assert!(
+                    health
+                        .windows(2)
+                        .any(|w| w[0] == "--tls-dir" && w[1] == vars["STARLING_TLS_DIR"]),
+                    "{name}: the health check presents a certificate: {health:?}"
+                );
             }
             "gateway" => {
                 gateways += 1;
@@ -191,6 +225,18 @@ fn compose_file_matches_the_program() {
         );
     }
     assert_eq!(gateways, 1);
+    // Every process runs on mutual TLS with the files the pki service wrote.
+    let (pki_name, pki_dir) = pki.expect("a service running `starling ca mesh`");
+    for (name, dir, waits) in &tls_dirs {
+        assert_eq!(
+            dir, &pki_dir,
+            "{name}: STARLING_TLS_DIR is where {pki_name} writes"
+        );
+        assert!(
+            waits,
+            "{name} starts after {pki_name} has written the certificates"
+        );
+    }
     // Kafka advertises what the services dial.
     let kafka = env(&services["kafka"]);
     assert!(kafka["KAFKA_ADVERTISED_LISTENERS"].contains("kafka:9092"));

@@ -62,11 +62,14 @@ async fn late_and_repeated_events_change_nothing() {
     let backends = BackendArgs {
         redis: None,
         redis_pool: 1,
+        redis_ca: None,
         kafka: None,
+        kafka_options: Vec::new(),
         celebrity_threshold: 100_000,
         fanout_page: 1_000,
     };
     let mesh = MeshArgs {
+        etcd_security: Default::default(),
         namespace: "idem".into(),
         lease_ttl: 10,
         claim_ttl: 60,

@@ -114,7 +114,15 @@ async fn generated_python_client_works_through_the_gateway_and_directly() {
     generate_stubs(&python, stubs.path());
     let _serial = serial().await;
 
-    let up = Up::start().await;
+    // Certificates of our own, so the test can call the services directly (as admin); the
+    // gateway calls them over mutual TLS too.
+    let pki = common::pki("starling");
+    let pki_dir = pki
+        .path()
+        .to_str()
+        .expect("a UTF-8 temporary path")
+        .to_string();
+    let up = Up::start_with(&["--tls-dir", &pki_dir]).await;
     let gateway_grpc = up.banner("gateway-grpc", "ADDR");
     let gateway_http = up.banner("gateway", "http://ADDR");
     assert!(
@@ -142,6 +150,8 @@ async fn generated_python_client_works_through_the_gateway_and_directly() {
             &follower,
             "--timeline",
             &timeline,
+            "--tls-dir",
+            &pki_dir,
         ],
     )
     .await;

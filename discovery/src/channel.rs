@@ -141,7 +141,7 @@ pub struct MeshConfig {
     /// channel hold more. The default is tonic's message limit (4 MiB) plus one frame header.
     pub max_buffered_request: usize,
     /// Mutual TLS to every endpoint (`None`: plaintext, for an insecure mesh).
-    pub tls: Option<crate::tls::ClientTls>,
+    pub tls: Option<crate::tls::MeshTls>,
 }
 
 /// tonic's default limit on a decoded message, plus the 5-byte gRPC frame header.
@@ -218,6 +218,14 @@ impl Mesh {
 
     pub fn config(&self) -> &MeshConfig {
         &self.config
+    }
+
+    /// The same registry and configuration, calling as the identity `tls` (several
+    /// services in one process, as in `starling up`, each call as themselves).
+    pub fn as_identity(&self, tls: Option<crate::tls::MeshTls>) -> Mesh {
+        let mut config = (*self.config).clone();
+        config.tls = tls;
+        Mesh::new(self.registry.clone(), config)
     }
 
     /// The channel to `service` (created on first use; must run inside a tokio runtime).
@@ -350,7 +358,7 @@ async fn maintain(
     mut watch: EndpointWatch,
     tx: watch::Sender<Arc<Snapshot>>,
     connect_timeout: Duration,
-    tls: Option<crate::tls::ClientTls>,
+    tls: Option<crate::tls::MeshTls>,
 ) {
     let gauge = metrics::gauge!("starling_client_endpoints", "target" => service.clone());
     loop {

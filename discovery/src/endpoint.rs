@@ -56,23 +56,24 @@ impl Endpoint {
         target: &str,
         instance: ServiceInstance,
         connect_timeout: Duration,
-        tls: Option<&crate::tls::ClientTls>,
+        tls: Option<&crate::tls::MeshTls>,
     ) -> Result<Self, String> {
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let uri = format!("{scheme}://{}", instance.address);
-        let mut endpoint = TonicEndpoint::from_shared(uri.clone())
+        let uri = format!("http://{}", instance.address);
+        let endpoint = TonicEndpoint::from_shared(uri.clone())
             .map_err(|e| format!("bad endpoint address {uri}: {e}"))?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        if let Some(tls) = tls {
-            // The server must prove it is `target`: its certificate names the service.
-            endpoint = endpoint
-                .tls_config(tls.config_for(target))
-                .map_err(|e| format!("TLS for {uri}: {e}"))?;
-        }
-        let channel = endpoint.connect_lazy();
+        let channel = match tls {
+            // The server must prove it is `target`: its certificate names the service. Each
+            // new connection takes the identity current at that moment (see `tls`).
+            Some(tls) => endpoint.connect_with_connector_lazy(
+                tls.connector(target)
+                    .map_err(|e| format!("TLS for {uri}: {e}"))?,
+            ),
+            None => endpoint.connect_lazy(),
+        };
         let labels = [
             ("target", target.to_string()),
             ("endpoint", instance.address.clone()),

@@ -50,6 +50,24 @@ pub struct EtcdConfig {
     /// usable through an etcd outage this long (see [`Registry::claim`]), and a crashed
     /// holder's number is free again after it.
     pub claim_ttl: Duration,
+    /// TLS towards etcd (`https://` endpoints): the CA that signed etcd's certificate and,
+    /// for etcd's `--client-cert-auth`, this process's certificate.
+    pub tls: Option<etcd_client::TlsOptions>,
+    /// etcd user and password (etcd's auth enabled).
+    pub user: Option<EtcdUser>,
+}
+
+/// An etcd user; the password never shows in `Debug` output.
+#[derive(Clone)]
+pub struct EtcdUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EtcdUser({}, password hidden)", self.name)
+    }
 }
 
 impl EtcdConfig {
@@ -61,6 +79,8 @@ impl EtcdConfig {
             request_timeout: Duration::from_secs(3),
             relist_grace: Duration::from_secs(20),
             claim_ttl: Duration::from_secs(60),
+            tls: None,
+            user: None,
         }
     }
 }
@@ -92,6 +112,22 @@ impl EtcdRegistry {
             // "too_many_pings", which resets every watch.
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
+        let options = match &config.tls {
+            Some(tls) => options.with_tls(tls.clone()),
+            None => options,
+        };
+        let options = match &config.user {
+            // etcd's tokens expire (5 minutes by default): fetch a new one when told so.
+            Some(user) => options
+                .with_user(user.name.clone(), user.password.clone())
+                .with_auto_token_refresh(true),
+            None => options,
+        };
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let endpoints: Vec<String> = config
             .endpoints
             .iter()
@@ -99,7 +135,7 @@ impl EtcdRegistry {
                 if e.contains("://") {
                     e.clone()
                 } else {
-                    format!("http://{e}")
+                    format!("{scheme}://{e}")
                 }
             })
             .collect();

@@ -32,11 +32,13 @@ pub use backoff::Backoff;
 pub use balance::{ring::HashRing, Policy};
 pub use channel::{Mesh, MeshChannel, MeshConfig, TargetConfig};
 pub use deadline::{current_deadline, propagate_deadline, DeadlineLayer};
-pub use etcd::{EtcdConfig, EtcdRegistry};
+pub use etcd::{EtcdConfig, EtcdRegistry, EtcdUser};
+/// TLS settings for etcd connections (etcd-client's, which are tonic's).
+pub use etcd_client::TlsOptions as EtcdTls;
 pub use instance::{new_instance_id, EndpointSet, Keys, ServiceInstance};
 pub use memory::MemoryRegistry;
 pub use registry::{Claim, DiscoveryError, EndpointWatch, Registration, Registry, ServingHandle};
-pub use tls::ClientTls;
+pub use tls::MeshTls;
 
 /// gRPC's retry pushback header: a negative value tells the caller not to retry (see
 /// gRFC A6). A service sets it on failures of a dependency that every replica shares, and

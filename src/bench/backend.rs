@@ -1,12 +1,14 @@
 //! A minimal gRPC backend for benchmarks and balancer tests: grpc.health.v1 `Check`, an
 //! adjustable artificial delay (to play a slow instance) and the instance header, so a
-//! caller can see which backend answered.
+//! caller can see which backend answered. With a [`MeshTls`] it serves as a real instance
+//! does: mutual TLS, and every call authorized by the caller's identity.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use starling_discovery::MeshTls;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
@@ -27,6 +29,16 @@ pub struct TestBackend {
 impl TestBackend {
     /// Starts a backend on a free loopback port.
     pub async fn start(id: &str, delay: Duration) -> std::io::Result<Self> {
+        Self::start_with(id, delay, None).await
+    }
+
+    /// [`TestBackend::start`], on mutual TLS with identity `tls` (and the default policy,
+    /// trust domain `starling`) when given.
+    pub async fn start_with(
+        id: &str,
+        delay: Duration,
+        tls: Option<MeshTls>,
+    ) -> std::io::Result<Self> {
         let incoming = TcpIncoming::bind("127.0.0.1:0".parse().expect("valid address"))?
             .with_nodelay(Some(true));
         let addr = incoming.local_addr()?;
@@ -62,17 +74,39 @@ impl TestBackend {
             })
             .into_inner();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tonic::transport::Server::builder()
-            .layer(layers)
-            .add_service(health)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            });
-        let task = tokio::spawn(async move {
-            if let Err(e) = server.await {
-                tracing::warn!(error = %e, "test backend stopped with an error");
-            }
+        let authz = tls.as_ref().map(|_| {
+            starling_runtime::authz::AuthzLayer::new(
+                starling_runtime::authz::Policy::default_policy(),
+                "starling",
+            )
         });
+        let router = tonic::transport::Server::builder()
+            .layer(ServiceBuilder::new().option_layer(authz).layer(layers))
+            .add_service(health);
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let task = match tls {
+            Some(tls) => {
+                let server = router.serve_with_incoming_shutdown(
+                    starling_discovery::tls::incoming(incoming, tls),
+                    shutdown,
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = server.await {
+                        tracing::warn!(error = %e, "test backend stopped with an error");
+                    }
+                })
+            }
+            None => {
+                let server = router.serve_with_incoming_shutdown(incoming, shutdown);
+                tokio::spawn(async move {
+                    if let Err(e) = server.await {
+                        tracing::warn!(error = %e, "test backend stopped with an error");
+                    }
+                })
+            }
+        };
         Ok(Self {
             addr,
             id: id.to_string(),

@@ -6,6 +6,10 @@
 //! each policy. Configurations are interleaved round by round so machine noise hits all
 //! alike; the best round of each is reported, with ratios against the baseline.
 //!
+//! A fourth uniform row, `mesh round_robin (mTLS)`, calls three more backends that serve as
+//! real instances do (mutual TLS with certificates from a CA made for the run, every call
+//! authorized by identity): what mTLS costs, against the plaintext round_robin row.
+//!
 //! Slow-backend scenario: one of the three answers `--slow-ms` later; p99 per client.
 
 use std::collections::HashSet;
@@ -23,6 +27,7 @@ use crate::cli::BalancerBenchArgs;
 
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 const TARGET: &str = "bench";
+const MTLS_ROW: &str = "mesh round_robin (mTLS)";
 
 #[derive(Debug, Clone)]
 pub struct Stats {
@@ -184,6 +189,44 @@ async fn clients(backends: &[TestBackend], policies: &[Policy]) -> anyhow::Resul
     })
 }
 
+/// A round-robin mesh client over mutual TLS to `backends`, calling as `gateway`.
+async fn mtls_client(
+    backends: &[TestBackend],
+    tls: starling_discovery::MeshTls,
+) -> anyhow::Result<(HealthClient<starling_discovery::MeshChannel>, Mesh)> {
+    let registry = Arc::new(MemoryRegistry::new());
+    let mut regs = Vec::new();
+    for b in backends {
+        let mut inst = ServiceInstance::new(TARGET, b.addr.to_string());
+        inst.id = b.id.clone();
+        regs.push(registry.register(TARGET, inst).await?);
+    }
+    std::mem::forget(regs);
+    let mut config = MeshConfig::new([HEALTH_CHECK.to_string()].into_iter().collect())
+        .with_policy(TARGET, Policy::RoundRobin);
+    config.tls = Some(tls);
+    let mesh = Mesh::new(registry, config);
+    let ch = mesh.channel(TARGET);
+    anyhow::ensure!(
+        ch.wait_for_endpoints(Duration::from_secs(5), |e| e.len() == backends.len())
+            .await,
+        "mesh did not see the TLS backends"
+    );
+    Ok((HealthClient::new(ch), mesh))
+}
+
+/// An identity issued by `ca` (trust domain `starling`), as a process would load it.
+fn identity(ca: &crate::ca::Authority, name: &str) -> anyhow::Result<starling_discovery::MeshTls> {
+    let (cert, key) = ca.issue(name, "starling", 1, &[])?;
+    Ok(starling_discovery::MeshTls::from_pem(
+        starling_discovery::tls::Pem {
+            ca: ca.cert_pem().as_bytes().to_vec(),
+            cert: cert.into_bytes(),
+            key: key.into_bytes(),
+        },
+    )?)
+}
+
 /// Returns (uniform rows, slow rows); the first uniform row is the direct baseline.
 pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<(Vec<Stats>, Vec<Stats>)> {
     let mut backends = Vec::new();
@@ -198,10 +241,21 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<(Vec<Stat
         Policy::P2cEwma,
     ];
     let c = clients(&backends, &policies).await?;
+    // The backends' certificates name the target, as a service's names the service.
+    let ca = crate::ca::Authority::new(1)?;
+    let mut tls_backends = Vec::new();
+    for i in 0..3 {
+        let server = identity(&ca, TARGET)?;
+        tls_backends.push(
+            TestBackend::start_with(&format!("tls-backend-{i}"), Duration::ZERO, Some(server))
+                .await?,
+        );
+    }
+    let (mtls, _mtls_mesh) = mtls_client(&tls_backends, identity(&ca, "gateway")?).await?;
     let warm = 0.3_f64.min(args.seconds);
 
     // Uniform scenario, interleaved rounds.
-    let mut best: Vec<Option<Stats>> = vec![None; 2 + c.mesh.len()];
+    let mut best: Vec<Option<Stats>> = vec![None; 3 + c.mesh.len()];
     for round in 0..args.rounds.max(1) {
         let mut row = Vec::new();
         measure("warm-up", c.direct.clone(), args.concurrency, warm).await;
@@ -228,6 +282,8 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<(Vec<Stat
             measure("warm-up", client.clone(), args.concurrency, warm).await;
             row.push(measure(name, client.clone(), args.concurrency, args.seconds).await);
         }
+        measure("warm-up", mtls.clone(), args.concurrency, warm).await;
+        row.push(measure(MTLS_ROW, mtls.clone(), args.concurrency, args.seconds).await);
         for (slot, s) in best.iter_mut().zip(row) {
             eprintln!(
                 "round {round}: {:<28} {:>8.0} calls/s p99 {:?}",
@@ -262,7 +318,7 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<(Vec<Stat
         measure("warm-up", client.clone(), args.concurrency, warm).await;
         slow.push(measure(name, client.clone(), args.concurrency, args.seconds).await);
     }
-    for b in backends {
+    for b in backends.into_iter().chain(tls_backends) {
         b.stop().await;
     }
     Ok((uniform, slow))
@@ -292,6 +348,16 @@ pub async fn run(args: BalancerBenchArgs) -> anyhow::Result<()> {
             "\nmesh round_robin vs direct: throughput {:.2}x (target >= 0.90), p99 {:.2}x (target <= 1.20)",
             rr.throughput() / direct.throughput(),
             rr.p99.as_secs_f64() / direct.p99.as_secs_f64()
+        );
+    }
+    if let (Some(rr), Some(mtls)) = (
+        uniform.iter().find(|s| s.name == "mesh round_robin"),
+        uniform.iter().find(|s| s.name == MTLS_ROW),
+    ) {
+        println!(
+            "mTLS cost: mesh round_robin (mTLS) vs plaintext: throughput {:.2}x, p99 {:.2}x",
+            mtls.throughput() / rr.throughput(),
+            mtls.p99.as_secs_f64() / rr.p99.as_secs_f64()
         );
     }
     if let (Some(bc), Some(p2c)) = (

@@ -51,6 +51,7 @@ async fn visible_to_all(
 
 pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     let mesh_args = MeshArgs {
+        etcd_security: Default::default(),
         namespace: format!("e2ebench{:08x}", rand::random::<u32>()),
         lease_ttl: 10,
         claim_ttl: 60,
@@ -67,8 +68,19 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
         args.followers,
         crate::services::describe(&args.backends, &[])
     );
-    let running =
-        crate::up::start_all(&ctx, &ServiceKind::ALL, "127.0.0.1".parse()?, 1, false).await?;
+    // As in production: every call on mutual TLS and authorized; the bench calls as admin.
+    let identities = crate::up::Identities::Memory(Box::new(crate::ca::Authority::new(1)?));
+    let running = crate::up::start_all_as(
+        &ctx,
+        &identities,
+        &mesh_args.namespace,
+        &ServiceKind::ALL,
+        "127.0.0.1".parse()?,
+        1,
+        false,
+    )
+    .await?;
+    let ctx = identities.context_as("admin", &ctx, &mesh_args.namespace)?;
     let followers: Vec<String> = (0..args.followers)
         .map(|i| format!("reader{i:05}"))
         .collect();

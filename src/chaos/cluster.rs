@@ -308,6 +308,8 @@ pub struct Launcher {
     pub kafka: String,
     /// Signs the gateway's tokens (made up per run).
     pub token_secret: String,
+    /// Every process's certificate (`<name>.crt`) and the CA's (`ca.crt`).
+    pub tls_dir: PathBuf,
 }
 
 impl Launcher {
@@ -354,6 +356,8 @@ impl Launcher {
             ])
             .args(["--namespace", &self.namespace])
             .args(["--lease-ttl", "3"])
+            .arg("--tls-dir")
+            .arg(&self.tls_dir)
             .env("STARLING_LOG", "info")
             .env_remove("STARLING_EMBEDDED")
             .stdout(Stdio::piped())

@@ -150,7 +150,13 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     println!("starling chaos: logs and data in {}", work.display());
     let backends = Backends::start(&work).await?;
     let namespace = format!("chaos{:08x}", rand::random::<u32>());
+    // The production path: every process on mutual TLS, its certificates from a CA made
+    // for the run; the chaos driver calls the services as `admin`.
+    let tls_dir = work.join("pki");
+    let ca = crate::ca::Authority::new(1)?;
+    crate::ca::write_identities(&tls_dir, &ca, &namespace, crate::ca::MESH_IDENTITIES)?;
     let launcher = Launcher {
+        tls_dir: tls_dir.clone(),
         exe: std::env::current_exe().context("this program's path")?,
         dir: work.clone(),
         namespace: namespace.clone(),
@@ -178,9 +184,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     config.lease_ttl = Duration::from_secs(3);
     config.relist_grace = Duration::from_secs(9);
     let registry = Arc::new(EtcdRegistry::connect(config).await?);
+    let mut mesh_config = MeshConfig::new(starling_proto::idempotent_methods());
+    mesh_config.tls = Some(starling_discovery::MeshTls::from_dir(&tls_dir, "admin")?);
     let mesh = Arc::new(Mesh::new(
         registry,
-        MeshConfig::new(starling_proto::idempotent_methods())
+        mesh_config
             .with_unary_methods(starling_proto::unary_methods())
             .with_policy(
                 "timeline",

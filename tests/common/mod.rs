@@ -71,6 +71,16 @@ pub fn fresh_namespace(tag: &str) -> String {
     format!("t{tag}{:08x}", rand::random::<u32>())
 }
 
+/// A CA made for one test and certificates for every service, `gateway` and `admin` in
+/// trust domain `namespace`, as `starling ca` writes them.
+pub fn pki(namespace: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = starling::ca::Authority::new(1).expect("a CA");
+    starling::ca::write_identities(dir.path(), &ca, namespace, starling::ca::MESH_IDENTITIES)
+        .expect("identities");
+    dir
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -290,6 +300,9 @@ pub struct AppBackends {
     pub kafka: String,
     pub etcd: Etcd,
     pub namespace: String,
+    /// Every service's certificate and `admin`'s (the tests' own), from a CA made for
+    /// the test: instances run on mutual TLS, as in production.
+    pub pki: tempfile::TempDir,
 }
 
 impl AppBackends {
@@ -298,21 +311,31 @@ impl AppBackends {
         let redis = shared("STARLING_TEST_REDIS")?;
         let kafka = shared("STARLING_TEST_KAFKA")?;
         let etcd = Etcd::start().await?;
+        let namespace = fresh_namespace(tag);
         Some(AppBackends {
             redis,
             kafka,
             etcd,
-            namespace: fresh_namespace(tag),
+            pki: pki(&namespace),
+            namespace,
         })
+    }
+
+    /// The tests' identity, `admin`.
+    pub fn admin_tls(&self) -> starling_discovery::MeshTls {
+        starling_discovery::MeshTls::from_dir(self.pki.path(), "admin").expect("admin identity")
     }
 
     /// Starts `service` on these backends with `extra` arguments; its log goes to `stderr`.
     pub async fn serve(&self, service: &str, extra: &[&str], stderr: Stdio) -> Instance {
+        let pki = self.pki.path().to_str().expect("a UTF-8 temporary path");
         let mut args = vec![
             "--redis",
             self.redis.as_str(),
             "--kafka",
             self.kafka.as_str(),
+            "--tls-dir",
+            pki,
         ];
         args.extend_from_slice(extra);
         Instance::serve_with(service, &self.etcd, &self.namespace, &args, stderr).await
@@ -366,6 +389,8 @@ impl Instance {
                 // Mesh tests need no Redis or Kafka; those that do pass them in `extra`.
                 "--embedded",
             ])
+            // Without certificates in `extra`: discovery and balancing tests, plaintext.
+            .args((!extra.contains(&"--tls-dir")).then_some("--insecure"))
             .args(extra)
             .env("STARLING_LOG", level)
             .env_remove("STARLING_REDIS")

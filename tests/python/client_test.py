@@ -16,6 +16,7 @@ failure (the reason on stderr), 2 on bad usage. tests/python_client.rs runs it.
 """
 
 import argparse
+import os
 import secrets
 import sys
 import time
@@ -41,6 +42,8 @@ def main():
     parser.add_argument("--tweet", help="the tweet service's address")
     parser.add_argument("--follower", help="the follower service's address")
     parser.add_argument("--timeline", help="the timeline service's address")
+    parser.add_argument("--tls-dir", help="call the services over mutual TLS with DIR/ca.crt and the identity's certificate (as `starling ca` writes them)")
+    parser.add_argument("--identity", default="admin", help="whose certificate to present with --tls-dir (default: admin)")
     args = parser.parse_args()
     direct = (args.tweet, args.follower, args.timeline)
     if bool(args.gateway) == any(direct) or (not args.gateway and not all(direct)):
@@ -59,10 +62,23 @@ def main():
         channels = {"tweet": shared, "follower": shared, "timeline": shared}
     else:
         target = f"services tweet={args.tweet} follower={args.follower} timeline={args.timeline}"
+
+        def channel(service, address):
+            if not args.tls_dir:
+                return grpc.insecure_channel(address)
+            read = lambda name: open(os.path.join(args.tls_dir, name), "rb").read()
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=read("ca.crt"),
+                private_key=read(f"{args.identity}.key"),
+                certificate_chain=read(f"{args.identity}.crt"),
+            )
+            # A service's certificate names the service (and localhost/loopback).
+            return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", service)])
+
         channels = {
-            "tweet": grpc.insecure_channel(args.tweet),
-            "follower": grpc.insecure_channel(args.follower),
-            "timeline": grpc.insecure_channel(args.timeline),
+            "tweet": channel("tweet", args.tweet),
+            "follower": channel("follower", args.follower),
+            "timeline": channel("timeline", args.timeline),
         }
     tweets = tweet_pb2_grpc.TweetServiceStub(channels["tweet"])
     follows = follower_pb2_grpc.FollowerServiceStub(channels["follower"])

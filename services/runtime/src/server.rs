@@ -50,10 +50,8 @@ pub struct ServerConfig {
 /// The listener's side of mutual TLS.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
-    /// The instance's certificate and key.
-    pub identity: tonic::transport::Identity,
-    /// The CA whose certificates callers must present.
-    pub client_ca: tonic::transport::Certificate,
+    /// The instance's certificate, and the CA whose certificates callers must present.
+    pub tls: starling_discovery::MeshTls,
     /// The trust domain of the callers' SPIFFE ids.
     pub namespace: String,
     /// Which caller may call which method.
@@ -205,17 +203,7 @@ pub async fn start(
         .into_inner();
 
     let (stop, stopped) = oneshot::channel::<()>();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = config.tls.clone() {
-        builder = builder
-            .tls_config(
-                tonic::transport::ServerTlsConfig::new()
-                    .identity(tls.identity)
-                    .client_ca_root(tls.client_ca),
-            )
-            .context("TLS configuration")?;
-    }
-    let server = builder
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
@@ -223,16 +211,21 @@ pub async fn start(
         .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        // tonic's own tcp_nodelay applies only to listeners it binds; ours (bound first, to
-        // learn the port) needs it set here, or small answers wait on delayed ACKs.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stopped.await;
-            },
-        );
-    let server = tokio::spawn(server);
+        .add_service(reflection_v1alpha);
+    // tonic's own tcp_nodelay applies only to listeners it binds; ours (bound first, to
+    // learn the port) needs it set here, or small answers wait on delayed ACKs.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let shutdown = async {
+        let _ = stopped.await;
+    };
+    let server = match config.tls.clone() {
+        // Each connection's handshake uses the certificate current when it is accepted.
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            starling_discovery::tls::incoming(incoming, tls.tls),
+            shutdown,
+        )),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown)),
+    };
 
     let health_state = Health::new();
     let store_health = health_state.add(Component::new("store"), Duration::ZERO);

@@ -50,9 +50,47 @@ const ERROR: &str = "error";
 /// broker is found again within about a second.
 const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 
+/// Settings Starling sets itself, which its delivery guarantees rely on: an operator's
+/// `--kafka-option` may not change them.
+pub const RESERVED_OPTIONS: [&str; 6] = [
+    "bootstrap.servers",
+    "enable.idempotence",
+    "acks",
+    "group.id",
+    "enable.auto.commit",
+    "auto.offset.reset",
+];
+
+/// Where the brokers are and how to reach them: the bootstrap servers plus the operator's
+/// librdkafka settings (TLS, SASL and the like).
+#[derive(Clone)]
+struct Brokers {
+    servers: String,
+    options: Arc<Vec<(String, String)>>,
+}
+
+impl Brokers {
+    /// A librdkafka configuration with the operator's options; the caller adds Starling's.
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        for (key, value) in self.options.iter() {
+            config.set(key, value);
+        }
+        config.set("bootstrap.servers", &self.servers);
+        config
+    }
+}
+
+impl std::fmt::Display for Brokers {
+    /// The servers only: options may hold a SASL password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.servers)
+    }
+}
+
 #[derive(Clone)]
 pub struct KafkaBus {
-    brokers: String,
+    brokers: Brokers,
     /// `<namespace>.`, prepended to every topic and group name on the broker.
     prefix: String,
     shared: Arc<Shared>,
@@ -100,7 +138,7 @@ impl ClientContext for Watch {
 impl std::fmt::Debug for KafkaBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaBus")
-            .field("brokers", &self.brokers)
+            .field("brokers", &self.brokers.servers)
             .finish()
     }
 }
@@ -109,9 +147,9 @@ fn kafka(e: impl std::fmt::Display) -> BusError {
     BusError::Kafka(e.to_string())
 }
 
-fn new_producer(brokers: &str, down: Arc<Notify>) -> Result<ProducerSlot, BusError> {
-    let producer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+fn new_producer(brokers: &Brokers, down: Arc<Notify>) -> Result<ProducerSlot, BusError> {
+    let producer = brokers
+        .config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1")
@@ -130,8 +168,31 @@ impl KafkaBus {
     /// `brokers` like `127.0.0.1:9092` (comma-separated); topics and groups live under
     /// `namespace`. Checks the cluster answers.
     pub async fn connect(brokers: &str, namespace: &str) -> Result<Self, BusError> {
+        Self::connect_with(brokers, namespace, Vec::new()).await
+    }
+
+    /// [`KafkaBus::connect`] with librdkafka settings (`security.protocol`, `ssl.*`,
+    /// `sasl.*`, ...) for every client it makes. A key in [`RESERVED_OPTIONS`] is refused;
+    /// a key librdkafka does not know fails here, naming it.
+    pub async fn connect_with(
+        brokers: &str,
+        namespace: &str,
+        options: Vec<(String, String)>,
+    ) -> Result<Self, BusError> {
+        if let Some((key, _)) = options
+            .iter()
+            .find(|(k, _)| RESERVED_OPTIONS.contains(&k.as_str()))
+        {
+            return Err(BusError::Kafka(format!(
+                "kafka option {key} is set by Starling (its delivery guarantees depend on it) and cannot be changed"
+            )));
+        }
+        let brokers = Brokers {
+            servers: brokers.to_string(),
+            options: Arc::new(options),
+        };
         let down = Arc::new(Notify::new());
-        let first = new_producer(brokers, down.clone())?;
+        let first = new_producer(&brokers, down.clone())?;
         let probe = first.producer.clone();
         tokio::task::spawn_blocking(move || {
             probe
@@ -151,9 +212,9 @@ impl KafkaBus {
             restoring: tokio::sync::Mutex::new(()),
             losses: watch::channel(0).0,
         });
-        tokio::spawn(watchdog(Arc::downgrade(&shared), brokers.to_string(), down));
+        tokio::spawn(watchdog(Arc::downgrade(&shared), brokers.clone(), down));
         Ok(Self {
-            brokers: brokers.to_string(),
+            brokers,
             prefix: format!("{namespace}."),
             shared,
             coordination: None,
@@ -173,10 +234,8 @@ impl KafkaBus {
 
     /// Creates the topics that are missing; how many were.
     async fn create_missing(&self, topics: &[String]) -> Result<usize, BusError> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-            .map_err(kafka)?;
+        let admin: AdminClient<DefaultClientContext> =
+            self.brokers.config().create().map_err(kafka)?;
         let names: Vec<String> = topics.iter().map(|t| self.name(t)).collect();
         let new: Vec<NewTopic> = names
             .iter()
@@ -244,7 +303,7 @@ impl KafkaBus {
 /// Replaces the producer as soon as it reports every broker down (if it had talked to one,
 /// see the module docs) or has failed fatally (an idempotent producer can, and then never
 /// publishes again). Ends when the bus is dropped.
-async fn watchdog(shared: Weak<Shared>, brokers: String, down: Arc<Notify>) {
+async fn watchdog(shared: Weak<Shared>, brokers: Brokers, down: Arc<Notify>) {
     loop {
         down.notified().await;
         let Some(shared) = shared.upgrade() else {
@@ -362,8 +421,9 @@ impl EventBus for KafkaBus {
             self.shared.needs_topics.store(true, Ordering::Relaxed);
             self.shared.losses.send_modify(|n| *n += 1);
         }
-        let consumer: StreamConsumer<LagContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let consumer: StreamConsumer<LagContext> = self
+            .brokers
+            .config()
             // Offsets are committed under the group id; the consumer never joins the group
             // (partitions are assigned through `ownership`, see its docs for why).
             .set("group.id", self.name(group))

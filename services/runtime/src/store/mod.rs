@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
+pub use self::redis::{redacted as redacted_url, RedisStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
