@@ -9,6 +9,11 @@
 //! * **every other method** (internal ones, such as `RegisterUsers`, which sign-up makes)
 //!   is PERMISSION_DENIED here.
 //!
+//! A gRPC `WatchHomeTimeline` is held to the JSON live timeline's rules: it takes one of
+//! the user's, the client address's and the gateway's stream places
+//! (`stream::take_slot`) for as long as its answer is open, instead of a write of the
+//! budget, and without a deadline of its own it gets the JSON stream's 30 minutes.
+//!
 //! To read the acting user the request's one message is buffered (at most
 //! [`MAX_MESSAGE`]) and decoded; what is forwarded is the bytes as received. The
 //! `authorization` metadata never leaves the gateway.
@@ -152,12 +157,79 @@ where
                     claims.user
                 ))));
             }
+            if path == WATCH {
+                let slot =
+                    match crate::stream::take_slot(&this.state, &claims.user, client_ip(&parts)) {
+                        Ok(slot) => slot,
+                        Err(e) => return Ok(refuse(e.into())),
+                    };
+                if !parts.headers.contains_key("grpc-timeout") {
+                    let lifetime = format!("{}S", crate::stream::WATCH_LIFETIME.as_secs());
+                    if let Ok(v) = http::HeaderValue::from_str(&lifetime) {
+                        parts.headers.insert("grpc-timeout", v);
+                    }
+                }
+                let req =
+                    http::Request::from_parts(parts, Body::new(http_body_util::Full::new(body)));
+                let resp = this.forwarder.oneshot(req).await?;
+                return Ok(resp.map(|b| {
+                    Body::new(Holding {
+                        body: b,
+                        _slot: slot,
+                    })
+                }));
+            }
             if let Err(e) = crate::api::take_write(&this.state, &claims.user) {
                 return Ok(refuse(e.into()));
             }
             let req = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(body)));
             this.forwarder.oneshot(req).await
         })
+    }
+}
+
+const WATCH: &str = "/starling.timeline.v1.TimelineService/WatchHomeTimeline";
+
+/// The client's address: the HTTP port's listener records it as axum's `ConnectInfo`,
+/// tonic's `--grpc` server as `TcpConnectInfo`. Unknown only for in-process calls.
+fn client_ip(parts: &http::request::Parts) -> std::net::IpAddr {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .or_else(|| {
+            parts
+                .extensions
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|i| i.remote_addr())
+                .map(|a| a.ip())
+        })
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))
+}
+
+/// An answer's body that holds `_slot` until it ends or is dropped.
+struct Holding {
+    body: Body,
+    _slot: crate::stream::StreamSlot,
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -101,6 +101,7 @@ pub(crate) struct AppState {
 }
 
 pub use listener::{BodyTimedOut, Limits};
+pub use stream::{MAX_STREAMS, MAX_STREAMS_PER_CLIENT, MAX_STREAMS_PER_USER};
 
 /// A serving gateway. [`stop`](RunningGateway::stop) it to finish in-flight requests;
 /// dropping it also stops it, without waiting.

@@ -54,7 +54,7 @@ pub const MAX_STREAMS_PER_USER: usize = 8;
 pub const MAX_STREAMS_PER_CLIENT: usize = 16;
 /// Each watch call's deadline; the gateway watches again when it passes, so no call (and
 /// no timeline instance's resources) is held for ever by one browser tab.
-const WATCH_LIFETIME: Duration = Duration::from_secs(30 * 60);
+pub(crate) const WATCH_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// Waits between attempts to watch again after a broken call: from the first to the last.
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -123,6 +123,20 @@ impl Drop for StreamSlot {
     }
 }
 
+/// A place for one more live timeline of `user` from `client` (JSON or gRPC), or why not.
+pub(crate) fn take_slot(
+    state: &AppState,
+    user: &str,
+    client: std::net::IpAddr,
+) -> Result<StreamSlot, ApiError> {
+    let global = state.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::unavailable(format!(
+            "this gateway already serves {MAX_STREAMS} live timelines; try again later"
+        ))
+    })?;
+    state.stream_slots.take(user, client, global)
+}
+
 /// The credential of a stream request: the bearer token of the header, else the ticket.
 fn credential<'a>(
     headers: &'a HeaderMap,
@@ -178,12 +192,7 @@ pub async fn timeline_stream(
             "signed in as {me:?}: a live timeline is only for your own (watch /api/users/{me}/timeline/stream)"
         )));
     }
-    let global = state.streams.clone().try_acquire_owned().map_err(|_| {
-        ApiError::unavailable(format!(
-            "this gateway already serves {MAX_STREAMS} live timelines; try again later"
-        ))
-    })?;
-    let slot = state.stream_slots.take(&user, peer.ip(), global)?;
+    let slot = take_slot(&state, &user, peer.ip())?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

@@ -1373,6 +1373,8 @@ async fn grpc_port_forwards_and_serves_health_and_reflection() {
     use starling_proto::auth::v1::{Credentials, SignOutRequest};
     use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
     use starling_proto::follower::v1::RegisterUsersRequest;
+    use starling_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
+    use starling_proto::timeline::v1::WatchHomeTimelineRequest;
     use starling_proto::tweet::v1::tweet_service_client::TweetServiceClient;
     use starling_proto::tweet::v1::{CreateTweetRequest, GetTweetRequest};
     use tonic_health::pb::health_check_response::ServingStatus;
@@ -1495,6 +1497,61 @@ async fn grpc_port_forwards_and_serves_health_and_reflection() {
             .await
             .unwrap_err();
         assert_eq!(internal.code(), tonic::Code::PermissionDenied, "{door}");
+        // A live timeline over gRPC: one's own only, and held to the JSON stream's caps.
+        let watch = |whose: &str| {
+            let mut req = tonic::Request::new(WatchHomeTimelineRequest {
+                user: whose.into(),
+                after_id: None,
+            });
+            req.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {}", session.token).parse().unwrap(),
+            );
+            req
+        };
+        let mut timelines = TimelineServiceClient::new(ch.clone());
+        let other = timelines
+            .watch_home_timeline(watch("alice"))
+            .await
+            .unwrap_err();
+        assert_eq!(other.code(), tonic::Code::PermissionDenied, "{door}");
+        let mut open = Vec::new();
+        for _ in 0..starling_gateway::MAX_STREAMS_PER_USER {
+            let mut stream = timelines
+                .watch_home_timeline(watch(user))
+                .await
+                .unwrap_or_else(|e| panic!("{door}: watch: {e:?}"))
+                .into_inner();
+            let first = stream.message().await.expect("the opening message");
+            assert!(first.is_some_and(|m| m.tweets.is_empty()), "{door}");
+            open.push(stream);
+        }
+        let over = timelines
+            .watch_home_timeline(watch(user))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            over.code(),
+            tonic::Code::ResourceExhausted,
+            "{door}: {over:?}"
+        );
+        // A closed stream gives its place back.
+        open.pop();
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        let freed = loop {
+            match timelines.watch_home_timeline(watch(user)).await {
+                Ok(s) => break Some(s),
+                Err(_) if tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(_) => break None,
+            }
+        };
+        assert!(
+            freed.is_some(),
+            "{door}: a place is free again after a stream closed"
+        );
+        drop(open);
         // Sign-out over gRPC revokes the token.
         let mut out = tonic::Request::new(SignOutRequest {});
         out.metadata_mut().insert(

@@ -24,6 +24,10 @@ const WATCH_PAGE: usize = 50;
 const WATCH_PAGES: usize = 4;
 /// How long a woken stream whose read failed waits before it reads again.
 const WATCH_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// A stream with nothing new for this long gets a message with no tweets, so that a quiet
+/// stream is not taken for a dead one by the caller, a proxy, or the gateway's rule that
+/// closes connections whose answers stop moving (60 s).
+pub const WATCH_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(25);
 
 pub struct TimelineHandler {
     reader: HomeReader,
@@ -168,6 +172,11 @@ impl LiveStream {
         };
         tokio::pin!(ended);
         let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut keepalive = tokio::time::interval_at(
+            tokio::time::Instant::now() + WATCH_KEEPALIVE,
+            WATCH_KEEPALIVE,
+        );
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retry = async {
                 match retry_at {
@@ -180,6 +189,20 @@ impl LiveStream {
                 _ = &mut ended => break,
                 changed = watch.changes.changed() => if changed.is_err() { break },
                 _ = retry => {}
+                _ = keepalive.tick() => {
+                    let quiet = WatchHomeTimelineResponse {
+                        tweets: Vec::new(),
+                        position: self.sent.newest,
+                    };
+                    let sent = tokio::select! {
+                        r = tx.send(Ok(quiet)) => r.is_ok(),
+                        _ = &mut ended => false,
+                    };
+                    if !sent {
+                        break;
+                    }
+                    continue;
+                }
             }
             watch.changes.borrow_and_update();
             retry_at = None;
@@ -216,6 +239,7 @@ impl LiveStream {
                     if !sent {
                         break;
                     }
+                    keepalive.reset();
                 }
                 Err(status) => {
                     // The change is still unread: read again shortly.
