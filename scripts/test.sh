@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+# Python tools in a virtual environment when the system Python is externally managed.
+if [ -x target/py/bin/python3 ]; then export PATH="$PWD/target/py/bin:$PATH"; fi
 trap 'bash scripts/backends.sh stop' EXIT
 eval "$(bash scripts/backends.sh start)"
 cargo test --workspace "$@"
