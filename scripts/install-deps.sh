@@ -8,7 +8,9 @@
 #   chromium            Debian chromium (+ chromium-driver), for tests/browser.rs
 #   playwright-core     npm, pinned in tests/browser/package-lock.json (drives Debian's
 #                       chromium; it never downloads a browser)
-# Building Starling itself needs only cargo: protoc comes from the protoc-bin-vendored crate.
+#   libssl-dev          Debian, for librdkafka's TLS (the rdkafka crate's ssl feature)
+# Building Starling needs cargo and OpenSSL's headers (above); protoc comes from the
+# protoc-bin-vendored crate.
 set -euo pipefail
 
 log() { echo "install-deps: $*" >&2; }
@@ -39,6 +41,9 @@ command -v etcdctl >/dev/null 2>&1 || apt_missing+=(etcd-client)
 command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium chromium-driver)
 command -v node >/dev/null 2>&1 || apt_missing+=(nodejs npm)
+# Building librdkafka with TLS (rdkafka's ssl feature) needs OpenSSL's headers.
+dpkg -s libssl-dev >/dev/null 2>&1 || apt_missing+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || apt_missing+=(pkg-config)
 if ((${#apt_missing[@]})); then
   log "apt-get install ${apt_missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -95,18 +95,19 @@ fn replace(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
 }
 
 /// Writes `ca`'s certificate as `dir/ca.crt` and a certificate and key for each of `names`
-/// (`dir/<name>.crt`, `.key`, valid for a day): a whole mesh's files at once, for tools
+/// (`dir/<name>.crt`, `.key`, valid for `days`): a whole mesh's files at once, for tools
 /// that start one.
 pub fn write_identities<'a>(
     dir: &Path,
     ca: &Authority,
     namespace: &str,
+    days: u32,
     names: impl IntoIterator<Item = &'a str>,
 ) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_new(&dir.join("ca.crt"), ca.cert_pem(), false)?;
     for name in names {
-        let (cert, key) = ca.issue(name, namespace, 1, &[])?;
+        let (cert, key) = ca.issue(name, namespace, days, &[])?;
         write_new(&dir.join(format!("{name}.key")), &key, true)?;
         write_new(&dir.join(format!("{name}.crt")), &cert, false)?;
     }
@@ -136,6 +137,22 @@ pub fn mesh(args: &CaMeshArgs) -> anyhow::Result<Vec<String>> {
             renew: false,
         };
         let file = args.dir.join(format!("{name}.crt"));
+        let key = args.dir.join(format!("{name}.key"));
+        if file.exists() != key.exists() {
+            bail!(
+                "{} is there without {} (or the other way round): remove it, then run again",
+                if file.exists() {
+                    file.display()
+                } else {
+                    key.display()
+                },
+                if file.exists() {
+                    key.display()
+                } else {
+                    file.display()
+                },
+            );
+        }
         if file.exists() {
             said.push(format!("kept {}", file.display()));
         } else {
@@ -401,12 +418,16 @@ mod tests {
             assert!(der.windows(needle.len()).any(|w| w == needle.as_bytes()));
         }
         let before = fs::read(args.dir.join("tweet.crt")).unwrap();
+        fs::remove_file(args.dir.join("tagger.crt")).unwrap();
+        let e = mesh(&args).unwrap_err().to_string();
+        assert!(e.contains("tagger.key"), "a lone key is named: {e}");
+        fs::remove_file(args.dir.join("tagger.key")).unwrap();
         fs::remove_file(args.dir.join("admin.crt")).unwrap();
         fs::remove_file(args.dir.join("admin.key")).unwrap();
         let said = mesh(&args).unwrap();
         assert_eq!(
             said.iter().filter(|l| l.starts_with("wrote")).count(),
-            1,
+            2,
             "{said:?}"
         );
         assert_eq!(

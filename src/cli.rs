@@ -294,8 +294,8 @@ pub struct HealthArgs {
 pub struct TlsArgs {
     /// Mutual TLS (TLS 1.3): DIR/ca.crt is the CA every peer's certificate must come from,
     /// DIR/<name>.crt + .key this process's identity (made by `starling ca`). Changed files
-    /// are picked up within seconds by new connections, without a restart. Required
-    /// unless --insecure.
+    /// are picked up within seconds by new connections, without a restart. serve and
+    /// gateway need it unless --insecure; up makes a CA in memory when it is absent.
     #[arg(long, env = "STARLING_TLS_DIR")]
     pub tls_dir: Option<std::path::PathBuf>,
     /// Plaintext instead: no identities and no authorization, so anyone who can reach a
@@ -401,10 +401,12 @@ impl MeshArgs {
     }
 }
 
+/// `KEY=VALUE`; the error never quotes the input (it may be part of a password).
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+        Some(_) => Err("expected KEY=VALUE: the key is empty".into()),
+        None => Err("expected KEY=VALUE: there is no '='".into()),
     }
 }
 
@@ -470,7 +472,7 @@ impl EtcdSecurityArgs {
 #[derive(Debug, Clone, Args)]
 pub struct BackendArgs {
     /// Redis URL (e.g. redis://127.0.0.1:6379) for storage; embedded store when absent.
-    #[arg(long, env = "STARLING_REDIS")]
+    #[arg(long, env = "STARLING_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
     /// Most Redis connections one process opens (at least 2). Every command shares one
     /// multiplexed connection; the others serve blocking reads (the outbox relay) and
@@ -486,9 +488,10 @@ pub struct BackendArgs {
     pub kafka: Option<String>,
     /// A librdkafka setting for every Kafka client, KEY=VALUE (repeatable), e.g.
     /// security.protocol=SASL_SSL, ssl.ca.location=/pki/kafka-ca.crt, sasl.mechanism=PLAIN,
-    /// sasl.username=..., sasl.password=... The settings Starling's guarantees rest on
-    /// (acks, enable.idempotence, group.id, ...) are refused.
-    #[arg(long = "kafka-option", env = "STARLING_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    /// sasl.username=..., sasl.password=... (in STARLING_KAFKA_OPTIONS, separated by ';').
+    /// The settings Starling's guarantees rest on (acks, enable.idempotence, group.id, ...)
+    /// are refused.
+    #[arg(long = "kafka-option", env = "STARLING_KAFKA_OPTIONS", value_delimiter = ';', hide_env_values = true, value_parser = parse_key_value)]
     pub kafka_options: Vec<(String, String)>,
     /// Authors with more followers than this are merged into timelines at read time
     /// instead of being fanned out.
@@ -583,7 +586,7 @@ pub enum BenchCommand {
 #[derive(Debug, Clone, Args)]
 pub struct PostBenchArgs {
     /// Redis to write to (keys under a fresh namespace, removed at the end).
-    #[arg(long, env = "STARLING_REDIS")]
+    #[arg(long, env = "STARLING_REDIS", hide_env_values = true)]
     pub redis: String,
     /// Kafka bootstrap servers.
     #[arg(long, env = "STARLING_KAFKA")]

@@ -29,7 +29,7 @@ impl Drop for Killed {
 /// A CA and certificates for etcd, redis (servers) and admin (a client), in `dir`.
 fn pki(dir: &Path) {
     let ca = starling::ca::Authority::new(1).unwrap();
-    starling::ca::write_identities(dir, &ca, "starling", ["etcd", "redis", "admin"]).unwrap();
+    starling::ca::write_identities(dir, &ca, "starling", 1, ["etcd", "redis", "admin"]).unwrap();
 }
 
 fn etcd_tls(dir: &Path, with_identity: bool) -> EtcdTls {
@@ -182,9 +182,20 @@ async fn registry_and_store_work_through_tls_and_passwords() {
     .await;
     assert!(seen, "the registration is watched over TLS");
 
-    let wrong = EtcdRegistry::connect(config(Some(etcd_tls(&pki_dir, true)), "wrong")).await;
-    let e = format!("{:?}", wrong.expect_err("a wrong password is refused"));
-    assert!(!e.contains("wrong\""), "the password is not echoed: {e}");
+    let wrong_password = "staple-wrong-4711";
+    let wrong = EtcdRegistry::connect(config(Some(etcd_tls(&pki_dir, true)), wrong_password)).await;
+    let e = wrong.expect_err("a wrong password is refused");
+    for shown in [e.to_string(), format!("{e:?}")] {
+        assert!(
+            !shown.contains(wrong_password),
+            "the password is not echoed: {shown}"
+        );
+    }
+    let debug = format!("{:?}", config(Some(etcd_tls(&pki_dir, true)), PASSWORD));
+    assert!(
+        !debug.contains(PASSWORD) && !debug.contains("PRIVATE KEY"),
+        "{debug}"
+    );
     let no_cert = EtcdRegistry::connect(config(Some(etcd_tls(&pki_dir, false)), PASSWORD)).await;
     assert!(no_cert.is_err(), "no client certificate: refused");
 
@@ -228,24 +239,25 @@ async fn registry_and_store_work_through_tls_and_passwords() {
     // The whole system on them: the services register in the TLS etcd and store in the
     // TLS Redis; the gateway is ready only when it sees all five and its store answers.
     let file = |f: &str| pki_dir.join(f).display().to_string();
-    // SAFETY: this test is the only one in its binary; nothing else reads the environment.
-    unsafe { std::env::set_var("STARLING_ETCD_PASSWORD", PASSWORD) };
-    let up = common::up::Up::start_with(&[
-        "--etcd",
-        &etcd_url,
-        "--etcd-ca",
-        &file("ca.crt"),
-        "--etcd-cert",
-        &file("admin.crt"),
-        "--etcd-key",
-        &file("admin.key"),
-        "--etcd-user",
-        "root",
-        "--redis",
-        &url,
-        "--redis-ca",
-        &file("ca.crt"),
-    ])
+    let up = common::up::Up::start_with_env(
+        &[
+            "--etcd",
+            &etcd_url,
+            "--etcd-ca",
+            &file("ca.crt"),
+            "--etcd-cert",
+            &file("admin.crt"),
+            "--etcd-key",
+            &file("admin.key"),
+            "--etcd-user",
+            "root",
+            "--redis",
+            &url,
+            "--redis-ca",
+            &file("ca.crt"),
+        ],
+        &[("STARLING_ETCD_PASSWORD", PASSWORD)],
+    )
     .await;
     assert!(
         up.lines

@@ -299,9 +299,11 @@ async fn certificates_rotate_under_load_without_a_failed_call() {
     let old_server_cert = presented_certificate(addr, "tagger", &caller).await;
     assert_eq!(old_server_cert, pem_der(&pki.path().join("tagger.crt")));
 
-    // Load: four callers in a loop until told to stop; every failure is kept.
+    // Load: four callers in a loop until told to stop, on long-lived connections, and one
+    // that makes a new connection (a new mesh) every ten calls, so handshakes happen all
+    // through the rotation; every failure is kept.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load: Vec<_> = (0..4)
+    let mut load: Vec<_> = (0..4)
         .map(|_| {
             let mut client = TaggerServiceClient::new(gateway.mesh.channel("tagger"));
             let stop = stop.clone();
@@ -317,6 +319,23 @@ async fn certificates_rotate_under_load_without_a_failed_call() {
             })
         })
         .collect();
+    {
+        let (stop, registry, caller) = (stop.clone(), registry.clone(), caller.clone());
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let fresh = context(registry.clone(), Some(caller.clone()));
+                let mut client = TaggerServiceClient::new(fresh.mesh.channel("tagger"));
+                for _ in 0..10 {
+                    match client.list_tags(ListTagsRequest {}).await {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e),
+                    }
+                }
+            }
+            (ok, failed)
+        }));
+    }
 
     for name in ["tagger", "gateway"] {
         starling::ca::issue(&CaIssueArgs {
@@ -340,6 +359,13 @@ async fn certificates_rotate_under_load_without_a_failed_call() {
         served_new,
         "new connections get the renewed server certificate"
     );
+    let renewed_caller = std::fs::read(pki.path().join("gateway.crt")).unwrap();
+    let reloaded = common::eventually(Duration::from_secs(15), || {
+        let (caller, renewed) = (caller.clone(), renewed_caller.clone());
+        async move { caller.pem().cert == renewed }
+    })
+    .await;
+    assert!(reloaded, "the caller took its renewed certificate");
 
     // Past the first caller certificate's expiry, a new connection (a fresh mesh) still
     // gets in: the caller presents its renewed certificate.

@@ -34,7 +34,7 @@ use crate::registry::{
     check_service_name, Claim, DiscoveryError, EndpointWatch, Registration, Registry,
 };
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EtcdConfig {
     /// Client URLs, e.g. `http://127.0.0.1:2379`.
     pub endpoints: Vec<String>,
@@ -55,6 +55,22 @@ pub struct EtcdConfig {
     pub tls: Option<etcd_client::TlsOptions>,
     /// etcd user and password (etcd's auth enabled).
     pub user: Option<EtcdUser>,
+}
+
+/// Everything but the TLS material (its key) and the password.
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("namespace", &self.namespace)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("request_timeout", &self.request_timeout)
+            .field("relist_grace", &self.relist_grace)
+            .field("claim_ttl", &self.claim_ttl)
+            .field("tls", &self.tls.is_some())
+            .field("user", &self.user)
+            .finish()
+    }
 }
 
 /// An etcd user; the password never shows in `Debug` output.

@@ -16,7 +16,7 @@ mod backoff;
 mod balance;
 mod channel;
 pub mod contract;
-mod deadline;
+pub mod deadline;
 mod endpoint;
 mod etcd;
 mod instance;

@@ -12,7 +12,7 @@
 //! A gRPC `WatchHomeTimeline` is held to the JSON live timeline's rules: it takes one of
 //! the user's, the client address's and the gateway's stream places
 //! (`stream::take_slot`) for as long as its answer is open, instead of a write of the
-//! budget, and without a deadline of its own it gets the JSON stream's 30 minutes.
+//! budget, and lasts at most the JSON stream's 30 minutes (its own deadline if shorter).
 //!
 //! To read the acting user the request's one message is buffered (at most
 //! [`MAX_MESSAGE`]) and decoded; what is forwarded is the bytes as received. The
@@ -163,11 +163,18 @@ where
                         Ok(slot) => slot,
                         Err(e) => return Ok(refuse(e.into())),
                     };
-                if !parts.headers.contains_key("grpc-timeout") {
-                    let lifetime = format!("{}S", crate::stream::WATCH_LIFETIME.as_secs());
-                    if let Ok(v) = http::HeaderValue::from_str(&lifetime) {
-                        parts.headers.insert("grpc-timeout", v);
-                    }
+                // The client's deadline, but never past the JSON stream's lifetime.
+                let asked = parts
+                    .headers
+                    .get("grpc-timeout")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(starling_discovery::deadline::parse_grpc_timeout);
+                let lifetime = asked.map_or(crate::stream::WATCH_LIFETIME, |d| {
+                    d.min(crate::stream::WATCH_LIFETIME)
+                });
+                let value = starling_discovery::deadline::format_grpc_timeout(lifetime);
+                if let Ok(v) = http::HeaderValue::from_str(&value) {
+                    parts.headers.insert("grpc-timeout", v);
                 }
                 let req =
                     http::Request::from_parts(parts, Body::new(http_body_util::Full::new(body)));

@@ -124,7 +124,10 @@ pub async fn run(args: FanoutBenchArgs) -> anyhow::Result<()> {
         settings.clone(),
     );
 
-    println!("starling bench fanout: redis {url}");
+    println!(
+        "starling bench fanout: redis {}",
+        starling_runtime::store::redacted_url(&url)
+    );
     let limit = redis_limit(&url);
     match limit {
         Some(l) => println!("redis-benchmark -t zadd -P 100 on this Redis: {l:.0} ZADD/s"),

@@ -46,7 +46,10 @@ pub async fn run(args: PostBenchArgs) -> anyhow::Result<()> {
     let payload = vec![7u8; 120];
     println!(
         "starling bench post: {} calls per path in {} rounds, one caller (redis {}, kafka {})",
-        args.calls, args.rounds, args.redis, args.kafka
+        args.calls,
+        args.rounds,
+        starling_runtime::store::redacted_url(&args.redis),
+        args.kafka
     );
     let writes = |id: u64| {
         vec![

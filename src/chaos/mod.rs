@@ -153,8 +153,10 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     // The production path: every process on mutual TLS, its certificates from a CA made
     // for the run; the chaos driver calls the services as `admin`.
     let tls_dir = work.join("pki");
-    let ca = crate::ca::Authority::new(1)?;
-    crate::ca::write_identities(&tls_dir, &ca, &namespace, crate::ca::MESH_IDENTITIES)?;
+    // Valid a day longer than the run is asked to last.
+    let days = (args.minutes / (24.0 * 60.0)).ceil() as u32 + 1;
+    let ca = crate::ca::Authority::new(days)?;
+    crate::ca::write_identities(&tls_dir, &ca, &namespace, days, crate::ca::MESH_IDENTITIES)?;
     let launcher = Launcher {
         tls_dir: tls_dir.clone(),
         exe: std::env::current_exe().context("this program's path")?,

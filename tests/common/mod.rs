@@ -76,7 +76,7 @@ pub fn fresh_namespace(tag: &str) -> String {
 pub fn pki(namespace: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let ca = starling::ca::Authority::new(1).expect("a CA");
-    starling::ca::write_identities(dir.path(), &ca, namespace, starling::ca::MESH_IDENTITIES)
+    starling::ca::write_identities(dir.path(), &ca, namespace, 1, starling::ca::MESH_IDENTITIES)
         .expect("identities");
     dir
 }

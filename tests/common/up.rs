@@ -53,9 +53,15 @@ impl Up {
 
     /// [`Up::start`] with extra arguments for `starling up`.
     pub async fn start_with(args: &[&str]) -> Up {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// [`Up::start_with`], with `env` set for the child only.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Up {
         let mut child = Command::new(env!("CARGO_BIN_EXE_starling"))
             .args(["up", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .env("STARLING_LOG", "warn")
             .env_remove("STARLING_ETCD")
             .env_remove("STARLING_REDIS")

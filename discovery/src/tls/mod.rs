@@ -23,7 +23,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-pub use accept::{incoming, HANDSHAKE_TIMEOUT};
+pub use accept::{incoming, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES};
 pub use connect::Connector;
 
 /// How often [`MeshTls::from_dir`] looks for changed files.

@@ -82,3 +82,38 @@ fn bad_files_are_named_in_the_error() {
     let e = Files::new(&dir, "tweet").read().unwrap_err().to_string();
     assert!(e.contains("ca.crt") && e.contains("cannot read"), "{e}");
 }
+
+/// A peer that connects and says nothing holds up no one: the next caller's handshake
+/// completes while the silent one waits for its timeout.
+#[tokio::test]
+async fn a_silent_peer_does_not_block_other_handshakes() {
+    let (ca, certs) = pki(&["svc", "caller"]);
+    let server = MeshTls::from_pem(pem(&ca, &certs[0].0, &certs[0].1)).unwrap();
+    let caller = MeshTls::from_pem(pem(&ca, &certs[1].0, &certs[1].1)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tcp = futures::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    });
+    let mut accepted = Box::pin(incoming(tcp, server));
+
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let client = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("svc").unwrap();
+        tokio_rustls::TlsConnector::from(caller.client_config())
+            .connect(name, tcp)
+            .await
+    };
+    let (client, first) = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(client, futures::StreamExt::next(&mut accepted))
+    })
+    .await
+    .expect("the second peer's handshake is not stuck behind the silent one");
+    client.expect("the caller's handshake");
+    assert!(
+        matches!(first, Some(Ok(_))),
+        "the server hands over the TLS connection"
+    );
+}

@@ -81,6 +81,22 @@ impl Brokers {
     }
 }
 
+impl Brokers {
+    /// `message` (a librdkafka error, which may quote a setting's value) with the values
+    /// of secret settings (passwords, keys, secrets) blanked out.
+    fn scrub(&self, message: String) -> String {
+        self.options
+            .iter()
+            .filter(|(k, v)| {
+                !v.is_empty()
+                    && ["password", "secret", "key"]
+                        .iter()
+                        .any(|s| k.to_ascii_lowercase().contains(s))
+            })
+            .fold(message, |m, (_, v)| m.replace(v.as_str(), "***"))
+    }
+}
+
 impl std::fmt::Display for Brokers {
     /// The servers only: options may hold a SASL password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,7 +173,7 @@ fn new_producer(brokers: &Brokers, down: Arc<Notify>) -> Result<ProducerSlot, Bu
         .set("message.timeout.ms", "5000")
         .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
         .create_with_context(Watch { down })
-        .map_err(kafka)?;
+        .map_err(|e| BusError::Kafka(brokers.scrub(e.to_string())))?;
     Ok(ProducerSlot {
         producer,
         warm: Arc::new(AtomicBool::new(false)),
@@ -234,8 +250,11 @@ impl KafkaBus {
 
     /// Creates the topics that are missing; how many were.
     async fn create_missing(&self, topics: &[String]) -> Result<usize, BusError> {
-        let admin: AdminClient<DefaultClientContext> =
-            self.brokers.config().create().map_err(kafka)?;
+        let admin: AdminClient<DefaultClientContext> = self
+            .brokers
+            .config()
+            .create()
+            .map_err(|e| BusError::Kafka(self.brokers.scrub(e.to_string())))?;
         let names: Vec<String> = topics.iter().map(|t| self.name(t)).collect();
         let new: Vec<NewTopic> = names
             .iter()
@@ -439,7 +458,7 @@ impl EventBus for KafkaBus {
             .create_with_context(LagContext {
                 lag: AtomicI64::new(-1),
             })
-            .map_err(kafka)?;
+            .map_err(|e| BusError::Kafka(self.brokers.scrub(e.to_string())))?;
         let consumer = Arc::new(consumer);
         let me = format!("{}-{}", std::process::id(), &super::event_id()[..8]);
         let mut readers = Vec::new();
@@ -737,5 +756,54 @@ impl Subscription for KafkaSubscription {
                 o.close(offsets).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod option_tests {
+    use super::*;
+
+    fn brokers(options: &[(&str, &str)]) -> Brokers {
+        Brokers {
+            servers: "127.0.0.1:1".into(),
+            options: Arc::new(
+                options
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_and_sasl_settings_reach_librdkafka() {
+        // Built with OpenSSL: an SSL or SASL_SSL client can be made (it connects later).
+        for protocol in ["SSL", "SASL_SSL"] {
+            let b = brokers(&[
+                ("security.protocol", protocol),
+                ("sasl.mechanism", "SCRAM-SHA-256"),
+                ("sasl.username", "u"),
+                ("sasl.password", "pw-1"),
+            ]);
+            assert!(
+                new_producer(&b, Arc::new(Notify::new())).is_ok(),
+                "{protocol} is available"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_setting_but_not_a_secret() {
+        let b = brokers(&[
+            ("ssl.key.password", "hunter2-secret"),
+            ("no.such.setting", "1"),
+        ]);
+        let e = new_producer(&b, Arc::new(Notify::new()))
+            .err()
+            .expect("an unknown setting is refused")
+            .to_string();
+        assert!(e.contains("no.such.setting"), "{e}");
+        assert!(!e.contains("hunter2-secret"), "{e}");
+        assert_eq!(b.scrub("value hunter2-secret".into()), "value ***");
     }
 }

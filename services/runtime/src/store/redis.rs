@@ -636,7 +636,8 @@ pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    match rest.split_once('@') {
+    // The last '@' ends the user information: a password may hold a raw '@'.
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}:***@{host}")
@@ -649,7 +650,7 @@ pub fn redacted(url: &str) -> String {
 fn redact_in(text: &str, url: &str) -> String {
     let password = url
         .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
         .and_then(|(userinfo, _)| userinfo.split_once(':'))
         .map(|(_, p)| p)
         .filter(|p| !p.is_empty());
@@ -673,6 +674,11 @@ mod tests {
         assert_eq!(
             redacted("redis://app:s3cret@db:6379"),
             "redis://app:***@db:6379"
+        );
+        assert_eq!(redacted("redis://:p@ss@db:6379"), "redis://:***@db:6379");
+        assert_eq!(
+            redact_in("at redis://:p@ss@db", "redis://:p@ss@db"),
+            "at redis://:***@db"
         );
         assert_eq!(
             redact_in("cannot parse rediss://:s3cret@db", "rediss://:s3cret@db"),
