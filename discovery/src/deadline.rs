@@ -151,6 +151,37 @@ mod tests {
         assert_eq!(parse_grpc_timeout("+5S"), None, "a sign is not a digit");
     }
 
+    /// The server layer puts the caller's `grpc-timeout` in the handler's scope, and
+    /// nothing without one.
+    #[tokio::test]
+    async fn the_server_layer_scopes_the_inbound_deadline() {
+        use tower::ServiceExt as _;
+        let seen = |req: http::Request<()>| async move {
+            let svc = DeadlineLayer.layer(tower::service_fn(|_: http::Request<()>| async {
+                Ok::<_, std::convert::Infallible>(current_deadline())
+            }));
+            svc.oneshot(req).await.unwrap()
+        };
+        let before = Instant::now();
+        let with = http::Request::builder()
+            .header(GRPC_TIMEOUT, "250m")
+            .body(())
+            .unwrap();
+        let deadline = seen(with).await.expect("a deadline in the handler's scope");
+        assert!(deadline >= before + Duration::from_millis(250));
+        assert!(deadline <= Instant::now() + Duration::from_millis(250));
+        assert_eq!(
+            seen(http::Request::new(())).await,
+            None,
+            "no header, no deadline"
+        );
+        let bad = http::Request::builder()
+            .header(GRPC_TIMEOUT, "soon")
+            .body(())
+            .unwrap();
+        assert_eq!(seen(bad).await, None, "an unparsable header is ignored");
+    }
+
     #[tokio::test]
     async fn inner_scope_keeps_the_earlier_deadline() {
         assert_eq!(current_deadline(), None);

@@ -92,3 +92,52 @@ impl tower::retry::Policy<http::Request<Body>, http::Response<Body>, tower::BoxE
         Some(rebuild(req, buffered))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::retry::Policy as _;
+
+    fn unsent() -> Res {
+        Err(Box::new(MeshError {
+            status: tonic::Status::unavailable("connection refused"),
+            retryable: true,
+            unsent: true,
+        }))
+    }
+
+    fn buffered() -> http::Request<Body> {
+        let mut req = http::Request::new(Body::empty());
+        req.extensions_mut().insert(BufferedBody(Bytes::new()));
+        req
+    }
+
+    /// The budget caps retries: with nothing deposited and no floor, a call that was
+    /// certainly never sent is still not retried; with room, it is, up to the attempts.
+    #[tokio::test]
+    async fn retries_stop_when_the_budget_is_spent() {
+        let empty = Arc::new(TpsBudget::new(Duration::from_secs(10), 0, 0.0));
+        let mut policy = RetryPolicy::new(3, empty);
+        assert!(
+            policy.retry(&mut buffered(), &mut unsent()).is_none(),
+            "no budget"
+        );
+
+        // Half a retry per successful call: four successes buy two retries.
+        let half = Arc::new(TpsBudget::new(Duration::from_secs(10), 0, 0.5));
+        let mut policy = RetryPolicy::new(5, half);
+        for _ in 0..4 {
+            let mut ok: Res = Ok(http::Response::new(Body::empty()));
+            assert!(
+                policy.retry(&mut buffered(), &mut ok).is_none(),
+                "a success is final"
+            );
+        }
+        let mut retried = 0;
+        while policy.retry(&mut buffered(), &mut unsent()).is_some() {
+            retried += 1;
+            assert!(retried <= 5, "never past the attempts");
+        }
+        assert_eq!(retried, 2, "what four successes deposited, and no more");
+    }
+}
