@@ -2,7 +2,8 @@
 //!
 //! * [`tags`]: the tag list (from the seed article, verbatim);
 //! * [`classifier`]: the deterministic lexicon classifier (precision and recall on the
-//!   labelled set in `data/labelled.tsv`: see `tests/labelled_set.rs`);
+//!   tuning set `data/labelled.tsv` and the held-out `data/heldout.tsv`: see
+//!   `tests/labelled_set.rs`);
 //! * [`handlers`]: the gRPC API (`TagText`, `ListTags`);
 //! * [`events`]: consumes `TweetCreated`, publishes `TweetTagged`.
 

@@ -10,13 +10,21 @@ use starling_tagger::classifier::{tag, MAX_TAGS};
 use starling_tagger::tags::TAGS;
 
 const LABELLED: &str = include_str!("../data/labelled.tsv");
+/// Tweets written and labelled after the lexicon, and never used to tune it: add to it,
+/// never tune a cue against it (README, "The tagger's figures").
+const HELD_OUT: &str = include_str!("../data/heldout.tsv");
 
 /// A little below what the classifier achieves on this set (0.917 and 0.923 when written), so
 /// that a lexicon change that loses ground fails here. The set was labelled by the author of
-/// the lexicon, so these are in-sample numbers: on tweets written afterwards the lexicon had
-/// not seen, precision held (about 0.89) but recall fell (to about 0.65).
+/// the lexicon, so these are in-sample numbers; `data/heldout.tsv` gives the out-of-sample
+/// ones.
 const MIN_PRECISION: f64 = 0.88;
 const MIN_RECALL: f64 = 0.88;
+/// Floors for `data/heldout.tsv`: 0.776 and 0.938 were measured when its 64 tweets were
+/// added (labelled before the classifier was run on them, except that one label of
+/// `TV_show_lovers`, a tag the labeller had overlooked, was added afterwards).
+const HELD_OUT_MIN_PRECISION: f64 = 0.72;
+const HELD_OUT_MIN_RECALL: f64 = 0.88;
 
 struct Example {
     line: usize,
@@ -25,7 +33,11 @@ struct Example {
 }
 
 fn examples() -> Vec<Example> {
-    let mut lines = LABELLED.lines().enumerate();
+    parse(LABELLED)
+}
+
+fn parse(set: &'static str) -> Vec<Example> {
+    let mut lines = set.lines().enumerate();
     assert_eq!(lines.next().map(|(_, l)| l), Some("text\ttags"), "header");
     lines
         .map(|(index, line)| {
@@ -85,12 +97,42 @@ fn the_labelled_set_is_well_formed() {
 
 #[test]
 fn precision_and_recall_on_the_labelled_set() {
-    let examples = examples();
+    let (precision, recall) = measure("labelled.tsv", &examples());
+    assert!(
+        precision >= MIN_PRECISION,
+        "precision {precision:.3} < {MIN_PRECISION}"
+    );
+    assert!(recall >= MIN_RECALL, "recall {recall:.3} < {MIN_RECALL}");
+}
+
+/// Out of sample: the held-out set's figures are what to expect on tweets the lexicon was
+/// not written against. The floors are a little below the figures measured when the set
+/// was added, so that a lexicon change that loses ground out of sample fails here.
+#[test]
+fn precision_and_recall_on_the_held_out_set() {
+    let examples = parse(HELD_OUT);
+    assert!(examples.len() >= 60, "{} held-out tweets", examples.len());
+    for e in &examples {
+        assert!(e.labels.iter().all(|l| TAGS.contains(l)), "line {}", e.line);
+    }
+    let (precision, recall) = measure("heldout.tsv", &examples);
+    assert!(
+        precision >= HELD_OUT_MIN_PRECISION,
+        "held-out precision {precision:.3} < {HELD_OUT_MIN_PRECISION}"
+    );
+    assert!(
+        recall >= HELD_OUT_MIN_RECALL,
+        "held-out recall {recall:.3} < {HELD_OUT_MIN_RECALL}"
+    );
+}
+
+/// Micro-averaged (precision, recall) of the classifier on `examples`, printing every miss.
+fn measure(name: &str, examples: &[Example]) -> (f64, f64) {
     let (mut true_positives, mut predicted, mut labelled) = (0usize, 0usize, 0usize);
     // Per tag: tweets where it was missed (false negatives) and wrongly given (false positives).
     let mut missed: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     let mut wrong: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for e in &examples {
+    for e in examples {
         let tags = tag(e.text);
         predicted += tags.len();
         labelled += e.labels.len();
@@ -128,13 +170,9 @@ fn precision_and_recall_on_the_labelled_set() {
         }
     }
     eprintln!(
-        "\n{} tweets, {labelled} labels, {predicted} tags given, {true_positives} right: \
+        "\n{name}: {} tweets, {labelled} labels, {predicted} tags given, {true_positives} right: \
          micro precision {precision:.3}, micro recall {recall:.3}",
         examples.len()
     );
-    assert!(
-        precision >= MIN_PRECISION,
-        "precision {precision:.3} < {MIN_PRECISION}"
-    );
-    assert!(recall >= MIN_RECALL, "recall {recall:.3} < {MIN_RECALL}");
+    (precision, recall)
 }
