@@ -15,6 +15,7 @@
 mod backoff;
 mod balance;
 mod channel;
+#[cfg(any(test, feature = "contract"))]
 pub mod contract;
 pub mod deadline;
 mod endpoint;
@@ -28,14 +29,13 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use backoff::Backoff;
-pub use balance::{ring::HashRing, Policy};
-pub use channel::{Mesh, MeshChannel, MeshConfig, TargetConfig};
+pub use balance::Policy;
+pub use channel::{Mesh, MeshChannel, MeshConfig, MeshError};
 pub use deadline::{current_deadline, propagate_deadline, DeadlineLayer};
 pub use etcd::{EtcdConfig, EtcdRegistry, EtcdUser};
 /// TLS settings for etcd connections (etcd-client's, which are tonic's).
 pub use etcd_client::TlsOptions as EtcdTls;
-pub use instance::{new_instance_id, EndpointSet, Keys, ServiceInstance};
+pub use instance::{EndpointSet, ServiceInstance};
 pub use memory::MemoryRegistry;
 pub use registry::{Claim, DiscoveryError, EndpointWatch, Registration, Registry, ServingHandle};
 pub use tls::MeshTls;

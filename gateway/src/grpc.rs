@@ -207,10 +207,7 @@ pub async fn serve(
     let router = axum::Router::new()
         .fallback_service(door.map_request(|r: http::Request<axum::body::Body>| r.map(Body::new)));
     let mut stop = shutdown.clone();
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+    let server = starling_runtime::server::grpc_server()
         .add_routes(tonic::service::Routes::from(router))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

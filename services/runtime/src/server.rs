@@ -25,6 +25,16 @@ use crate::health::{Component, Health};
 use crate::metrics::CallMetricsLayer;
 use crate::{ServiceContext, ServiceKind, ServiceParts};
 
+/// The tonic server every gRPC listener of Starling starts from (each service's and the
+/// gateway's): Nagle off, and HTTP/2 pings every 10 s that drop a peer silent for 5 s more,
+/// so a vanished client does not hold a connection for ever.
+pub fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+}
+
 /// Response header naming the instance that served a call: shows up in `grpcurl -v` and
 /// lets tests see where the balancer sent each call.
 pub const INSTANCE_HEADER: &str = "starling-instance";
@@ -203,10 +213,7 @@ pub async fn start(
         .into_inner();
 
     let (stop, stopped) = oneshot::channel::<()>();
-    let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+    let router = grpc_server()
         .layer(layers)
         .add_routes(routes)
         .add_service(health_service)

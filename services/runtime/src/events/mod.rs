@@ -8,6 +8,7 @@
 //! broker watermarks) and, on dead letters, the attempt count and the error.
 
 pub mod consumer;
+#[cfg(any(test, feature = "contract"))]
 pub mod contract;
 mod kafka;
 mod memory;

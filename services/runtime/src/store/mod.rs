@@ -8,6 +8,7 @@
 //! stored as zero-padded decimal strings ([`id_member`]), whose byte order is numeric order.
 //! Scored sets ([`Write::ZIncr`], [`Store::ztop`]) hold real numbers such as popularity.
 
+#[cfg(any(test, feature = "contract"))]
 pub mod contract;
 mod memory;
 mod redis;
