@@ -56,6 +56,15 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// The `grpc-timeout` of a request's headers, if it has a valid one: the one place both
+/// the server layer and the mesh's client read it.
+pub fn timeout_of(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get(GRPC_TIMEOUT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+}
+
 /// Formats a duration for `grpc-timeout`, rounding up to whole milliseconds (at least 1).
 pub fn format_grpc_timeout(d: Duration) -> String {
     let ms = d.as_micros().div_ceil(1000).clamp(1, 99_999_999);
@@ -92,11 +101,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let timeout = req
-            .headers()
-            .get(GRPC_TIMEOUT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout);
+        let timeout = timeout_of(req.headers());
         let fut = self.inner.call(req);
         match timeout {
             Some(t) => Box::pin(DEADLINE.scope(Instant::now() + t, fut)),

@@ -6,31 +6,30 @@
 //!   `Service` over HTTP/2 requests, so generated tonic clients take it as their transport
 //!   (`TweetServiceClient::new(mesh.channel("tweet"))`) and never see endpoints.
 //!
-//! The request path through a `MeshChannel`, outermost first (see `channel.rs`):
-//! deadline (grpc-timeout, propagated from the inbound call) -> retry on another endpoint
-//! for idempotent methods -> balancer (round-robin, consistent-hash or p2c over peak EWMA,
-//! skipping ejected endpoints) -> per-endpoint tonic `Channel` (mutual TLS when
-//! [`MeshConfig::tls`] is set, see [`tls`]).
+//! The request path through a `MeshChannel`, outermost first (one layer per module of
+//! `client/`): deadline (grpc-timeout, propagated from the inbound call) -> buffering of
+//! requests that may be resent -> retry on another endpoint -> one attempt: pick
+//! (round-robin, consistent-hash or p2c over peak EWMA, skipping ejected endpoints), send
+//! on the endpoint's tonic `Channel` (mutual TLS when [`MeshConfig::tls`] is set, see
+//! [`tls`]), eject it if it fails.
 
 mod backoff;
 mod balance;
-mod channel;
+mod client;
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
 pub mod deadline;
-mod endpoint;
 mod etcd;
 mod instance;
 mod memory;
 mod registry;
-mod retry;
 pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use balance::Policy;
-pub use channel::{Mesh, MeshChannel, MeshConfig, MeshError};
+pub use client::{Mesh, MeshChannel, MeshConfig, MeshError};
 pub use deadline::{current_deadline, propagate_deadline, DeadlineLayer};
 pub use etcd::{EtcdConfig, EtcdRegistry, EtcdUser};
 /// TLS settings for etcd connections (etcd-client's, which are tonic's).

@@ -15,10 +15,11 @@ use rand::Rng;
 use tonic::body::Body;
 use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::channel::{Idempotent, MeshError};
+use super::buffer::Idempotent;
+use super::error::MeshError;
 
-/// The request body, kept so the request can be sent again. Unary calls carry it (see
-/// `channel.rs`); whether they may be sent again is the policy's question.
+/// The request body, kept so the request can be sent again. Buffered calls carry it (see
+/// `buffer.rs`); whether they may be sent again is the policy's question.
 #[derive(Debug, Clone)]
 pub struct BufferedBody(pub Bytes);
 

@@ -1,0 +1,93 @@
+//! One attempt on one endpoint, and what its outcome says about the endpoint. A transport
+//! failure, or no answer within the attempt timeout (a frozen process keeps its
+//! connections open), ejects the endpoint for a doubling back-off (`endpoint.rs`) and is
+//! retryable elsewhere; so is a trailers-only UNAVAILABLE (the instance sheds load or is
+//! stopping), unless the answer carries a negative `grpc-retry-pushback-ms` (its
+//! dependency failed, and every replica shares that dependency: passed back as it is).
+//! The endpoint's in-flight count and latency (for p2c) are kept here too.
+
+use std::sync::Arc;
+
+use tonic::body::Body;
+use tonic::Status;
+use tower::{BoxError, Service as _, ServiceExt as _};
+use tracing::warn;
+
+use super::config::MeshConfig;
+use super::endpoint::Endpoint;
+use super::error::{connection_refused, fail, MeshError};
+
+/// Sends `req` to `endpoint` of `service`.
+pub(crate) async fn attempt(
+    service: &str,
+    config: &MeshConfig,
+    endpoint: Arc<Endpoint>,
+    req: http::Request<Body>,
+) -> Result<http::Response<Body>, BoxError> {
+    endpoint.picks.increment(1);
+    let flight = endpoint.start();
+    let mut channel = endpoint.channel.clone();
+    let send = async {
+        match channel.ready().await {
+            Ok(ch) => ch.call(req).await,
+            Err(e) => Err(e),
+        }
+    };
+    let result = match config.attempt_timeout {
+        None => send.await,
+        Some(limit) => match tokio::time::timeout(limit, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                drop(flight);
+                let period = endpoint.eject(&config.ejection);
+                warn!(%service, endpoint = %endpoint.instance.address,
+                    instance = %endpoint.id(), ejected_for = ?period,
+                    "no answer within {limit:?}; endpoint ejected as stalled");
+                return Err(fail(
+                    Status::unavailable(format!(
+                        "{service} endpoint {} did not answer within {limit:?}",
+                        endpoint.instance.address
+                    )),
+                    true,
+                ));
+            }
+        },
+    };
+    match result {
+        Ok(resp) => {
+            // A trailers-only UNAVAILABLE is not a fast success (that would make p2c favour
+            // the endpoint): out of rotation briefly, so the retry goes elsewhere.
+            let pushback = resp
+                .headers()
+                .get(crate::RETRY_PUSHBACK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|ms| ms < 0);
+            if let Some(status) = Status::from_header_map(resp.headers()).filter(|_| !pushback) {
+                if status.code() == tonic::Code::Unavailable {
+                    drop(flight);
+                    endpoint.eject(&config.ejection);
+                    return Err(fail(status, true));
+                }
+            }
+            flight.answered();
+            Ok(resp)
+        }
+        Err(e) => {
+            drop(flight);
+            let period = endpoint.eject(&config.ejection);
+            let unsent = connection_refused(&e);
+            warn!(%service, endpoint = %endpoint.instance.address,
+                instance = %endpoint.id(), error = %e, ejected_for = ?period, unsent,
+                "transport failure; endpoint ejected");
+            Err(Box::new(MeshError {
+                status: Status::unavailable(format!(
+                    "{service} endpoint {} failed: {e}",
+                    endpoint.instance.address
+                )),
+                retryable: true,
+                unsent,
+            }))
+        }
+    }
+}
