@@ -1,10 +1,8 @@
 //! gRPC handlers of `starling.follower.v1.FollowerService`.
 
-use prost::Message as _;
 use starling_proto::events::v1::FollowChanged;
 use starling_proto::follower::v1::follower_service_server::FollowerService;
 use starling_proto::follower::v1::*;
-use starling_runtime::events::topics::FOLLOW_CHANGED;
 use starling_runtime::events::{self, now_ms, Message};
 use starling_runtime::outbox::Outbox;
 use starling_runtime::{check_user, page_size, store_error};
@@ -68,12 +66,7 @@ impl FollowerHandler {
             followee: followee.to_string(),
             following,
         };
-        let announce = self.outbox.entry(&Message::new(
-            FOLLOW_CHANGED,
-            follower,
-            event.encode_to_vec(),
-            at,
-        ));
+        let announce = self.outbox.entry(&Message::of(follower, &event, at));
         self.storage
             .set(follower, followee, following, announce)
             .await

@@ -13,11 +13,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use prost::Message as _;
 use starling_proto::events::v1::{Engagement, TweetTagged};
 use starling_proto::recommendation::v1::EngagementKind;
 use starling_runtime::check_user;
-use starling_runtime::events::consumer::{HandleError, Handler};
+use starling_runtime::events::consumer::HandleError;
+use starling_runtime::events::EventHandler;
 use starling_runtime::events::{now_ms, Message};
 use starling_runtime::store::StoreError;
 
@@ -65,10 +65,10 @@ impl TaggedHandler {
 }
 
 #[async_trait]
-impl Handler for TaggedHandler {
-    async fn handle(&self, m: &Message) -> Result<(), HandleError> {
-        let event = TweetTagged::decode(m.payload.as_slice())
-            .map_err(|e| HandleError::Poison(format!("not a TweetTagged: {e}")))?;
+impl EventHandler for TaggedHandler {
+    type Event = TweetTagged;
+
+    async fn handle(&self, event: TweetTagged, _: &Message) -> Result<(), HandleError> {
         if event.tweet_id == 0 {
             return Err(HandleError::Poison("TweetTagged without a tweet id".into()));
         }
@@ -122,10 +122,10 @@ impl EngagementHandler {
 }
 
 #[async_trait]
-impl Handler for EngagementHandler {
-    async fn handle(&self, m: &Message) -> Result<(), HandleError> {
-        let event = Engagement::decode(m.payload.as_slice())
-            .map_err(|e| HandleError::Poison(format!("not an Engagement: {e}")))?;
+impl EventHandler for EngagementHandler {
+    type Event = Engagement;
+
+    async fn handle(&self, event: Engagement, m: &Message) -> Result<(), HandleError> {
         check_user("user", &event.user)
             .map_err(|s| HandleError::Poison(s.message().to_string()))?;
         if event.tweet_id == 0 {

@@ -9,11 +9,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use prost::Message as _;
 use starling_proto::events::v1::Engagement;
 use starling_proto::recommendation::v1::recommendation_service_server::RecommendationService;
 use starling_proto::recommendation::v1::*;
-use starling_runtime::events::topics::ENGAGEMENT;
 use starling_runtime::events::{self, now_ms, Message};
 use starling_runtime::outbox::Outbox;
 use starling_runtime::{check_user, page_size, store_error};
@@ -182,12 +180,7 @@ impl RecommendationService for RecommendationHandler {
         // Engagement consumer once per (user, tweet, kind).
         self.storage
             .store()
-            .apply_atomic(vec![self.outbox.entry(&Message::new(
-                ENGAGEMENT,
-                &req.user,
-                event.encode_to_vec(),
-                at,
-            ))])
+            .apply_atomic(vec![self.outbox.entry(&Message::of(&req.user, &event, at))])
             .await
             .map_err(store_error)?;
         Ok(Response::new(RecordEngagementResponse {

@@ -16,8 +16,7 @@ pub mod storage;
 use std::sync::Arc;
 
 use starling_proto::recommendation::v1::recommendation_service_server::RecommendationServiceServer;
-use starling_runtime::events::consumer::{ConsumerConfig, Handler};
-use starling_runtime::events::topics::{groups, ENGAGEMENT, TWEET_TAGGED};
+use starling_runtime::events::topics::groups;
 use starling_runtime::outbox::Outbox;
 use starling_runtime::{ServiceContext, ServiceParts};
 use tonic::service::Routes;
@@ -29,17 +28,15 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
     let outbox = Outbox::new("recommendation");
     let handler =
         handlers::RecommendationHandler::new(storage.clone(), peers.clone(), outbox.clone());
-    let tagged: Arc<dyn Handler> = Arc::new(events::TaggedHandler::new(storage.clone()));
-    let engagement: Arc<dyn Handler> = Arc::new(events::EngagementHandler::new(storage, peers));
     Ok(
         ServiceParts::new(Routes::new(RecommendationServiceServer::new(handler)))
-            .consumer(
-                ConsumerConfig::new(TWEET_TAGGED, groups::RECOMMENDATION),
-                tagged,
+            .on_events(
+                groups::RECOMMENDATION,
+                events::TaggedHandler::new(storage.clone()),
             )
-            .consumer(
-                ConsumerConfig::new(ENGAGEMENT, groups::RECOMMENDATION),
-                engagement,
+            .on_events(
+                groups::RECOMMENDATION,
+                events::EngagementHandler::new(storage, peers),
             )
             .outbox(outbox),
     )

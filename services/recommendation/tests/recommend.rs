@@ -19,7 +19,7 @@ use starling_recommendation::scoring::popularity_epoch;
 use starling_recommendation::storage::{self, RecStorage};
 use starling_runtime::events::consumer::{HandleError, Handler};
 use starling_runtime::events::topics::{ENGAGEMENT, TWEET_TAGGED};
-use starling_runtime::events::{event_id, now_ms, timestamp, Message};
+use starling_runtime::events::{event_id, now_ms, timestamp, Message, Typed};
 use starling_runtime::ids::EPOCH_MS;
 use starling_runtime::outbox::Outbox;
 use starling_runtime::store::{MemoryStore, Store};
@@ -93,8 +93,9 @@ async fn outboxed(store: &MemoryStore, topic: &str) -> Vec<Message> {
 struct Fixture {
     store: Arc<MemoryStore>,
     peers: Arc<FakePeers>,
-    tagged: TaggedHandler,
-    engagement: EngagementHandler,
+    /// As the consumer loop runs them: messages decoded, then handled.
+    tagged: Typed<TaggedHandler>,
+    engagement: Typed<EngagementHandler>,
     service: RecommendationHandler,
     next: u64,
 }
@@ -105,8 +106,8 @@ impl Fixture {
         let peers = Arc::new(FakePeers::default());
         let storage = RecStorage::new(store.clone());
         Self {
-            tagged: TaggedHandler::new(storage.clone()),
-            engagement: EngagementHandler::new(storage.clone(), peers.clone()),
+            tagged: Typed(TaggedHandler::new(storage.clone())),
+            engagement: Typed(EngagementHandler::new(storage.clone(), peers.clone())),
             service: RecommendationHandler::new(
                 storage,
                 peers.clone(),

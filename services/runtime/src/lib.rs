@@ -161,6 +161,14 @@ impl ServiceParts {
         self
     }
 
+    /// Consumes the events `handler` takes, from their topic, as consumer group `group`.
+    pub fn on_events<H: events::EventHandler>(self, group: &str, handler: H) -> Self {
+        self.consumer(
+            events::consumer::ConsumerConfig::new(<H::Event as events::Event>::TOPIC, group),
+            Arc::new(events::Typed(handler)),
+        )
+    }
+
     pub fn outbox(mut self, outbox: outbox::Outbox) -> Self {
         self.outbox = Some(outbox);
         self

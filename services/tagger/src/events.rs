@@ -7,10 +7,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use prost::Message as _;
 use starling_proto::events::v1::{TweetCreated, TweetTagged};
-use starling_runtime::events::consumer::{HandleError, Handler};
-use starling_runtime::events::topics::TWEET_TAGGED;
+use starling_runtime::events::consumer::HandleError;
+use starling_runtime::events::EventHandler;
 use starling_runtime::events::{self, now_ms, EventBus, Message};
 
 use crate::classifier;
@@ -26,10 +25,10 @@ impl TweetCreatedHandler {
 }
 
 #[async_trait]
-impl Handler for TweetCreatedHandler {
-    async fn handle(&self, m: &Message) -> Result<(), HandleError> {
-        let created = TweetCreated::decode(m.payload.as_slice())
-            .map_err(|e| HandleError::Poison(format!("not a TweetCreated: {e}")))?;
+impl EventHandler for TweetCreatedHandler {
+    type Event = TweetCreated;
+
+    async fn handle(&self, created: TweetCreated, _: &Message) -> Result<(), HandleError> {
         let at = now_ms();
         let tagged = TweetTagged {
             event_id: format!("tagged-{}", created.tweet_id),
@@ -42,12 +41,7 @@ impl Handler for TweetCreatedHandler {
                 .collect(),
         };
         self.bus
-            .publish(Message::new(
-                TWEET_TAGGED,
-                &created.author,
-                tagged.encode_to_vec(),
-                at,
-            ))
+            .publish(Message::of(&created.author, &tagged, at))
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))
     }

@@ -12,11 +12,8 @@ pub mod events;
 pub mod handlers;
 pub mod tags;
 
-use std::sync::Arc;
-
 use starling_proto::tagger::v1::tagger_service_server::TaggerServiceServer;
-use starling_runtime::events::consumer::ConsumerConfig;
-use starling_runtime::events::topics::{groups, TWEET_CREATED};
+use starling_runtime::events::topics::groups;
 use starling_runtime::{ServiceContext, ServiceParts};
 use tonic::service::Routes;
 
@@ -24,8 +21,8 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
     Ok(ServiceParts::new(Routes::new(TaggerServiceServer::new(
         handlers::TaggerHandler,
     )))
-    .consumer(
-        ConsumerConfig::new(TWEET_CREATED, groups::TAGGER),
-        Arc::new(events::TweetCreatedHandler::new(ctx.bus.clone())),
+    .on_events(
+        groups::TAGGER,
+        events::TweetCreatedHandler::new(ctx.bus.clone()),
     ))
 }

@@ -11,14 +11,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use prost::Message as _;
 use starling_discovery::MeshChannel;
 use starling_proto::events::v1::{FollowChanged, TweetCreated};
 use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
 use starling_proto::follower::v1::IsFollowingRequest;
 use starling_proto::tweet::v1::tweet_service_client::TweetServiceClient;
 use starling_proto::tweet::v1::ListUserTweetsRequest;
-use starling_runtime::events::consumer::{HandleError, Handler};
+use starling_runtime::events::consumer::HandleError;
+use starling_runtime::events::EventHandler;
 use starling_runtime::events::Message;
 
 use crate::fanout::{Fanout, FanoutError};
@@ -38,10 +38,10 @@ impl TweetCreatedHandler {
 }
 
 #[async_trait]
-impl Handler for TweetCreatedHandler {
-    async fn handle(&self, m: &Message) -> Result<(), HandleError> {
-        let event = TweetCreated::decode(m.payload.as_slice())
-            .map_err(|e| HandleError::Poison(format!("not a TweetCreated: {e}")))?;
+impl EventHandler for TweetCreatedHandler {
+    type Event = TweetCreated;
+
+    async fn handle(&self, event: TweetCreated, _: &Message) -> Result<(), HandleError> {
         if event.tweet_id == 0 || event.author.is_empty() {
             return Err(HandleError::Poison(
                 "TweetCreated without tweet id or author".into(),
@@ -97,10 +97,10 @@ impl FollowChangedHandler {
 }
 
 #[async_trait]
-impl Handler for FollowChangedHandler {
-    async fn handle(&self, m: &Message) -> Result<(), HandleError> {
-        let e = FollowChanged::decode(m.payload.as_slice())
-            .map_err(|e| HandleError::Poison(format!("not a FollowChanged: {e}")))?;
+impl EventHandler for FollowChangedHandler {
+    type Event = FollowChanged;
+
+    async fn handle(&self, e: FollowChanged, _: &Message) -> Result<(), HandleError> {
         let transient =
             |e: starling_runtime::store::StoreError| HandleError::Transient(e.to_string());
         if self.following_now(&e.follower, &e.followee).await? {

@@ -21,8 +21,7 @@ pub mod watch;
 use std::sync::Arc;
 
 use starling_proto::timeline::v1::timeline_service_server::TimelineServiceServer;
-use starling_runtime::events::consumer::ConsumerConfig;
-use starling_runtime::events::topics::{groups, FOLLOW_CHANGED, TWEET_CREATED};
+use starling_runtime::events::topics::groups;
 use starling_runtime::{ServiceContext, ServiceParts};
 use tonic::service::Routes;
 
@@ -46,16 +45,9 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
         handlers::TimelineHandler::new(reader, watchers),
     )))
     .on_stop(move || stopping.stop())
-    .consumer(
-        ConsumerConfig::new(TWEET_CREATED, groups::TIMELINE),
-        Arc::new(events::TweetCreatedHandler::new(engine)),
-    )
-    .consumer(
-        ConsumerConfig::new(FOLLOW_CHANGED, groups::TIMELINE),
-        Arc::new(events::FollowChangedHandler::new(
-            storage,
-            tweets,
-            ctx.mesh.channel("follower"),
-        )),
+    .on_events(groups::TIMELINE, events::TweetCreatedHandler::new(engine))
+    .on_events(
+        groups::TIMELINE,
+        events::FollowChangedHandler::new(storage, tweets, ctx.mesh.channel("follower")),
     ))
 }

@@ -2,9 +2,9 @@
 //! tweet carries them. Idempotent: setting the same tags twice changes nothing.
 
 use async_trait::async_trait;
-use prost::Message as _;
 use starling_proto::events::v1::TweetTagged;
-use starling_runtime::events::consumer::{HandleError, Handler};
+use starling_runtime::events::consumer::HandleError;
+use starling_runtime::events::EventHandler;
 use starling_runtime::events::Message;
 
 use crate::storage::TweetStorage;
@@ -20,10 +20,10 @@ impl TagsHandler {
 }
 
 #[async_trait]
-impl Handler for TagsHandler {
-    async fn handle(&self, m: &Message) -> Result<(), HandleError> {
-        let event = TweetTagged::decode(m.payload.as_slice())
-            .map_err(|e| HandleError::Poison(format!("not a TweetTagged: {e}")))?;
+impl EventHandler for TagsHandler {
+    type Event = TweetTagged;
+
+    async fn handle(&self, event: TweetTagged, _: &Message) -> Result<(), HandleError> {
         let transient =
             |e: starling_runtime::store::StoreError| HandleError::Transient(e.to_string());
         let Some(mut tweet) = self.storage.get(event.tweet_id).await.map_err(transient)? else {

@@ -2,11 +2,9 @@
 
 use std::sync::Arc;
 
-use prost::Message as _;
 use starling_proto::events::v1::TweetCreated;
 use starling_proto::tweet::v1::tweet_service_server::TweetService;
 use starling_proto::tweet::v1::*;
-use starling_runtime::events::topics::TWEET_CREATED;
 use starling_runtime::events::{self, Message};
 use starling_runtime::ids::{id_time_ms, Snowflake};
 use starling_runtime::outbox::Outbox;
@@ -106,12 +104,9 @@ impl TweetService for TweetHandler {
         };
         // The tweet and its announcement in one atomic step (see `outbox`): the answer
         // does not wait for the broker, and a crash cannot store one without the other.
-        let announce = self.outbox.entry(&Message::new(
-            TWEET_CREATED,
-            &tweet.author,
-            event.encode_to_vec(),
-            created_ms,
-        ));
+        let announce = self
+            .outbox
+            .entry(&Message::of(&tweet.author, &event, created_ms));
         self.storage
             .insert(&tweet, announce)
             .await

@@ -14,8 +14,7 @@ pub mod text;
 use std::sync::Arc;
 
 use starling_proto::tweet::v1::tweet_service_server::TweetServiceServer;
-use starling_runtime::events::consumer::ConsumerConfig;
-use starling_runtime::events::topics::{groups, TWEET_TAGGED};
+use starling_runtime::events::topics::groups;
 use starling_runtime::ids::{Snowflake, MAX_WORKERS};
 use starling_runtime::outbox::Outbox;
 use starling_runtime::{Probe, ServiceContext, ServiceParts};
@@ -31,10 +30,7 @@ pub async fn build(ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
     let handler = handlers::TweetHandler::new(storage.clone(), ids.clone(), outbox.clone());
     Ok(
         ServiceParts::new(Routes::new(TweetServiceServer::new(handler)))
-            .consumer(
-                ConsumerConfig::new(TWEET_TAGGED, groups::TWEET),
-                Arc::new(events::TagsHandler::new(storage)),
-            )
+            .on_events(groups::TWEET, events::TagsHandler::new(storage))
             .outbox(outbox)
             .probe(Probe {
                 name: "worker id",

@@ -1,7 +1,8 @@
 //! Asynchronous events: the [`EventBus`] trait with a Kafka implementation ([`KafkaBus`],
 //! rdkafka) and an in-process one ([`MemoryBus`]) for the embedded mode, checked by one
 //! [`contract`] suite; the topic catalogue ([`topics`]); and the consumer loop every service
-//! uses ([`consumer`]): order per key, retry in place, dead-letter topic, lag metrics.
+//! uses ([`consumer`]): order per key, retry in place, dead-letter topic, lag metrics; and
+//! events as types ([`Event`], [`EventHandler`]): encoded and decoded in one place.
 //!
 //! Payloads are protobuf messages from `starling.events.v1`; the bus carries bytes plus the
 //! event's `occurred_at` (as a header, so lag is measured without decoding, and never from
@@ -14,6 +15,7 @@ mod kafka;
 mod memory;
 mod ownership;
 pub mod topics;
+mod typed;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,6 +23,7 @@ use async_trait::async_trait;
 
 pub use kafka::KafkaBus;
 pub use memory::MemoryBus;
+pub use typed::{Event, EventHandler, Typed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
