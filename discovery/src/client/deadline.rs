@@ -57,14 +57,44 @@ pub(crate) struct SetDeadline<S> {
     layer: SetDeadlineLayer,
 }
 
+pin_project_lite::pin_project! {
+    /// The call under its deadline (a named future, not a box: this runs on every call).
+    pub(crate) struct Deadlined<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+        service: Arc<str>,
+    }
+}
+
+impl<F> Future for Deadlined<F>
+where
+    F: Future<Output = Result<http::Response<Body>, BoxError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        match this.inner.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(_elapsed)) => Poll::Ready(Err(fail(
+                Status::deadline_exceeded(format!(
+                    "{} did not answer within the deadline",
+                    this.service
+                )),
+                false,
+            ))),
+        }
+    }
+}
+
 impl<S> Service<http::Request<Body>> for SetDeadline<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = BoxError>,
-    S::Future: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future = Deadlined<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -79,19 +109,10 @@ where
             (None, None) => now + self.layer.default,
         };
         req.extensions_mut().insert(CallDeadline(deadline));
-        let call = self.inner.call(req);
-        let service = self.layer.service.clone();
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline, call).await {
-                Ok(result) => result,
-                Err(_) => Err(fail(
-                    Status::deadline_exceeded(format!(
-                        "{service} did not answer within the deadline"
-                    )),
-                    false,
-                )),
-            }
-        })
+        Deadlined {
+            inner: tokio::time::timeout_at(deadline, self.inner.call(req)),
+            service: self.layer.service.clone(),
+        }
     }
 }
 

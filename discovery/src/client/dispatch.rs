@@ -15,12 +15,21 @@ use super::pick::Picker;
 use super::snapshot::Snapshots;
 use super::{deadline, eject};
 
+/// Cheap to clone (one reference count): the retry layer clones it for every call.
 #[derive(Clone)]
-pub(crate) struct Dispatch {
+pub(crate) struct Dispatch(Arc<Parts>);
+
+pub(crate) struct Parts {
     pub(crate) service: Arc<str>,
     pub(crate) config: Arc<MeshConfig>,
     pub(crate) snapshots: Snapshots,
-    pub(crate) picker: Arc<Picker>,
+    pub(crate) picker: Picker,
+}
+
+impl Dispatch {
+    pub(crate) fn new(parts: Parts) -> Self {
+        Self(Arc::new(parts))
+    }
 }
 
 impl Service<http::Request<Body>> for Dispatch {
@@ -35,7 +44,7 @@ impl Service<http::Request<Body>> for Dispatch {
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        let this = self.clone();
+        let this = self.0.clone();
         Box::pin(async move {
             let snap = this
                 .snapshots

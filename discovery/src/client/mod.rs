@@ -138,12 +138,12 @@ impl MeshChannel {
                 // One budget per target: retries to one service cannot spend another's.
                 retry::RetryPolicy::default_budget(),
             )))
-            .service(dispatch::Dispatch {
+            .service(dispatch::Dispatch::new(dispatch::Parts {
                 service: service.into(),
                 config: config.clone(),
                 snapshots: snapshots.clone(),
-                picker: Arc::new(pick::Picker::new(policy.clone())),
-            });
+                picker: pick::Picker::new(policy.clone()),
+            }));
         Self {
             service: service.into(),
             policy,
