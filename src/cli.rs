@@ -369,16 +369,8 @@ fn parse_target_policy(s: &str) -> Result<(String, Policy), String> {
 
 impl MeshArgs {
     pub fn mesh_config(&self) -> MeshConfig {
-        let mut config = MeshConfig::new(starling_proto::idempotent_methods())
-            .with_unary_methods(starling_proto::unary_methods());
-        // A user's timeline reads go to the same instance (and its caches) unless told
-        // otherwise.
-        config = config.with_policy(
-            "timeline",
-            Policy::ConsistentHash {
-                header: "x-user-id".into(),
-            },
-        );
+        // The app's own settings (starling-app), then the operator's.
+        let mut config = starling_app::mesh_config();
         config.call_timeout = Duration::from_millis(self.call_timeout_ms);
         config.no_endpoint_timeout = Duration::from_millis(self.no_endpoint_timeout_ms);
         config.attempt_timeout =

@@ -1,5 +1,5 @@
-//! Which crate serves which service, and the backends they share: the one place that
-//! connects `ServiceKind` to `services/<name>/` and chooses real or embedded backends.
+//! The backends the services share, real or embedded, chosen from the command line; which
+//! crate serves which service is `starling-app`'s (`services/app/`), re-exported here.
 
 use std::sync::Arc;
 
@@ -7,20 +7,12 @@ use anyhow::Context as _;
 use starling_discovery::{EtcdRegistry, MemoryRegistry, Mesh, Registry};
 use starling_runtime::events::{topics, EventBus, KafkaBus, MemoryBus};
 use starling_runtime::store::{MemoryStore, RedisStore, Store};
-use starling_runtime::{AppSettings, ServiceContext, ServiceKind, ServiceParts};
+use starling_runtime::{AppSettings, ServiceContext};
 
 use crate::cli::{BackendArgs, MeshArgs};
 
-pub async fn build(kind: ServiceKind, ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
-    let parts = match kind {
-        ServiceKind::Tweet => starling_tweet::build(ctx).await,
-        ServiceKind::Follower => starling_follower::build(ctx).await,
-        ServiceKind::Timeline => starling_timeline::build(ctx).await,
-        ServiceKind::Tagger => starling_tagger::build(ctx).await,
-        ServiceKind::Recommendation => starling_recommendation::build(ctx).await,
-    };
-    parts.with_context(|| format!("starting the {kind} service"))
-}
+/// Which crate serves `kind` (see `starling-app`).
+pub use starling_app::build;
 
 /// Connects each backend: the real one when its flag is given, the in-memory one otherwise.
 pub async fn context(

@@ -12,28 +12,18 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use starling_discovery::{MemoryRegistry, Mesh, MeshConfig, Policy, Registry};
+use starling_discovery::{MemoryRegistry, Mesh, MeshConfig, Registry};
 use starling_gateway::{GatewayConfig, RunningGateway};
-use starling_runtime::events::{topics, EventBus, MemoryBus};
+use starling_runtime::events::{EventBus, MemoryBus};
 use starling_runtime::server::{self, ServerConfig};
-use starling_runtime::store::{MemoryStore, Store};
-use starling_runtime::{AppSettings, RunningService, ServiceContext, ServiceKind, ServiceParts};
+use starling_runtime::store::MemoryStore;
+use starling_runtime::{AppSettings, RunningService, ServiceContext, ServiceKind};
 
 /// Upper bound for anything awaited with a polling loop.
 const PATIENCE: Duration = Duration::from_secs(15);
 const SECRET: &str = "test secret shared by the gateways of one world";
 const BOOK: &str =
     "Just finished a new novel. Can't wait to talk about it with my book club #nerdalert";
-
-async fn build(kind: ServiceKind, ctx: &ServiceContext) -> anyhow::Result<ServiceParts> {
-    match kind {
-        ServiceKind::Tweet => starling_tweet::build(ctx).await,
-        ServiceKind::Follower => starling_follower::build(ctx).await,
-        ServiceKind::Timeline => starling_timeline::build(ctx).await,
-        ServiceKind::Tagger => starling_tagger::build(ctx).await,
-        ServiceKind::Recommendation => starling_recommendation::build(ctx).await,
-    }
-}
 
 /// Five services and a gateway on embedded backends.
 struct World {
@@ -45,30 +35,17 @@ struct World {
 
 impl World {
     async fn start() -> World {
-        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::new());
-        bus.create_topics(&topics::all_topics())
+        // The app as the binary assembles it (starling-app), on the embedded backends.
+        let ctx = starling_app::memory_context(starling_app::mesh_config(), AppSettings::default())
             .await
-            .expect("create topics");
-        let mesh_config = MeshConfig::new(starling_proto::idempotent_methods()).with_policy(
-            "timeline",
-            Policy::ConsistentHash {
-                header: "x-user-id".into(),
-            },
-        );
-        let ctx = ServiceContext {
-            mesh: Arc::new(Mesh::new(registry.clone(), mesh_config)),
-            registry,
-            store,
-            bus,
-            settings: Arc::new(AppSettings::default()),
-        };
+            .expect("embedded context");
         let mut services = Vec::new();
         for kind in ServiceKind::ALL {
             let mut config = ServerConfig::new(kind, "127.0.0.1:0".parse().unwrap());
             config.drain_delay = Duration::ZERO;
-            let parts = build(kind, &ctx).await.expect("build service");
+            let parts = starling_app::build(kind, &ctx)
+                .await
+                .expect("build service");
             services.push(
                 server::start(config, parts, &ctx)
                     .await
