@@ -1,4 +1,7 @@
-//! The production registry on etcd v3.
+//! The production registry on etcd v3: the client and configuration, claims (Snowflake
+//! worker ids) here; keeping a registration alive in `register.rs` (a `Keeper` that renews
+//! until the lease is lost); following a service in `follow.rs` (a `View` that a relist and
+//! watch events update).
 //!
 //! Registration: grant a lease, put the instance key under it, renew it every TTL/3. A lost
 //! lease (etcd down longer than the TTL, or restarted with its data wiped) shows up as a
@@ -15,20 +18,22 @@
 //! into a data-path outage. Watch DELETE events (a real deregistration or an expired lease)
 //! still apply immediately.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
-    TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
 };
 use tokio::sync::{oneshot, watch};
-use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::backoff::Backoff;
+mod follow;
+mod register;
+
+use follow::watch_service;
+use register::keep_registered;
+
 use crate::instance::{EndpointSet, Keys, ServiceInstance};
 use crate::registry::{
     check_service_name, Claim, DiscoveryError, EndpointWatch, Registration, Registry,
@@ -381,145 +386,6 @@ impl EtcdRegistry {
     }
 }
 
-/// Keeps one registration alive until `stop` fires, then revokes its lease.
-async fn keep_registered(
-    mut client: Client,
-    key: String,
-    mut updates: watch::Receiver<ServiceInstance>,
-    ttl: i64,
-    first_lease: i64,
-    request_timeout: Duration,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(300));
-    let mut backoff = Backoff::new(Duration::from_millis(200), period);
-    let mut lease = Some(first_lease);
-    let encode = |i: &ServiceInstance| serde_json::to_string(i).unwrap_or_default();
-    // Not marked as seen: a change made before this task ran is still put (below).
-    let mut value = encode(&updates.borrow());
-    // A change whose put failed: put again on the next renewal round.
-    let mut dirty = false;
-    'outer: loop {
-        let id = match lease {
-            Some(id) => id,
-            None => match grant_and_put(&mut client, &key, &value, ttl).await {
-                Ok(id) => {
-                    info!(%key, lease = id, "re-registered after losing the lease");
-                    lease = Some(id);
-                    id
-                }
-                Err(e) => {
-                    warn!(%key, error = %e, "cannot re-register yet");
-                    tokio::select! {
-                        _ = &mut stop => break 'outer,
-                        _ = tokio::time::sleep(backoff.next_delay()) => continue 'outer,
-                    }
-                }
-            },
-        };
-        match client.lease_keep_alive(id).await {
-            Ok((mut keeper, mut responses)) => {
-                let mut tick = tokio::time::interval(period);
-                loop {
-                    tokio::select! {
-                        _ = &mut stop => break 'outer,
-                        _ = tick.tick() => {}
-                        changed = updates.changed() => {
-                            // The handle is gone: the registration is being dropped.
-                            if changed.is_err() {
-                                break 'outer;
-                            }
-                            {
-                                value = encode(&updates.borrow_and_update());
-                                let put = client
-                                    .put(key.as_str(), value.as_str(), Some(PutOptions::new().with_lease(id)))
-                                    .await;
-                                dirty = put.is_err();
-                                match put {
-                                    Ok(_) => info!(%key, %value, "registration updated"),
-                                    Err(e) => warn!(%key, error = %e, "cannot update the registration; trying again at the next renewal"),
-                                }
-                            }
-                            continue;
-                        }
-                    }
-                    if let Err(e) = keeper.keep_alive().await {
-                        warn!(%key, error = %e, "lease keep-alive failed to send");
-                        break;
-                    }
-                    match tokio::time::timeout(request_timeout, responses.message()).await {
-                        Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
-                            backoff.reset();
-                            debug!(%key, ttl = resp.ttl(), "lease renewed");
-                            // The lease lives, but the key may not (an operator's `etcdctl
-                            // del`, a partial restore): put it back under the same lease.
-                            let present = client
-                                .get(key.as_str(), Some(GetOptions::new().with_keys_only()))
-                                .await
-                                .map(|r| !r.kvs().is_empty());
-                            if dirty || matches!(present, Ok(false)) {
-                                let put = client
-                                    .put(
-                                        key.as_str(),
-                                        value.as_str(),
-                                        Some(PutOptions::new().with_lease(id)),
-                                    )
-                                    .await;
-                                dirty = put.is_err();
-                                match put {
-                                    Ok(_) => {
-                                        info!(%key, "registration key put (again)")
-                                    }
-                                    Err(e) => {
-                                        warn!(%key, error = %e, "cannot put the missing key back")
-                                    }
-                                }
-                            }
-                        }
-                        Ok(Ok(Some(_))) => {
-                            warn!(%key, lease = id, "lease expired or unknown to etcd; re-registering");
-                            lease = None;
-                            break;
-                        }
-                        Ok(Ok(None)) => {
-                            warn!(%key, "lease keep-alive stream closed");
-                            break;
-                        }
-                        Ok(Err(e)) => {
-                            warn!(%key, error = %e, "lease keep-alive failed");
-                            break;
-                        }
-                        Err(_) => {
-                            warn!(%key, "lease keep-alive timed out");
-                            break;
-                        }
-                    }
-                }
-            }
-            // etcd-client reports a keep-alive answer with TTL <= 0 at open time this way:
-            // the lease is gone (expired, or etcd lost its data), so register afresh.
-            Err(etcd_client::Error::LeaseKeepAliveError(reason)) => {
-                warn!(%key, lease = id, %reason, "lease lost; re-registering");
-                lease = None;
-                continue 'outer;
-            }
-            Err(e) => warn!(%key, error = %e, "cannot open lease keep-alive"),
-        }
-        tokio::select! {
-            _ = &mut stop => break 'outer,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
-    // Deregister: revoking the lease deletes the key, and watchers see a DELETE.
-    if let Some(id) = lease {
-        match tokio::time::timeout(request_timeout, client.lease_revoke(id)).await {
-            Ok(Ok(_)) => info!(%key, "deregistered"),
-            Ok(Err(e)) => warn!(%key, error = %e, "revoke failed; the lease will expire"),
-            Err(_) => warn!(%key, "revoke timed out; the lease will expire"),
-        }
-    }
-}
-
 fn parse(keys: &Keys, service: &str, kv: &KeyValue) -> Option<ServiceInstance> {
     let key = String::from_utf8_lossy(kv.key());
     let id = keys.instance_id(service, &key)?;
@@ -565,117 +431,4 @@ fn publish(tx: &watch::Sender<Arc<EndpointSet>>, set: &EndpointSet) {
             true
         }
     });
-}
-
-async fn watch_service(
-    mut client: Client,
-    keys: Keys,
-    service: String,
-    relist_grace: Duration,
-    mut first_revision: Option<i64>,
-    tx: watch::Sender<Arc<EndpointSet>>,
-) {
-    let prefix = keys.service_prefix(&service);
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut set = EndpointSet::new();
-    // Instances missing from a relist, kept until their deadline unless they come back.
-    let mut stale: HashMap<String, Instant> = HashMap::new();
-    let mut first_list = true;
-    loop {
-        match list(&mut client, &keys, &service).await {
-            Ok((listed, revision)) => {
-                let now = Instant::now();
-                for id in set.keys() {
-                    if !listed.contains_key(id) && !first_list {
-                        stale.entry(id.clone()).or_insert(now + relist_grace);
-                    }
-                }
-                // Drop what has been missing for longer than the grace here too, not only
-                // while a watch is open (opening the watch may keep failing).
-                stale.retain(|id, deadline| !listed.contains_key(id) && *deadline > now);
-                set.retain(|id, _| stale.contains_key(id));
-                set.extend(listed);
-                first_list = false;
-                publish(&tx, &set);
-                debug!(%service, revision, endpoints = set.len(), stale = stale.len(), "listed");
-
-                let opts = WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(first_revision.take().unwrap_or(revision + 1))
-                    .with_progress_notify();
-                match client.watch(prefix.as_str(), Some(opts)).await {
-                    Ok(mut stream) => loop {
-                        let next_purge = stale.values().min().copied();
-                        let purge = async {
-                            match next_purge {
-                                Some(at) => tokio::time::sleep_until(at).await,
-                                None => std::future::pending().await,
-                            }
-                        };
-                        tokio::select! {
-                            _ = tx.closed() => return,
-                            _ = purge => {
-                                let now = Instant::now();
-                                stale.retain(|id, deadline| {
-                                    let keep = *deadline > now;
-                                    if !keep {
-                                        info!(%service, instance = %id, "dropping instance that did not re-register");
-                                        set.remove(id);
-                                    }
-                                    keep
-                                });
-                                publish(&tx, &set);
-                            }
-                            msg = stream.message() => match msg {
-                                Ok(Some(resp)) => {
-                                    if resp.canceled() || resp.compact_revision() > 0 {
-                                        warn!(%service, compact_revision = resp.compact_revision(),
-                                            reason = resp.cancel_reason(), "watch cancelled; relisting");
-                                        break;
-                                    }
-                                    backoff.reset();
-                                    for event in resp.events() {
-                                        let Some(kv) = event.kv() else { continue };
-                                        match event.event_type() {
-                                            EventType::Put => {
-                                                if let Some(inst) = parse(&keys, &service, kv) {
-                                                    stale.remove(&inst.id);
-                                                    set.insert(inst.id.clone(), inst);
-                                                }
-                                            }
-                                            EventType::Delete => {
-                                                let key = String::from_utf8_lossy(kv.key());
-                                                if let Some(id) = keys.instance_id(&service, &key) {
-                                                    stale.remove(id);
-                                                    set.remove(id);
-                                                }
-                                            }
-                                        }
-                                    }
-                                    publish(&tx, &set);
-                                }
-                                Ok(None) => {
-                                    warn!(%service, "watch stream ended; relisting");
-                                    break;
-                                }
-                                Err(e) => {
-                                    warn!(%service, error = %e, "watch failed; relisting");
-                                    break;
-                                }
-                            }
-                        }
-                    },
-                    Err(e) => warn!(%service, error = %e, "cannot open watch"),
-                }
-            }
-            Err(e) => {
-                warn!(%service, error = %e, endpoints = set.len(),
-                    "cannot list; serving the last known endpoints");
-            }
-        }
-        tokio::select! {
-            _ = tx.closed() => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
 }

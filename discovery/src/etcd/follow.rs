@@ -1,0 +1,239 @@
+//! Watching one service: list the prefix, then follow a watch from the listed revision + 1
+//! (so no event between the two is missed); a compacted revision, a cancelled watch or a
+//! broken stream lead back to a fresh list, after a jittered back-off. While etcd is
+//! unreachable the last known set keeps being served.
+//!
+//! The set itself is a [`View`]: what a relist and what watch events do to it, including
+//! the grace for instances a relist no longer shows (see the module docs of `etcd`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, WatchOptions, WatchResponse, WatchStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::{list, parse, publish};
+use crate::backoff::Backoff;
+use crate::instance::{EndpointSet, Keys};
+
+/// One service's instances as the watcher knows them.
+#[derive(Debug, Default)]
+pub(super) struct View {
+    pub(super) set: EndpointSet,
+    /// Instances missing from a relist, kept until their deadline unless they come back.
+    stale: HashMap<String, Instant>,
+    listed_once: bool,
+}
+
+impl View {
+    /// Takes a fresh listing: what it shows replaces what was known, and what it no longer
+    /// shows is kept for `grace` (not after the very first listing, which is the truth).
+    pub(super) fn relisted(&mut self, listed: EndpointSet, now: Instant, grace: Duration) {
+        if self.listed_once {
+            for id in self.set.keys() {
+                if !listed.contains_key(id) {
+                    self.stale.entry(id.clone()).or_insert(now + grace);
+                }
+            }
+        }
+        // Drop what has been missing for longer than the grace here too, not only while a
+        // watch is open (opening the watch may keep failing).
+        self.stale
+            .retain(|id, deadline| !listed.contains_key(id) && *deadline > now);
+        let stale = &self.stale;
+        self.set.retain(|id, _| stale.contains_key(id));
+        self.set.extend(listed);
+        self.listed_once = true;
+    }
+
+    /// Applies a watch response's events: a put adds or replaces, a delete (deregistered,
+    /// or its lease expired) removes at once.
+    pub(super) fn apply(&mut self, keys: &Keys, service: &str, resp: &WatchResponse) {
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            match event.event_type() {
+                EventType::Put => {
+                    if let Some(inst) = parse(keys, service, kv) {
+                        self.stale.remove(&inst.id);
+                        self.set.insert(inst.id.clone(), inst);
+                    }
+                }
+                EventType::Delete => {
+                    let key = String::from_utf8_lossy(kv.key());
+                    if let Some(id) = keys.instance_id(service, &key) {
+                        self.stale.remove(id);
+                        self.set.remove(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the next stale instance is due to go.
+    pub(super) fn next_purge(&self) -> Option<Instant> {
+        self.stale.values().min().copied()
+    }
+
+    /// Drops the stale instances whose grace is over.
+    pub(super) fn purge(&mut self, service: &str, now: Instant) {
+        let set = &mut self.set;
+        self.stale.retain(|id, deadline| {
+            let keep = *deadline > now;
+            if !keep {
+                info!(%service, instance = %id, "dropping instance that did not re-register");
+                set.remove(id);
+            }
+            keep
+        });
+    }
+}
+
+/// Why following a watch stopped.
+enum Ended {
+    /// Nobody watches any more.
+    Unwatched,
+    /// The stream broke or was cancelled: list again.
+    Relist,
+}
+
+/// Keeps `tx` current for `service` until no receiver is left.
+pub(super) async fn watch_service(
+    mut client: Client,
+    keys: Keys,
+    service: String,
+    relist_grace: Duration,
+    mut first_revision: Option<i64>,
+    tx: watch::Sender<Arc<EndpointSet>>,
+) {
+    let prefix = keys.service_prefix(&service);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut view = View::default();
+    loop {
+        match list(&mut client, &keys, &service).await {
+            Ok((listed, revision)) => {
+                view.relisted(listed, Instant::now(), relist_grace);
+                publish(&tx, &view.set);
+                debug!(%service, revision, endpoints = view.set.len(), "listed");
+                let opts = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(first_revision.take().unwrap_or(revision + 1))
+                    .with_progress_notify();
+                match client.watch(prefix.as_str(), Some(opts)).await {
+                    Ok(stream) => {
+                        let ended =
+                            follow(stream, &mut view, &keys, &service, &tx, &mut backoff).await;
+                        if let Ended::Unwatched = ended {
+                            return;
+                        }
+                    }
+                    Err(e) => warn!(%service, error = %e, "cannot open watch"),
+                }
+            }
+            Err(e) => {
+                warn!(%service, error = %e, endpoints = view.set.len(),
+                    "cannot list; serving the last known endpoints");
+            }
+        }
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// Applies a watch's events (and the stale instances' deadlines) until it ends.
+async fn follow(
+    mut stream: WatchStream,
+    view: &mut View,
+    keys: &Keys,
+    service: &str,
+    tx: &watch::Sender<Arc<EndpointSet>>,
+    backoff: &mut Backoff,
+) -> Ended {
+    loop {
+        let next_purge = view.next_purge();
+        let purge = async {
+            match next_purge {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tx.closed() => return Ended::Unwatched,
+            _ = purge => {
+                view.purge(service, Instant::now());
+                publish(tx, &view.set);
+            }
+            msg = stream.message() => match msg {
+                Ok(Some(resp)) => {
+                    if resp.canceled() || resp.compact_revision() > 0 {
+                        warn!(%service, compact_revision = resp.compact_revision(),
+                            reason = resp.cancel_reason(), "watch cancelled; relisting");
+                        return Ended::Relist;
+                    }
+                    backoff.reset();
+                    view.apply(keys, service, &resp);
+                    publish(tx, &view.set);
+                }
+                Ok(None) => {
+                    warn!(%service, "watch stream ended; relisting");
+                    return Ended::Relist;
+                }
+                Err(e) => {
+                    warn!(%service, error = %e, "watch failed; relisting");
+                    return Ended::Relist;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::ServiceInstance;
+
+    fn set(ids: &[&str]) -> EndpointSet {
+        ids.iter()
+            .map(|id| {
+                let mut i = ServiceInstance::new("tagger", "127.0.0.1:1");
+                i.id = id.to_string();
+                (id.to_string(), i)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_relist_keeps_vanished_instances_for_the_grace_then_drops_them() {
+        let grace = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let mut view = View::default();
+        view.relisted(set(&["a", "b"]), t0, grace);
+        assert_eq!(view.next_purge(), None, "the first listing is the truth");
+
+        // etcd came back empty (wiped): both are kept for the grace.
+        view.relisted(set(&[]), t0, grace);
+        assert_eq!(view.set.len(), 2);
+        assert_eq!(view.next_purge(), Some(t0 + grace));
+
+        // a re-registered; b did not.
+        view.relisted(set(&["a"]), t0 + Duration::from_secs(1), grace);
+        view.purge("tagger", t0 + grace);
+        assert_eq!(view.set.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(view.next_purge(), None);
+    }
+
+    #[tokio::test]
+    async fn a_relist_after_the_grace_forgets_at_once() {
+        let grace = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let mut view = View::default();
+        view.relisted(set(&["a"]), t0, grace);
+        view.relisted(set(&[]), t0, grace);
+        view.relisted(set(&[]), t0 + grace + Duration::from_secs(1), grace);
+        assert!(view.set.is_empty(), "missing past the grace: gone");
+    }
+}
