@@ -85,11 +85,43 @@ pub fn identity(cert_der: &[u8], namespace: &str) -> Option<String> {
     })
 }
 
+/// Certificates already read, by a hash of their DER: parsing X.509 on every call cost
+/// more than the rest of the check (a peer presents the same certificate on every call of
+/// a connection). An entry is used only if the whole DER matches.
+#[derive(Debug, Default)]
+struct Identities(std::sync::Mutex<std::collections::HashMap<u64, Known>>);
+
+/// A certificate's DER and the identity read from it (`None`: it names none here).
+type Known = (Vec<u8>, Option<Arc<str>>);
+
+/// Certificates remembered at most; past it the memory starts over (a rotation or many
+/// peers cost a parse each, no more).
+const REMEMBERED: usize = 4_096;
+
+impl Identities {
+    fn of(&self, cert_der: &[u8], namespace: &str) -> Option<Arc<str>> {
+        let hash = xxhash_rust::xxh3::xxh3_64(cert_der);
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((der, id)) = known.get(&hash) {
+            if der.as_slice() == cert_der {
+                return id.clone();
+            }
+        }
+        let id: Option<Arc<str>> = identity(cert_der, namespace).map(Into::into);
+        if known.len() >= REMEMBERED {
+            known.clear();
+        }
+        known.insert(hash, (cert_der.to_vec(), id.clone()));
+        id
+    }
+}
+
 /// The server layer of the module docs.
 #[derive(Debug, Clone)]
 pub struct AuthzLayer {
     policy: Arc<Policy>,
     namespace: Arc<str>,
+    identities: Arc<Identities>,
 }
 
 impl AuthzLayer {
@@ -97,6 +129,7 @@ impl AuthzLayer {
         Self {
             policy: Arc::new(policy),
             namespace: namespace.into(),
+            identities: Arc::default(),
         }
     }
 }
@@ -139,14 +172,14 @@ where
             .and_then(|certs| {
                 certs
                     .first()
-                    .and_then(|c| identity(c.as_ref(), &self.layer.namespace))
+                    .and_then(|c| self.layer.identities.of(c.as_ref(), &self.layer.namespace))
             });
         let path = req.uri().path();
         let allowed = caller
             .as_deref()
             .is_some_and(|c| self.layer.policy.allows(c, path));
         if !allowed {
-            let who = caller.unwrap_or_else(|| "unknown".to_string());
+            let who = caller.map_or_else(|| "unknown".to_string(), |c| c.to_string());
             let method = crate::metrics::method_label(path);
             metrics::counter!("starling_authz_denied_total", "caller" => who.clone(), "method" => method)
                 .increment(1);
@@ -181,6 +214,29 @@ mod tests {
             "anyone",
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
         ));
+    }
+
+    #[test]
+    fn an_identity_is_read_once_per_certificate_and_never_mixed_up() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = |name: &str| {
+            let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                format!("spiffe://starling/{name}").try_into().unwrap(),
+            ));
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        let (tagger, gateway) = (cert("tagger"), cert("gateway"));
+        let ids = Identities::default();
+        assert_eq!(ids.of(&tagger, "starling").as_deref(), Some("tagger"));
+        assert_eq!(ids.of(&gateway, "starling").as_deref(), Some("gateway"));
+        assert_eq!(
+            ids.of(&tagger, "starling").as_deref(),
+            Some("tagger"),
+            "remembered"
+        );
+        assert_eq!(ids.0.lock().unwrap().len(), 2);
+        assert_eq!(ids.of(b"not a certificate", "starling"), None);
     }
 
     #[test]
