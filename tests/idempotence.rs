@@ -2,10 +2,11 @@
 //! service in this process, memory backends), with events published again by hand, as an
 //! outbox relay handing over or a redelivery after a crash would.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use starling::cli::{BackendArgs, MeshArgs};
 use starling_proto::events::v1::{FollowChanged, TweetCreated};
 use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
 use starling_proto::follower::v1::{FollowRequest, UnfollowRequest};
@@ -14,7 +15,7 @@ use starling_proto::tweet::v1::CreateTweetRequest;
 use starling_runtime::events::topics::{FOLLOW_CHANGED, TWEET_CREATED};
 use starling_runtime::events::{event_id, now_ms, timestamp, Message};
 use starling_runtime::store::{id_member, Lex};
-use starling_runtime::{ServiceContext, ServiceKind};
+use starling_runtime::ServiceContext;
 
 async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -59,37 +60,7 @@ fn follow_event(follower: &str, followee: &str, following: bool) -> Message {
 
 #[tokio::test]
 async fn late_and_repeated_events_change_nothing() {
-    let backends = BackendArgs {
-        redis: None,
-        redis_pool: 1,
-        redis_ca: None,
-        kafka: None,
-        kafka_options: Vec::new(),
-        celebrity_threshold: 100_000,
-        fanout_page: 1_000,
-    };
-    let mesh = MeshArgs {
-        etcd_security: Default::default(),
-        namespace: "idem".into(),
-        lease_ttl: 10,
-        claim_ttl: 60,
-        policies: Vec::new(),
-        call_timeout_ms: 5_000,
-        no_endpoint_timeout_ms: 2_000,
-        attempt_timeout_ms: 1_000,
-    };
-    let ctx = starling::services::context(&backends, &mesh, &[])
-        .await
-        .expect("embedded context");
-    let running = starling::up::start_all(
-        &ctx,
-        &ServiceKind::ALL,
-        "127.0.0.1".parse().unwrap(),
-        1,
-        false,
-    )
-    .await
-    .expect("services");
+    let (ctx, running) = common::embedded_app("idem", 100_000).await;
     let followers = FollowerServiceClient::new(ctx.mesh.channel("follower"));
     starling::users::register_users(
         &ctx.mesh.channel("follower"),

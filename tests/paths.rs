@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::eventually;
-use starling::cli::{BackendArgs, MeshArgs};
 use starling_discovery::{MemoryRegistry, Mesh, MeshConfig, Registry};
 use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
 use starling_proto::follower::v1::{FollowRequest, UnfollowRequest};
@@ -25,46 +24,6 @@ use starling_runtime::server::{self, ServerConfig};
 use starling_runtime::store::MemoryStore;
 use starling_runtime::{AppSettings, ServiceContext, ServiceKind, ServiceParts};
 use tonic::{Request, Response, Status};
-
-/// The five services on the embedded backends; authors with more than `celebrity`
-/// followers are not fanned out.
-async fn app(
-    namespace: &str,
-    celebrity: u64,
-) -> (ServiceContext, Vec<starling_runtime::RunningService>) {
-    let backends = BackendArgs {
-        redis: None,
-        redis_pool: 1,
-        redis_ca: None,
-        kafka: None,
-        kafka_options: Vec::new(),
-        celebrity_threshold: celebrity,
-        fanout_page: 1_000,
-    };
-    let mesh = MeshArgs {
-        etcd_security: Default::default(),
-        namespace: namespace.into(),
-        lease_ttl: 10,
-        claim_ttl: 60,
-        policies: Vec::new(),
-        call_timeout_ms: 5_000,
-        no_endpoint_timeout_ms: 2_000,
-        attempt_timeout_ms: 1_000,
-    };
-    let ctx = starling::services::context(&backends, &mesh, &[])
-        .await
-        .expect("embedded context");
-    let running = starling::up::start_all(
-        &ctx,
-        &ServiceKind::ALL,
-        "127.0.0.1".parse().unwrap(),
-        1,
-        false,
-    )
-    .await
-    .expect("services");
-    (ctx, running)
-}
 
 async fn post(ctx: &ServiceContext, author: &str, text: &str) -> u64 {
     TweetServiceClient::new(ctx.mesh.channel("tweet"))
@@ -97,7 +56,7 @@ async fn home(ctx: &ServiceContext, user: &str) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_celebritys_tweets_are_merged_in_at_read_time() {
-    let (ctx, running) = app("celeb", 2).await;
+    let (ctx, running) = common::embedded_app("celeb", 2).await;
     let fans: Vec<String> = (0..3).map(|i| format!("fan{i}")).collect();
     let mut names = fans.clone();
     names.push("star".into());
@@ -149,7 +108,7 @@ async fn a_celebritys_tweets_are_merged_in_at_read_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follow_brings_earlier_tweets_and_an_unfollow_takes_them_out() {
-    let (ctx, running) = app("backfill", 100_000).await;
+    let (ctx, running) = common::embedded_app("backfill", 100_000).await;
     starling::users::register_users(&ctx.mesh.channel("follower"), &["ann".into(), "bo".into()])
         .await
         .expect("register users");

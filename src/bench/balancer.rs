@@ -153,16 +153,7 @@ async fn clients(backends: &[TestBackend], policies: &[Policy]) -> anyhow::Resul
     for (i, b) in backends.iter().enumerate() {
         tx.send(Change::Insert(i, endpoint(b)?)).await?;
     }
-    let registry = Arc::new(MemoryRegistry::new());
-    let mut regs = Vec::new();
-    for b in backends {
-        let mut inst = ServiceInstance::new(TARGET, b.addr.to_string());
-        inst.id = b.id.clone();
-        regs.push(registry.register(TARGET, inst).await?);
-    }
-    // The registrations live as long as the registry's entries: leak the handles for the
-    // benchmark's lifetime instead of threading them through.
-    std::mem::forget(regs);
+    let registry = registry_of(backends).await?;
     let mut idempotent = HashSet::new();
     idempotent.insert(HEALTH_CHECK.to_string());
     let mut mesh = Vec::new();
@@ -189,11 +180,8 @@ async fn clients(backends: &[TestBackend], policies: &[Policy]) -> anyhow::Resul
     })
 }
 
-/// A round-robin mesh client over mutual TLS to `backends`, calling as `gateway`.
-async fn mtls_client(
-    backends: &[TestBackend],
-    tls: starling_discovery::MeshTls,
-) -> anyhow::Result<(HealthClient<starling_discovery::MeshChannel>, Mesh)> {
+/// A registry holding `backends` as instances of the target.
+async fn registry_of(backends: &[TestBackend]) -> anyhow::Result<Arc<MemoryRegistry>> {
     let registry = Arc::new(MemoryRegistry::new());
     let mut regs = Vec::new();
     for b in backends {
@@ -201,7 +189,18 @@ async fn mtls_client(
         inst.id = b.id.clone();
         regs.push(registry.register(TARGET, inst).await?);
     }
+    // The registrations live as long as the registry's entries: leak the handles for the
+    // benchmark's lifetime instead of threading them through.
     std::mem::forget(regs);
+    Ok(registry)
+}
+
+/// A round-robin mesh client over mutual TLS to `backends`, calling as `gateway`.
+async fn mtls_client(
+    backends: &[TestBackend],
+    tls: starling_discovery::MeshTls,
+) -> anyhow::Result<(HealthClient<starling_discovery::MeshChannel>, Mesh)> {
+    let registry = registry_of(backends).await?;
     let mut config = MeshConfig::new([HEALTH_CHECK.to_string()].into_iter().collect())
         .with_policy(TARGET, Policy::RoundRobin);
     config.tls = Some(tls);

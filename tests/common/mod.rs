@@ -81,6 +81,49 @@ pub fn pki(namespace: &str) -> tempfile::TempDir {
     dir
 }
 
+/// The five services on the embedded backends; authors with more than `celebrity`
+/// followers are not fanned out.
+pub async fn embedded_app(
+    namespace: &str,
+    celebrity: u64,
+) -> (
+    starling_runtime::ServiceContext,
+    Vec<starling_runtime::RunningService>,
+) {
+    let backends = starling::cli::BackendArgs {
+        redis: None,
+        redis_pool: 1,
+        redis_ca: None,
+        kafka: None,
+        kafka_options: Vec::new(),
+        celebrity_threshold: celebrity,
+        fanout_page: 1_000,
+    };
+    let mesh = starling::cli::MeshArgs {
+        etcd_security: Default::default(),
+        namespace: namespace.into(),
+        lease_ttl: 10,
+        claim_ttl: 60,
+        policies: Vec::new(),
+        call_timeout_ms: 5_000,
+        no_endpoint_timeout_ms: 2_000,
+        attempt_timeout_ms: 1_000,
+    };
+    let ctx = starling::services::context(&backends, &mesh, &[])
+        .await
+        .expect("embedded context");
+    let running = starling::up::start_all(
+        &ctx,
+        &starling_runtime::ServiceKind::ALL,
+        "127.0.0.1".parse().unwrap(),
+        1,
+        false,
+    )
+    .await
+    .expect("services");
+    (ctx, running)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
