@@ -573,6 +573,65 @@ pub enum BenchCommand {
     /// CreateTweet's write path with the outbox against the store-then-publish path it
     /// replaced, on one Redis and one broker.
     Post(PostBenchArgs),
+    /// The whole system at constant arrival rates (open loop, DeathStarBench's mix over a
+    /// power-law social graph), swept until p99 breaks; the last line is the highest rate
+    /// with p99 under the limit. CSV and an SVG chart go to --out.
+    Load(LoadBenchArgs),
+}
+
+/// Where `bench load` sends its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadDoor {
+    /// The services over the mesh (gRPC, mutual TLS, as admin).
+    Grpc,
+    /// The gateway's JSON API, as users signed up through it (each with its own token and
+    /// the gateway's per-user write budget of 1 a second).
+    Http,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LoadBenchArgs {
+    /// Where requests go in.
+    #[arg(long, value_enum, default_value = "grpc")]
+    pub door: LoadDoor,
+    /// Run against `starling up` on its embedded backends instead of real etcd, Redis and
+    /// the broker (which the bench starts on free loopback ports; scripts/install-deps.sh
+    /// installs them).
+    #[arg(long)]
+    pub embedded: bool,
+    /// Accounts in the synthetic social graph.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: usize,
+    /// Accounts each user follows on average (followees drawn by a power law, so a few
+    /// accounts are followed by a large share of everyone).
+    #[arg(long, default_value_t = 10)]
+    pub follows: usize,
+    /// Users that sign up through the gateway and make the http door's requests (16 per
+    /// loopback source address, under the gateway's sign-up limit per address).
+    #[arg(long, default_value_t = 500)]
+    pub web_users: usize,
+    /// Arrival rates to sweep, in requests/s, lowest first.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "250,500,1000,1500,2000,3000,4000"
+    )]
+    pub rates: Vec<f64>,
+    /// Seconds per rate.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// The p99 (ms, all operations together) a rate must stay under to count.
+    #[arg(long, default_value_t = 50.0)]
+    pub p99_ms: f64,
+    /// Stop the sweep after this many rates in a row missed the p99.
+    #[arg(long, default_value_t = 2)]
+    pub stop_after: usize,
+    /// Directory for the CSV files and the chart.
+    #[arg(long, default_value = "target/bench")]
+    pub out: std::path::PathBuf,
+    /// Seed of the graph and of the request mix.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -634,9 +693,9 @@ pub struct BalancerBenchArgs {
     /// Extra latency of the slow backend in the second scenario, in ms.
     #[arg(long, default_value_t = 20)]
     pub slow_ms: u64,
-    /// Rounds of the uniform scenario (configurations are interleaved per round so that
-    /// machine noise hits them alike); the best round of each is reported.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds of each scenario (configurations are interleaved per round so that machine
+    /// noise hits them alike); the median of the rounds is reported.
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
 }
 

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod balancer;
 pub mod e2e;
 pub mod fanout;
+pub mod load;
 pub mod post;
 
 use crate::cli::BenchCommand;
@@ -15,5 +16,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fanout(args) => fanout::run(args).await,
         BenchCommand::E2e(args) => e2e::run(args).await,
         BenchCommand::Post(args) => post::run(args).await,
+        BenchCommand::Load(args) => load::run(args).await,
     }
 }

@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use starling_discovery::{Mesh, MeshConfig, Registry};
+use std::sync::Arc;
 
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -94,6 +96,10 @@ impl Backend {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub async fn restart(&mut self) -> anyhow::Result<()> {
@@ -240,6 +246,25 @@ impl Backends {
     pub fn kafka(&self) -> String {
         format!("127.0.0.1:{}", self.broker.port)
     }
+}
+
+/// A mesh client that calls the services as `admin` (DIR/admin.crt in `tls_dir`), with the
+/// settings the services themselves use (which methods are unary and may be resent, the
+/// timeline hashed by user).
+pub fn admin_mesh(registry: Arc<dyn Registry>, tls_dir: &Path) -> anyhow::Result<Arc<Mesh>> {
+    let mut config = MeshConfig::new(starling_proto::idempotent_methods());
+    config.tls = Some(starling_discovery::MeshTls::from_dir(tls_dir, "admin")?);
+    Ok(Arc::new(Mesh::new(
+        registry,
+        config
+            .with_unary_methods(starling_proto::unary_methods())
+            .with_policy(
+                "timeline",
+                starling_discovery::Policy::ConsistentHash {
+                    header: "x-user-id".into(),
+                },
+            ),
+    )))
 }
 
 /// One `starling serve` process.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use starling_discovery::{EtcdConfig, EtcdRegistry, Mesh, MeshConfig};
+use starling_discovery::{EtcdConfig, EtcdRegistry, Mesh};
 use starling_runtime::outbox::{pending, Outbox};
 use starling_runtime::store::{RedisStore, Store as _};
 use tokio::sync::watch;
@@ -186,19 +186,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     config.lease_ttl = Duration::from_secs(3);
     config.relist_grace = Duration::from_secs(9);
     let registry = Arc::new(EtcdRegistry::connect(config).await?);
-    let mut mesh_config = MeshConfig::new(starling_proto::idempotent_methods());
-    mesh_config.tls = Some(starling_discovery::MeshTls::from_dir(&tls_dir, "admin")?);
-    let mesh = Arc::new(Mesh::new(
-        registry,
-        mesh_config
-            .with_unary_methods(starling_proto::unary_methods())
-            .with_policy(
-                "timeline",
-                starling_discovery::Policy::ConsistentHash {
-                    header: "x-user-id".into(),
-                },
-            ),
-    ));
+    let mesh = cluster::admin_mesh(registry, &tls_dir)?;
     for s in SERVICES {
         let ready = mesh
             .channel(s)
