@@ -4,13 +4,15 @@
 //! concurrency through (a) a direct tonic `Channel` to one backend (the baseline), (b)
 //! tonic's `balance_channel` over the three, (c) the mesh channel over the same three with
 //! each policy. Configurations are interleaved round by round so machine noise hits all
-//! alike; the best round of each is reported, with ratios against the baseline.
+//! alike; the median of the rounds is reported for each, and every ratio is the median of
+//! the per-round ratios.
 //!
 //! A fourth uniform row, `mesh round_robin (mTLS)`, calls three more backends that serve as
 //! real instances do (mutual TLS with certificates from a CA made for the run, every call
 //! authorized by identity): what mTLS costs, against the plaintext round_robin row.
 //!
-//! Slow-backend scenario: one of the three answers `--slow-ms` later; p99 per client.
+//! Slow-backend scenario: one of the three answers `--slow-ms` later; p99 per client, in
+//! as many interleaved rounds, against mesh p2c_ewma's p99 when all are fast.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use crate::cli::BalancerBenchArgs;
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 const TARGET: &str = "bench";
 const MTLS_ROW: &str = "mesh round_robin (mTLS)";
+const BALANCE_CHANNEL: &str = "tonic balance_channel";
 
 #[derive(Debug, Clone)]
 pub struct Stats {
@@ -110,22 +113,22 @@ where
     }
 }
 
-fn print_table(title: &str, rows: &[Stats], baseline: Option<&Stats>) {
+/// `rows` (medians of the rounds) with each one's throughput and p99 as the median of its
+/// per-round ratios to `baseline` (the first row).
+fn print_table(title: &str, rows: &[Stats], rounds: &Rounds) {
     println!("\n{title}");
     println!(
-        "{:<28} {:>10} {:>9} {:>9} {:>7} {:>11} {:>9}",
+        "{:<40} {:>10} {:>9} {:>9} {:>7} {:>11} {:>9}",
         "client", "calls/s", "p50", "p99", "errors", "x baseline", "p99 x"
     );
+    let baseline = rows.first().map(|b| b.name.clone()).unwrap_or_default();
     for s in rows {
-        let (tput, p99) = match baseline {
-            Some(b) => (
-                format!("{:.2}", s.throughput() / b.throughput()),
-                format!("{:.2}", s.p99.as_secs_f64() / b.p99.as_secs_f64()),
-            ),
-            None => ("-".into(), "-".into()),
-        };
+        let (tput, p99) = median_ratios(rounds, &s.name, &baseline)
+            .map_or(("-".into(), "-".into()), |(t, p)| {
+                (format!("{t:.2}"), format!("{p:.2}"))
+            });
         println!(
-            "{:<28} {:>10.0} {:>9.2?} {:>9.2?} {:>7} {:>11} {:>9}",
+            "{:<40} {:>10.0} {:>9.2?} {:>9.2?} {:>7} {:>11} {:>9}",
             s.name,
             s.throughput(),
             s.p50,
@@ -226,8 +229,22 @@ fn identity(ca: &crate::ca::Authority, name: &str) -> anyhow::Result<starling_di
     )?)
 }
 
-/// Returns (uniform rows, slow rows); the first uniform row is the direct baseline.
-pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<(Vec<Stats>, Vec<Stats>)> {
+fn log_round(scenario: &str, round: usize, row: &[Stats]) {
+    for s in row {
+        eprintln!(
+            "{scenario} round {round}: {:<28} {:>8.0} calls/s p99 {:?}",
+            s.name,
+            s.throughput(),
+            s.p99
+        );
+    }
+}
+
+/// Every round of (uniform, slow); in each uniform round the first row is the direct
+/// baseline, in each slow round the first is `balance_channel`.
+pub type Rounds = Vec<Vec<Stats>>;
+
+pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<(Rounds, Rounds)> {
     let mut backends = Vec::new();
     for i in 0..3 {
         backends.push(TestBackend::start(&format!("backend-{i}"), Duration::ZERO).await?);
@@ -254,7 +271,7 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<(Vec<Stat
     let warm = 0.3_f64.min(args.seconds);
 
     // Uniform scenario, interleaved rounds.
-    let mut best: Vec<Option<Stats>> = vec![None; 3 + c.mesh.len()];
+    let mut uniform = Vec::new();
     for round in 0..args.rounds.max(1) {
         let mut row = Vec::new();
         measure("warm-up", c.direct.clone(), args.concurrency, warm).await;
@@ -270,7 +287,7 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<(Vec<Stat
         measure("warm-up", c.balance_channel.clone(), args.concurrency, warm).await;
         row.push(
             measure(
-                "tonic balance_channel",
+                BALANCE_CHANNEL,
                 c.balance_channel.clone(),
                 args.concurrency,
                 args.seconds,
@@ -283,39 +300,31 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<(Vec<Stat
         }
         measure("warm-up", mtls.clone(), args.concurrency, warm).await;
         row.push(measure(MTLS_ROW, mtls.clone(), args.concurrency, args.seconds).await);
-        for (slot, s) in best.iter_mut().zip(row) {
-            eprintln!(
-                "round {round}: {:<28} {:>8.0} calls/s p99 {:?}",
-                s.name,
-                s.throughput(),
-                s.p99
-            );
-            if slot
-                .as_ref()
-                .is_none_or(|b| s.throughput() > b.throughput())
-            {
-                *slot = Some(s);
-            }
-        }
+        log_round("uniform", round, &row);
+        uniform.push(row);
     }
-    let uniform: Vec<Stats> = best.into_iter().flatten().collect();
 
-    // Slow-backend scenario.
+    // Slow-backend scenario, interleaved rounds too.
     backends[2].set_delay(Duration::from_millis(args.slow_ms));
     let mut slow = Vec::new();
-    measure("warm-up", c.balance_channel.clone(), args.concurrency, warm).await;
-    slow.push(
-        measure(
-            "tonic balance_channel",
-            c.balance_channel.clone(),
-            args.concurrency,
-            args.seconds,
-        )
-        .await,
-    );
-    for (name, client) in &c.mesh {
-        measure("warm-up", client.clone(), args.concurrency, warm).await;
-        slow.push(measure(name, client.clone(), args.concurrency, args.seconds).await);
+    for round in 0..args.rounds.max(1) {
+        let mut row = Vec::new();
+        measure("warm-up", c.balance_channel.clone(), args.concurrency, warm).await;
+        row.push(
+            measure(
+                BALANCE_CHANNEL,
+                c.balance_channel.clone(),
+                args.concurrency,
+                args.seconds,
+            )
+            .await,
+        );
+        for (name, client) in &c.mesh {
+            measure("warm-up", client.clone(), args.concurrency, warm).await;
+            row.push(measure(name, client.clone(), args.concurrency, args.seconds).await);
+        }
+        log_round("slow", round, &row);
+        slow.push(row);
     }
     for b in backends.into_iter().chain(tls_backends) {
         b.stop().await;
@@ -323,50 +332,151 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<(Vec<Stat
     Ok((uniform, slow))
 }
 
+/// The median of `values` (the upper one of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Configuration `name` over the rounds: median throughput, p50 and p99, errors summed.
+fn median_row(rounds: &Rounds, name: &str) -> Option<Stats> {
+    let rows: Vec<&Stats> = rounds
+        .iter()
+        .filter_map(|r| r.iter().find(|s| s.name == name))
+        .collect();
+    let first = rows.first()?;
+    let secs = |f: fn(&Stats) -> Duration| {
+        Duration::from_secs_f64(median(rows.iter().map(|s| f(s).as_secs_f64()).collect()))
+    };
+    let seconds = median(rows.iter().map(|s| s.seconds).collect());
+    Some(Stats {
+        name: first.name.clone(),
+        ok: (median(rows.iter().map(|s| s.throughput()).collect()) * seconds).round() as usize,
+        errors: rows.iter().map(|s| s.errors).sum(),
+        seconds,
+        p50: secs(|s| s.p50),
+        p99: secs(|s| s.p99),
+    })
+}
+
+/// The median over rounds of `a`'s throughput and p99 as ratios of `b`'s in the same
+/// round (so a round the machine slowed down compares like with like).
+fn median_ratios(rounds: &Rounds, a: &str, b: &str) -> Option<(f64, f64)> {
+    let pairs: Vec<(&Stats, &Stats)> = rounds
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.iter().find(|s| s.name == a)?,
+                r.iter().find(|s| s.name == b)?,
+            ))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return None;
+    }
+    Some((
+        median(
+            pairs
+                .iter()
+                .map(|(x, y)| x.throughput() / y.throughput())
+                .collect(),
+        ),
+        median(
+            pairs
+                .iter()
+                .map(|(x, y)| x.p99.as_secs_f64() / y.p99.as_secs_f64())
+                .collect(),
+        ),
+    ))
+}
+
+fn names(rounds: &Rounds) -> Vec<String> {
+    rounds
+        .first()
+        .map(|r| r.iter().map(|s| s.name.clone()).collect())
+        .unwrap_or_default()
+}
+
 pub async fn run(args: BalancerBenchArgs) -> anyhow::Result<()> {
     println!(
-        "starling bench balancer: {} concurrent callers, {}s per configuration, {} round(s), loopback",
+        "starling bench balancer: {} concurrent callers, {}s per configuration, {} interleaved round(s), loopback",
         args.concurrency, args.seconds, args.rounds
     );
-    let (uniform, slow) = run_scenarios(&args).await?;
+    let (uniform_rounds, slow_rounds) = run_scenarios(&args).await?;
+    let uniform: Vec<Stats> = names(&uniform_rounds)
+        .iter()
+        .filter_map(|n| median_row(&uniform_rounds, n))
+        .collect();
+    let slow: Vec<Stats> = names(&slow_rounds)
+        .iter()
+        .filter_map(|n| median_row(&slow_rounds, n))
+        .collect();
     print_table(
-        "Three identical backends (best round each):",
+        "Three identical backends (median of the rounds; ratios: median of the per-round ratios):",
         &uniform,
-        uniform.first(),
+        &uniform_rounds,
     );
     print_table(
-        &format!("One of three backends {} ms slower:", args.slow_ms),
+        &format!(
+            "One of three backends {} ms slower (median of the rounds):",
+            args.slow_ms
+        ),
         &slow,
-        slow.first(),
+        &slow_rounds,
     );
-    if let (Some(direct), Some(rr)) = (
-        uniform.first(),
-        uniform.iter().find(|s| s.name == "mesh round_robin"),
-    ) {
+    let ratio = |a: &str, b: &str| median_ratios(&uniform_rounds, a, b);
+    if let Some((t, p)) = ratio("mesh round_robin", "direct Channel (1 backend)") {
+        println!("\nmesh round_robin vs direct: throughput {t:.2}x, p99 {p:.2}x");
+    }
+    if let Some((t, p)) = ratio(MTLS_ROW, "mesh round_robin") {
         println!(
-            "\nmesh round_robin vs direct: throughput {:.2}x (target >= 0.90), p99 {:.2}x (target <= 1.20)",
-            rr.throughput() / direct.throughput(),
-            rr.p99.as_secs_f64() / direct.p99.as_secs_f64()
+            "mTLS cost: mesh round_robin (mTLS) vs plaintext: throughput {t:.2}x, p99 {p:.2}x"
         );
     }
-    if let (Some(rr), Some(mtls)) = (
-        uniform.iter().find(|s| s.name == "mesh round_robin"),
-        uniform.iter().find(|s| s.name == MTLS_ROW),
-    ) {
-        println!(
-            "mTLS cost: mesh round_robin (mTLS) vs plaintext: throughput {:.2}x, p99 {:.2}x",
-            mtls.throughput() / rr.throughput(),
-            mtls.p99.as_secs_f64() / rr.p99.as_secs_f64()
-        );
+    if let Some((t, p)) = ratio("mesh round_robin", BALANCE_CHANNEL) {
+        println!("mesh round_robin vs tonic balance_channel: throughput {t:.2}x, p99 {p:.2}x");
     }
-    if let (Some(bc), Some(p2c)) = (
-        slow.first(),
-        slow.iter().find(|s| s.name == "mesh p2c_ewma"),
+    if let (Some(fast), Some(slowed)) = (
+        median_row(&uniform_rounds, "mesh p2c_ewma"),
+        median_row(&slow_rounds, "mesh p2c_ewma"),
     ) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "slow backend: p99 mesh p2c_ewma {:.2?} vs tonic balance_channel {:.2?}",
-            p2c.p99, bc.p99
+            "slow backend: p99 mesh p2c_ewma {:.2} ms, all-fast p99 {:.2} ms ({:.1}x)",
+            ms(slowed.p99),
+            ms(fast.p99),
+            slowed.p99.as_secs_f64() / fast.p99.as_secs_f64()
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(name: &str, ok: usize, p99_ms: u64) -> Stats {
+        Stats {
+            name: name.into(),
+            ok,
+            errors: 0,
+            seconds: 1.0,
+            p50: Duration::from_millis(1),
+            p99: Duration::from_millis(p99_ms),
+        }
+    }
+
+    #[test]
+    fn medians_are_of_the_rounds_and_ratios_per_round() {
+        let rounds: Rounds = vec![
+            vec![stats("a", 100, 2), stats("b", 200, 2)],
+            vec![stats("a", 10, 9), stats("b", 10, 3)],
+            vec![stats("a", 300, 4), stats("b", 300, 2)],
+        ];
+        let a = median_row(&rounds, "a").unwrap();
+        assert_eq!((a.ok, a.p99), (100, Duration::from_millis(4)));
+        // Per-round ratios of a to b: 0.5, 1.0, 1.0 and p99 1.0, 3.0, 2.0.
+        assert_eq!(median_ratios(&rounds, "a", "b"), Some((1.0, 2.0)));
+        assert!(median_row(&rounds, "c").is_none());
+    }
 }
