@@ -138,6 +138,7 @@ pub async fn run(args: FanoutBenchArgs) -> anyhow::Result<()> {
         "followers", "naive time", "naive ins/s", "starling", "ins/s", "speed-up"
     );
     let mut tweet_id = 1u64 << 40;
+    let mut summary = Vec::new();
     // Warm-up: open the gRPC and Redis connections before anything is timed.
     store
         .apply(vec![Write::ZAdd {
@@ -194,8 +195,20 @@ pub async fn run(args: FanoutBenchArgs) -> anyhow::Result<()> {
                 d.as_secs_f64() / real.as_secs_f64()
             )),
         );
+        summary.push(format!(
+            "fan-out {n} followers: {:.3} s, {:.0} inserts/s, {}",
+            real.as_secs_f64(),
+            rate(real),
+            limit.map_or("no Redis limit measured".into(), |l| format!(
+                "{:.2}x of the Redis limit",
+                rate(real) / l
+            ))
+        ));
     }
     println!("\nstarling = median of 3 runs: followers paged over gRPC from the follower service, ZADD + cap to 800 (2 commands) per follower, pipelined; naive = one run of 1 ZADD per follower, awaited one by one (the seed article's loop).");
+    for line in summary {
+        println!("{line}");
+    }
     crate::up::stop_all(running).await?;
     Ok(())
 }
