@@ -50,44 +50,54 @@ impl HomeReader {
 
     /// Up to `size` entries older than `before` (`None`: the newest), newest first.
     pub async fn page(&self, user: &str, before: Option<u64>, size: usize) -> Result<Page, Status> {
-        // Fanned-out ids, newest first, plus one to know whether there is more.
-        let mut ids: BTreeSet<u64> = self
-            .storage
-            .page(user, before, size + 1)
-            .await
-            .map_err(store_error)?
-            .into_iter()
-            .collect();
-
-        // Celebrities the user follows were not fanned out: merge their tweets in now.
-        let following = FollowerServiceClient::new(self.followers.clone())
-            .list_following(ListFollowingRequest {
-                user: user.to_string(),
-                page_size: FOLLOWING_SCAN,
-                page_token: String::new(),
-            })
-            .await
-            .map_err(upstream("follower"))?
-            .into_inner()
-            .users;
-        let celebrities = self
-            .storage
-            .celebrities(&following)
-            .await
-            .map_err(store_error)?;
-        for celebrity in celebrities {
-            let tweets = TweetServiceClient::new(self.tweets.clone())
-                .list_user_tweets(ListUserTweetsRequest {
-                    user: celebrity,
-                    page_size: (size + 1) as u32,
-                    page_token: before.map(|b| b.to_string()).unwrap_or_default(),
+        // Fanned-out ids (newest first, plus one to know whether there is more) and the
+        // celebrities the user follows, whose tweets were not fanned out and are merged in
+        // now: two independent lookups, made at the same time.
+        let fanned_out = async {
+            self.storage
+                .page(user, before, size + 1)
+                .await
+                .map_err(store_error)
+        };
+        let followed = async {
+            let following = FollowerServiceClient::new(self.followers.clone())
+                .list_following(ListFollowingRequest {
+                    user: user.to_string(),
+                    page_size: FOLLOWING_SCAN,
+                    page_token: String::new(),
                 })
                 .await
-                .map_err(upstream("tweet"))?
+                .map_err(upstream("follower"))?
                 .into_inner()
-                .tweets;
-            ids.extend(tweets.iter().map(|t| t.id));
-        }
+                .users;
+            let celebrities = self
+                .storage
+                .celebrities(&following)
+                .await
+                .map_err(store_error)?;
+            Ok::<_, Status>((following, celebrities))
+        };
+        let (fanned_out, followed) = futures::join!(fanned_out, followed);
+        let mut ids: BTreeSet<u64> = fanned_out?.into_iter().collect();
+        let (following, celebrities) = followed?;
+        // Each celebrity's latest tweets, all asked for at once.
+        let merged = futures::future::try_join_all(celebrities.into_iter().map(|celebrity| {
+            let mut tweets = TweetServiceClient::new(self.tweets.clone());
+            let page_token = before.map(|b| b.to_string()).unwrap_or_default();
+            async move {
+                tweets
+                    .list_user_tweets(ListUserTweetsRequest {
+                        user: celebrity,
+                        page_size: (size + 1) as u32,
+                        page_token,
+                    })
+                    .await
+                    .map_err(upstream("tweet"))
+                    .map(|r| r.into_inner().tweets)
+            }
+        }))
+        .await?;
+        ids.extend(merged.iter().flatten().map(|t| t.id));
 
         let mut newest: Vec<u64> = ids.into_iter().rev().take(size + 1).collect();
         let more = newest.len() > size;
