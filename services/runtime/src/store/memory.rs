@@ -34,6 +34,9 @@ pub struct MemoryStore {
     /// When the keys set by a claim with a ttl lapse (see `Store::claim`); the values
     /// live in `data` like any other, as in Redis.
     claim_expiry: Mutex<HashMap<String, Instant>>,
+    /// Claims with a ttl at which the next sweep of lapsed ones runs: twice as many as
+    /// were live after the last, so sweeping costs a constant per claim on average.
+    claim_sweep_at: std::sync::atomic::AtomicUsize,
     /// The last stream id given out: ids increase across the store even if the wall
     /// clock steps back (Redis's increase per stream, likewise).
     last_stream_id: Mutex<(u64, u64)>,
@@ -92,6 +95,7 @@ impl MemoryStore {
                 if let Some(Value::Lex(s)) = map.get_mut(&key) {
                     s.remove(&member);
                 }
+                remove_if_empty(map, &key);
             }
             Write::ZKeepLast { key, keep } => {
                 if let Some(Value::Lex(s)) = map.get_mut(&key) {
@@ -99,6 +103,7 @@ impl MemoryStore {
                         s.pop_first();
                     }
                 }
+                remove_if_empty(map, &key);
             }
             Write::ZIncr { key, member, delta } => {
                 *entry!(map, key, Scored).entry(member).or_insert(0.0) += delta;
@@ -110,6 +115,7 @@ impl MemoryStore {
                         *s = kept;
                     }
                 }
+                remove_if_empty(map, &key);
             }
             Write::HSet { key, field, value } => {
                 entry!(map, key, Hash).insert(field, value);
@@ -140,14 +146,6 @@ impl MemoryStore {
                 }
             }
         }
-        // Like Redis, an emptied collection does not exist.
-        map.retain(|_, v| match v {
-            Value::Lex(s) => !s.is_empty(),
-            Value::Scored(s) => !s.is_empty(),
-            Value::Hash(h) => !h.is_empty(),
-            // Redis keeps an emptied stream (and its last id).
-            Value::Bytes(_) | Value::Stream(_) => true,
-        });
         Ok(())
     }
 
@@ -365,7 +363,9 @@ impl Store for MemoryStore {
         let mut map = self.lock();
         let mut expiry = self.claim_expiry.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if expiry.len() >= CLAIMS_BEFORE_SWEEP {
+        use std::sync::atomic::Ordering;
+        let sweep_at = self.claim_sweep_at.load(Ordering::Relaxed);
+        if expiry.len() >= sweep_at.max(CLAIMS_BEFORE_SWEEP) {
             expiry.retain(|k, until| {
                 let live = *until > now;
                 if !live {
@@ -373,6 +373,8 @@ impl Store for MemoryStore {
                 }
                 live
             });
+            self.claim_sweep_at
+                .store(2 * expiry.len(), Ordering::Relaxed);
         }
         let lapsed = expiry.get(key).is_some_and(|until| *until <= now);
         match map.get(key) {
@@ -431,6 +433,22 @@ impl Store for MemoryStore {
             rx.recv().await.ok().map(|payload| (payload, rx))
         });
         Ok(Box::pin(stream))
+    }
+}
+
+/// Like Redis, an emptied collection does not exist: called on the one key a write that
+/// removes members touched (checking every key after every write made each write cost
+/// the size of the whole store).
+fn remove_if_empty(map: &mut HashMap<String, Value>, key: &str) {
+    let empty = match map.get(key) {
+        Some(Value::Lex(s)) => s.is_empty(),
+        Some(Value::Scored(s)) => s.is_empty(),
+        Some(Value::Hash(h)) => h.is_empty(),
+        // Redis keeps an emptied stream (and its last id).
+        Some(Value::Bytes(_)) | Some(Value::Stream(_)) | None => false,
+    };
+    if empty {
+        map.remove(key);
     }
 }
 
