@@ -614,7 +614,7 @@ pub struct LoadBenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "250,500,1000,1500,2000,3000,4000"
+        default_value = "250,500,1000,1500,2000,3000,4000,6000,8000,12000,16000"
     )]
     pub rates: Vec<f64>,
     /// Seconds per rate.
