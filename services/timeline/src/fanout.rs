@@ -7,16 +7,18 @@
 //! * followers are read a page at a time from the follower service (never all at once),
 //!   the next page being fetched while the current one is written; pages are a quarter of
 //!   the followers, between 1,000 and the configured page size (10,000 by default);
-//! * each page's writes (add + cap per follower) go to the store pipelined, in two
-//!   concurrent halves;
-//! * after each page the last follower written is checkpointed, so a crash resumes after
-//!   it; pages are idempotent (adding an id twice is a no-op), so the page in flight at the
+//! * each page's writes (add + cap per follower) go to the store as pipelines of 2,500
+//!   followers, sent at once, and up to three pages are written at a time, so Redis has
+//!   the next pipelines queued while the next page is read and built;
+//! * after each page the last follower written is checkpointed, in page order (a page's
+//!   checkpoint waits for the pages before it), so a crash resumes after it; pages are idempotent (adding an id twice is a no-op), so the page in flight at the
 //!   crash is simply written again;
 //! * authors with more followers than the celebrity threshold are not fanned out at all:
 //!   they are marked, and readers merge their tweets in at read time;
 //! * after each page (and for a celebrity's tweet) a notice wakes the live timelines
 //!   concerned (`watch.rs`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,9 @@ pub enum FanoutError {
     Followers(String),
     #[error("store: {0}")]
     Store(#[from] starling_runtime::store::StoreError),
+    /// A page's writer task ended without an answer (it panicked or was cancelled).
+    #[error("page writer: {0}")]
+    Writer(String),
 }
 
 /// Where followers come from: the follower service in production, anything in benchmarks.
@@ -163,39 +168,30 @@ impl Fanout {
         let mut cursor = checkpoint.unwrap_or_default();
         let mut written = 0u64;
         let mut pages = 0u64;
+        // Pages being written, oldest first, up to PAGES_IN_FLIGHT at once: Redis always
+        // has the next pipelines queued while this side reads and builds more. Finished
+        // pages are checkpointed in order, so a checkpoint never passes an unwritten page.
+        let mut writing: VecDeque<InFlight> = VecDeque::new();
         let mut next = Some(self.followers.page(author, &cursor, size).await?);
         while let Some((users, next_cursor)) = next.take() {
-            let last = users.last().cloned();
-            // Fetch the next page while this one is written.
-            let prefetch = async {
-                if next_cursor.is_empty() {
-                    Ok(None)
-                } else {
-                    self.followers
-                        .page(author, &next_cursor, size)
-                        .await
-                        .map(Some)
-                }
-            };
-            let write = self.write_page(tweet_id, &users, last.as_deref());
-            let (fetched, wrote) = futures::join!(prefetch, write);
-            wrote?;
-            written += users.len() as u64;
-            pages += 1;
-            // Live timelines of this page's users (and the author's own) read what is new.
-            crate::watch::publish(
-                self.storage.store().as_ref(),
-                &crate::watch::Notice {
-                    author: author.to_string(),
-                    users,
-                    celebrity: false,
-                },
-            )
-            .await;
-            if let Some(l) = last {
-                cursor = l;
+            let users = Arc::new(users);
+            writing.push_back(InFlight {
+                task: tokio::spawn(write_page(self.storage.clone(), tweet_id, users.clone())),
+                users,
+            });
+            if !next_cursor.is_empty() {
+                // The next page is read while the pages before it are written.
+                next = Some(self.followers.page(author, &next_cursor, size).await?);
             }
-            next = fetched?;
+            while writing.len() >= PAGES_IN_FLIGHT || (next.is_none() && !writing.is_empty()) {
+                let Some(page) = writing.pop_front() else {
+                    break;
+                };
+                written += self
+                    .finish_page(tweet_id, author, page, &mut cursor)
+                    .await?;
+                pages += 1;
+            }
         }
         self.storage.finish(tweet_id).await?;
         let report = FanoutReport {
@@ -209,33 +205,69 @@ impl Fanout {
         Ok(report)
     }
 
-    /// Writes one page in two concurrent pipelined halves, then its checkpoint.
-    async fn write_page(
+    /// Waits for `page`'s writes, checkpoints its last follower and wakes the live
+    /// timelines of its users; the number of followers written.
+    async fn finish_page(
         &self,
         tweet_id: u64,
-        users: &[String],
-        last: Option<&str>,
-    ) -> Result<(), FanoutError> {
-        let half = users.len().div_ceil(2);
-        let batch = |part: &[String]| {
-            let mut writes = Vec::with_capacity(part.len() * 2);
-            for u in part {
-                self.storage.push_writes(u, tweet_id, &mut writes);
-            }
-            writes
-        };
-        let (a, b) = users.split_at(half.min(users.len()));
-        let store = self.storage.store();
-        let (ra, rb) = futures::join!(store.apply(batch(a)), store.apply(batch(b)));
-        ra?;
-        rb?;
-        if let Some(last) = last {
-            store
+        author: &str,
+        page: InFlight,
+        cursor: &mut String,
+    ) -> Result<u64, FanoutError> {
+        page.task
+            .await
+            .map_err(|e| FanoutError::Writer(e.to_string()))??;
+        let users = Arc::unwrap_or_clone(page.users);
+        if let Some(last) = users.last() {
+            self.storage
+                .store()
                 .apply(vec![TimelineStorage::checkpoint_write(tweet_id, last)])
                 .await?;
+            cursor.clone_from(last);
         }
-        Ok(())
+        let n = users.len() as u64;
+        // Live timelines of this page's users (and the author's own) read what is new.
+        crate::watch::publish(
+            self.storage.store().as_ref(),
+            &crate::watch::Notice {
+                author: author.to_string(),
+                users,
+                celebrity: false,
+            },
+        )
+        .await;
+        Ok(n)
     }
+}
+
+/// Pages written at once by one fan-out.
+const PAGES_IN_FLIGHT: usize = 3;
+/// Followers per pipeline: a page goes out as several pipelines at once.
+const WRITE_CHUNK: usize = 2_500;
+
+/// One page whose writes are under way.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<(), FanoutError>>,
+    users: Arc<Vec<String>>,
+}
+
+/// Writes one page (add + cap per follower) as pipelines of [`WRITE_CHUNK`] followers,
+/// all sent at once.
+async fn write_page(
+    storage: TimelineStorage,
+    tweet_id: u64,
+    users: Arc<Vec<String>>,
+) -> Result<(), FanoutError> {
+    let store = storage.store();
+    futures::future::try_join_all(users.chunks(WRITE_CHUNK).map(|part| {
+        let mut writes = Vec::with_capacity(part.len() * 2);
+        for u in part {
+            storage.push_writes(u, tweet_id, &mut writes);
+        }
+        store.apply(writes)
+    }))
+    .await?;
+    Ok(())
 }
 
 /// Writes the pages with one store call per follower and no pipelining: the seed
