@@ -677,9 +677,12 @@ pub struct E2eBenchArgs {
     /// Seconds of posting.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
-    /// Followers of the posting author.
+    /// Followers of each author.
     #[arg(long, default_value_t = 200)]
     pub followers: usize,
+    /// Authors the tweets are spread over, round robin, each with followers of their own.
+    #[arg(long, default_value_t = 1)]
+    pub authors: usize,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -187,10 +187,12 @@ fn bench_e2e_runs() {
         "1",
         "--followers",
         "10",
+        "--authors",
+        "2",
     ]));
     assert!(
-        text.lines()
-            .any(|l| l.contains("tweets: CreateTweet returned -> in all 10 timelines: p50 ")),
+        text.lines().any(|l| l
+            .starts_with("5 tweets: CreateTweet returned -> in all 10 followers' timelines: p50 ")),
         "{text}"
     );
 }

@@ -1,11 +1,13 @@
-//! `starling bench e2e`: tweets posted at a steady rate through the mesh; for each, the
+//! `starling bench e2e`: tweets posted at a steady rate through the mesh, spread over
+//! `--authors` authors with `--followers` followers each; for each, the
 //! delay from `CreateTweet` returning to the tweet being in every follower's home
 //! timeline (the fan-out's last write). Runs the five services in this process on the
 //! given backends (`--kafka`, `--redis`; embedded otherwise, which the report says).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
 
 use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
 use starling_proto::follower::v1::FollowRequest;
@@ -16,7 +18,10 @@ use starling_runtime::ServiceKind;
 
 use crate::cli::{E2eBenchArgs, MeshArgs};
 
-/// Waits until `tweet_id` is in every one of `followers`' home timelines.
+/// Waits until `tweet_id` is in every one of `followers`' home timelines. The fan-out
+/// writes followers in name order, so the last one is watched first (one read per poll);
+/// then every follower is checked at once, and any still missing are watched until they
+/// have it.
 async fn visible_to_all(
     store: &Arc<dyn Store>,
     followers: &[String],
@@ -24,18 +29,28 @@ async fn visible_to_all(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let member = id_member(tweet_id);
-    let mut missing: HashSet<&String> = followers.iter().collect();
     let until = Instant::now() + timeout;
+    let has = |f: &String| {
+        let (store, key, member) = (store.clone(), format!("home:{f}"), member.clone());
+        async move { store.zcontains(&key, &member).await }
+    };
+    if let Some(last) = followers.iter().max() {
+        while !has(last).await? {
+            anyhow::ensure!(
+                Instant::now() < until,
+                "tweet {tweet_id} not delivered to {last} in {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let mut missing: Vec<&String> = followers.iter().collect();
     while !missing.is_empty() {
-        let mut found = Vec::new();
-        for f in &missing {
-            if store.zcontains(&format!("home:{f}"), &member).await? {
-                found.push(*f);
-            }
-        }
-        for f in found {
-            missing.remove(f);
-        }
+        let found = futures::future::try_join_all(missing.iter().map(|f| has(f))).await?;
+        missing = missing
+            .into_iter()
+            .zip(found)
+            .filter_map(|(f, ok)| (!ok).then_some(f))
+            .collect();
         if missing.is_empty() {
             break;
         }
@@ -62,9 +77,10 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     };
     let ctx = crate::services::context(&args.backends, &mesh_args, &[]).await?;
     println!(
-        "starling bench e2e: {} tweets/s for {}s, {} followers; {}",
+        "starling bench e2e: {} tweets/s for {}s from {} authors, {} followers each; {}",
         args.rate,
         args.seconds,
+        args.authors.max(1),
         args.followers,
         crate::services::describe(&args.backends, &[])
     );
@@ -81,45 +97,63 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     )
     .await?;
     let ctx = identities.context_as("admin", &ctx, &mesh_args.namespace)?;
-    let followers: Vec<String> = (0..args.followers)
-        .map(|i| format!("reader{i:05}"))
+    // Each author has followers of their own, so a follower's timeline takes one author's
+    // posts (a rate the 800-entry cap keeps for minutes) and fan-outs of different authors
+    // run side by side as they do in production.
+    let authors: Vec<String> = (0..args.authors.max(1))
+        .map(|a| format!("poster{a:03}"))
         .collect();
-    let mut names = followers.clone();
-    names.push("poster".into());
+    let followers: Vec<Vec<String>> = authors
+        .iter()
+        .map(|a| (0..args.followers).map(|i| format!("{a}r{i:05}")).collect())
+        .collect();
+    let mut names = authors.clone();
+    names.extend(followers.iter().flatten().cloned());
     crate::users::register_users(&ctx.mesh.channel("follower"), &names).await?;
-    let mut follow = FollowerServiceClient::new(ctx.mesh.channel("follower"));
-    for f in &followers {
-        follow
-            .follow(FollowRequest {
-                follower: f.clone(),
-                followee: "poster".into(),
-            })
-            .await?;
+    let pairs: Vec<(String, String)> = authors
+        .iter()
+        .zip(&followers)
+        .flat_map(|(a, fs)| fs.iter().map(move |f| (f.clone(), a.clone())))
+        .collect();
+    let follower_channel = ctx.mesh.channel("follower");
+    let follows: Vec<Result<_, tonic::Status>> = futures::stream::iter(pairs)
+        .map(|(follower, followee)| {
+            let mut client = FollowerServiceClient::new(follower_channel.clone());
+            async move { client.follow(FollowRequest { follower, followee }).await }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for f in follows {
+        f?;
     }
     let mut tweets = TweetServiceClient::new(ctx.mesh.channel("tweet"));
     // Warm-up: consumer groups join and connections open before anything is measured.
-    let warm = tweets
-        .create_tweet(CreateTweetRequest {
-            author: "poster".into(),
-            text: "warming up".into(),
-        })
-        .await?
-        .into_inner()
-        .tweet
-        .map(|t| t.id)
-        .unwrap_or_default();
-    visible_to_all(&ctx.store, &followers, warm, Duration::from_secs(120)).await?;
+    for (author, fs) in authors.iter().zip(&followers) {
+        let warm = tweets
+            .create_tweet(CreateTweetRequest {
+                author: author.clone(),
+                text: "warming up".into(),
+            })
+            .await?
+            .into_inner()
+            .tweet
+            .map(|t| t.id)
+            .unwrap_or_default();
+        visible_to_all(&ctx.store, fs, warm, Duration::from_secs(120)).await?;
+    }
 
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.1));
     let count = (args.rate * args.seconds).round().max(1.0) as usize;
     let mut ticker = tokio::time::interval(interval);
-    let followers = Arc::new(followers);
+    let followers: Vec<Arc<Vec<String>>> = followers.into_iter().map(Arc::new).collect();
     let mut checks = Vec::new();
     for i in 0..count {
         ticker.tick().await;
+        let a = i % authors.len();
         let tweet = tweets
             .create_tweet(CreateTweetRequest {
-                author: "poster".into(),
+                author: authors[a].clone(),
                 text: format!("tweet number {i} about movies and music"),
             })
             .await?
@@ -128,7 +162,7 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
             .map(|t| t.id)
             .unwrap_or_default();
         let returned = Instant::now();
-        let (store, followers) = (ctx.store.clone(), followers.clone());
+        let (store, followers) = (ctx.store.clone(), followers[a].clone());
         checks.push(tokio::spawn(async move {
             visible_to_all(&store, &followers, tweet, Duration::from_secs(60))
                 .await
@@ -142,7 +176,7 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     delays.sort_unstable();
     let pct = |p: f64| delays[((delays.len() as f64 * p) as usize).min(delays.len() - 1)];
     println!(
-        "{} tweets: CreateTweet returned -> in all {} timelines: p50 {:.1?}, p99 {:.1?}, max {:.1?}",
+        "{} tweets: CreateTweet returned -> in all {} followers' timelines: p50 {:.1?}, p99 {:.1?}, max {:.1?}",
         delays.len(),
         args.followers,
         pct(0.5),
