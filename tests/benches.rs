@@ -155,7 +155,16 @@ fn bench_balancer_runs() {
         lines[n - 1].starts_with("slow backend: p99 mesh p2c_ewma "),
         "{text}"
     );
-    assert!(text.contains("(median of the rounds)"), "{text}");
+    assert!(text.contains("(median of the rounds;"), "{text}");
+    // Each heterogeneity scenario reports p2c_ewma's tail against its all-fast tail, one
+    // ratio per round.
+    for scenario in ["slow", "at its limit", "busy neighbour"] {
+        let line = lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(scenario) && l.contains("(worst "))
+            .unwrap_or_else(|| panic!("no {scenario} line in:\n{text}"));
+        assert_eq!(line.matches("x ").count(), 2, "one ratio per round: {line}");
+    }
 }
 
 #[test]

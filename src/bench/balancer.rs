@@ -11,8 +11,11 @@
 //! real instances do (mutual TLS with certificates from a CA made for the run, every call
 //! authorized by identity): what mTLS costs, against the plaintext round_robin row.
 //!
-//! Slow-backend scenario: one of the three answers `--slow-ms` later; p99 per client, in
-//! as many interleaved rounds, against mesh p2c_ewma's p99 when all are fast.
+//! Heterogeneity, one backend of three unlike the others: `--slow-ms` slower; at its
+//! concurrency limit (four calls at a time, 1 ms each); sharing its CPU with a busy loop (the rest
+//! of the process kept to the other CPU). p99 per client in as many interleaved rounds,
+//! and per round mesh p2c_ewma's p99 over its p99 with all three alike, measured in the
+//! same round.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,7 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use super::backend::TestBackend;
+use super::backend::{own_threads, pin_thread, BusyLoop, Serving, TestBackend};
 use crate::cli::BalancerBenchArgs;
 
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
@@ -240,11 +243,22 @@ fn log_round(scenario: &str, round: usize, row: &[Stats]) {
     }
 }
 
-/// Every round of (uniform, slow); in each uniform round the first row is the direct
-/// baseline, in each slow round the first is `balance_channel`.
+/// Rows of each round of a scenario.
 pub type Rounds = Vec<Vec<Stats>>;
 
-pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<(Rounds, Rounds)> {
+/// Every round of every scenario.
+pub struct Scenarios {
+    /// First row of each round: the direct baseline.
+    pub uniform: Rounds,
+    /// One backend `--slow-ms` slower. First row of each round: [`ALL_FAST`].
+    pub slow: Rounds,
+    /// One backend serving [`LIMIT`] calls at a time.
+    pub limit: Rounds,
+    /// One backend sharing its CPU with a busy loop.
+    pub busy: Rounds,
+}
+
+pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<Scenarios> {
     let mut backends = Vec::new();
     for i in 0..3 {
         backends.push(TestBackend::start(&format!("backend-{i}"), Duration::ZERO).await?);
@@ -304,32 +318,147 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<(Rounds, 
         uniform.push(row);
     }
 
-    // Slow-backend scenario, interleaved rounds too.
-    backends[2].set_delay(Duration::from_millis(args.slow_ms));
+    // Heterogeneity: one backend of three unlike the others, in three ways. Each round
+    // also measures mesh p2c_ewma with all three alike (ALL_FAST), under the same
+    // conditions, to compare the tail with.
     let mut slow = Vec::new();
     for round in 0..args.rounds.max(1) {
-        let mut row = Vec::new();
-        measure("warm-up", c.balance_channel.clone(), args.concurrency, warm).await;
-        row.push(
-            measure(
-                BALANCE_CHANNEL,
-                c.balance_channel.clone(),
-                args.concurrency,
-                args.seconds,
-            )
-            .await,
-        );
-        for (name, client) in &c.mesh {
-            measure("warm-up", client.clone(), args.concurrency, warm).await;
-            row.push(measure(name, client.clone(), args.concurrency, args.seconds).await);
-        }
+        backends[2].set_delay(Duration::ZERO);
+        let mut row = vec![all_fast(&c, args, warm).await];
+        backends[2].set_delay(Duration::from_millis(args.slow_ms));
+        row.extend(hetero_row(&c, args, warm).await);
         log_round("slow", round, &row);
         slow.push(row);
     }
-    for b in backends.into_iter().chain(tls_backends) {
+    backends[2].set_delay(Duration::ZERO);
+
+    // One backend at its concurrency limit: it serves LIMIT calls at a time, each taking
+    // LIMIT_DELAY, so at most LIMIT / LIMIT_DELAY a second; more queue inside it.
+    let mut limited = vec![
+        TestBackend::start("lim-backend-0", Duration::ZERO).await?,
+        TestBackend::start("lim-backend-1", Duration::ZERO).await?,
+    ];
+    limited.push(
+        TestBackend::start_serving(
+            "lim-backend-2",
+            Serving {
+                concurrency_limit: Some(LIMIT),
+                delay: LIMIT_DELAY,
+                ..Serving::default()
+            },
+        )
+        .await?,
+    );
+    let lc = clients(&limited, &policies).await?;
+    let mut limit = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        let mut row = vec![all_fast(&c, args, warm).await];
+        row.extend(hetero_row(&lc, args, warm).await);
+        log_round("limit", round, &row);
+        limit.push(row);
+    }
+
+    // One backend sharing its core with a busy loop. Everything else in this process is
+    // kept to CPU 0 meanwhile, so the busy loop slows that one backend only (a machine
+    // with one CPU cannot play this; it runs the scenario unpinned).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let all_cpus: Vec<usize> = (0..cpus).collect();
+    for tid in own_threads() {
+        pin_thread(tid, &[0]);
+    }
+    let mut shared = vec![
+        TestBackend::start("busy-backend-0", Duration::ZERO).await?,
+        TestBackend::start("busy-backend-1", Duration::ZERO).await?,
+    ];
+    shared.push(
+        TestBackend::start_serving(
+            "busy-backend-2",
+            Serving {
+                pinned_cpu: Some(1.min(cpus - 1)),
+                ..Serving::default()
+            },
+        )
+        .await?,
+    );
+    let sc = clients(&shared, &policies).await?;
+    let mut busy = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        let mut row = vec![all_fast(&sc, args, warm).await];
+        let spinner = BusyLoop::start(1.min(cpus - 1))?;
+        row.extend(hetero_row(&sc, args, warm).await);
+        drop(spinner);
+        log_round("busy", round, &row);
+        busy.push(row);
+    }
+    for tid in own_threads() {
+        pin_thread(tid, &all_cpus);
+    }
+
+    for b in backends
+        .into_iter()
+        .chain(tls_backends)
+        .chain(limited)
+        .chain(shared)
+    {
         b.stop().await;
     }
-    Ok((uniform, slow))
+    Ok(Scenarios {
+        uniform,
+        slow,
+        limit,
+        busy,
+    })
+}
+
+/// Calls the limited backend serves at once in the `limit` scenario, and how long each
+/// takes there: 4,000 calls/s at most, a fraction of what the caller sends.
+const LIMIT: usize = 4;
+const LIMIT_DELAY: Duration = Duration::from_millis(1);
+/// The row of mesh p2c_ewma with every backend alike, in each heterogeneity round.
+const ALL_FAST: &str = "all fast: mesh p2c_ewma";
+const P2C: &str = "mesh p2c_ewma";
+
+async fn all_fast(c: &Clients, args: &BalancerBenchArgs, warm: f64) -> Stats {
+    let p2c = c
+        .mesh
+        .iter()
+        .find(|(n, _)| n == P2C)
+        .map(|(_, client)| client.clone())
+        .expect("the p2c_ewma client");
+    measure("warm-up", p2c.clone(), args.concurrency, warm).await;
+    measure(ALL_FAST, p2c, args.concurrency, args.seconds).await
+}
+
+/// balance_channel and every mesh policy, as they are now.
+async fn hetero_row(c: &Clients, args: &BalancerBenchArgs, warm: f64) -> Vec<Stats> {
+    let mut row = Vec::new();
+    measure("warm-up", c.balance_channel.clone(), args.concurrency, warm).await;
+    row.push(
+        measure(
+            BALANCE_CHANNEL,
+            c.balance_channel.clone(),
+            args.concurrency,
+            args.seconds,
+        )
+        .await,
+    );
+    for (name, client) in &c.mesh {
+        measure("warm-up", client.clone(), args.concurrency, warm).await;
+        row.push(measure(name, client.clone(), args.concurrency, args.seconds).await);
+    }
+    row
+}
+
+/// Per round, mesh p2c_ewma's p99 in the scenario over its all-fast p99 in that round.
+fn tail_ratios(rounds: &Rounds) -> Vec<f64> {
+    rounds
+        .iter()
+        .filter_map(|r| {
+            let fast = r.iter().find(|s| s.name == ALL_FAST)?;
+            let p2c = r.iter().find(|s| s.name == P2C)?;
+            Some(p2c.p99.as_secs_f64() / fast.p99.as_secs_f64())
+        })
+        .collect()
 }
 
 /// The median of `values` (the upper one of the middle two for an even count).
@@ -402,29 +531,61 @@ pub async fn run(args: BalancerBenchArgs) -> anyhow::Result<()> {
         "starling bench balancer: {} concurrent callers, {}s per configuration, {} interleaved round(s), loopback",
         args.concurrency, args.seconds, args.rounds
     );
-    let (uniform_rounds, slow_rounds) = run_scenarios(&args).await?;
-    let uniform: Vec<Stats> = names(&uniform_rounds)
-        .iter()
-        .filter_map(|n| median_row(&uniform_rounds, n))
-        .collect();
-    let slow: Vec<Stats> = names(&slow_rounds)
-        .iter()
-        .filter_map(|n| median_row(&slow_rounds, n))
-        .collect();
+    let scenarios = run_scenarios(&args).await?;
+    let uniform_rounds = &scenarios.uniform;
+    let medians = |rounds: &Rounds| -> Vec<Stats> {
+        names(rounds)
+            .iter()
+            .filter_map(|n| median_row(rounds, n))
+            .collect()
+    };
+    let uniform = medians(uniform_rounds);
     print_table(
         "Three identical backends (median of the rounds; ratios: median of the per-round ratios):",
         &uniform,
-        &uniform_rounds,
+        uniform_rounds,
     );
-    print_table(
-        &format!(
-            "One of three backends {} ms slower (median of the rounds):",
-            args.slow_ms
+    let hetero = [
+        (
+            format!("One of three backends {} ms slower", args.slow_ms),
+            "slow",
+            &scenarios.slow,
         ),
-        &slow,
-        &slow_rounds,
-    );
-    let ratio = |a: &str, b: &str| median_ratios(&uniform_rounds, a, b);
+        (
+            format!(
+                "One of three backends serving {LIMIT} calls at a time, {} ms each",
+                LIMIT_DELAY.as_millis()
+            ),
+            "at its limit",
+            &scenarios.limit,
+        ),
+        (
+            "One of three backends sharing its CPU with a busy loop (the rest of the process on the other CPU)".to_string(),
+            "busy neighbour",
+            &scenarios.busy,
+        ),
+    ];
+    for (title, _, rounds) in &hetero {
+        print_table(
+            &format!("{title} (median of the rounds; ratios to {ALL_FAST} in the same round):"),
+            &medians(rounds),
+            rounds,
+        );
+    }
+    println!("\nmesh p2c_ewma p99 over its all-fast p99, per round:");
+    for (_, name, rounds) in &hetero {
+        let ratios = tail_ratios(rounds);
+        println!(
+            "  {name:<15} {} (worst {:.1}x)",
+            ratios
+                .iter()
+                .map(|r| format!("{r:.1}x"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            ratios.iter().copied().fold(0.0, f64::max)
+        );
+    }
+    let ratio = |a: &str, b: &str| median_ratios(uniform_rounds, a, b);
     if let Some((t, p)) = ratio("mesh round_robin", "direct Channel (1 backend)") {
         println!("\nmesh round_robin vs direct: throughput {t:.2}x, p99 {p:.2}x");
     }
@@ -437,8 +598,8 @@ pub async fn run(args: BalancerBenchArgs) -> anyhow::Result<()> {
         println!("mesh round_robin vs tonic balance_channel: throughput {t:.2}x, p99 {p:.2}x");
     }
     if let (Some(fast), Some(slowed)) = (
-        median_row(&uniform_rounds, "mesh p2c_ewma"),
-        median_row(&slow_rounds, "mesh p2c_ewma"),
+        median_row(&scenarios.slow, ALL_FAST),
+        median_row(&scenarios.slow, P2C),
     ) {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
