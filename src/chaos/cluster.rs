@@ -338,6 +338,26 @@ pub struct Launcher {
 }
 
 impl Launcher {
+    /// Replicas against `backends`, data and logs in `dir`, certificates from `tls_dir`,
+    /// and a token secret made up for the run.
+    pub fn new(
+        backends: &Backends,
+        dir: &Path,
+        namespace: &str,
+        tls_dir: &Path,
+    ) -> anyhow::Result<Launcher> {
+        Ok(Launcher {
+            tls_dir: tls_dir.to_path_buf(),
+            exe: std::env::current_exe().context("this program's path")?,
+            dir: dir.to_path_buf(),
+            namespace: namespace.to_string(),
+            etcd: backends.etcd_url(),
+            redis: backends.redis_url(),
+            kafka: backends.kafka(),
+            token_secret: format!("{:032x}", rand::random::<u128>()),
+        })
+    }
+
     /// One replica of `service` (`starling serve`).
     pub async fn start(&self, service: &'static str, index: usize) -> anyhow::Result<Replica> {
         let mut command = Command::new(&self.exe);

@@ -157,16 +157,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let days = (args.minutes / (24.0 * 60.0)).ceil() as u32 + 1;
     let ca = crate::ca::Authority::new(days)?;
     crate::ca::write_identities(&tls_dir, &ca, &namespace, days, crate::ca::MESH_IDENTITIES)?;
-    let launcher = Launcher {
-        tls_dir: tls_dir.clone(),
-        exe: std::env::current_exe().context("this program's path")?,
-        dir: work.clone(),
-        namespace: namespace.clone(),
-        etcd: backends.etcd_url(),
-        redis: backends.redis_url(),
-        kafka: backends.kafka(),
-        token_secret: format!("{:032x}", rand::random::<u128>()),
-    };
+    let launcher = Launcher::new(&backends, &work, &namespace, &tls_dir)?;
     let mut replicas = Vec::new();
     for service in SERVICES {
         for index in 0..2 {

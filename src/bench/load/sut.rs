@@ -80,16 +80,7 @@ impl Sut {
         let backends = Backends::start(&work).await?;
         let namespace = format!("load{:08x}", rand::random::<u32>());
         let tls_dir = identities(&work, &namespace)?;
-        let launcher = Launcher {
-            tls_dir: tls_dir.clone(),
-            exe: std::env::current_exe().context("this program's path")?,
-            dir: work.clone(),
-            namespace: namespace.clone(),
-            etcd: backends.etcd_url(),
-            redis: backends.redis_url(),
-            kafka: backends.kafka(),
-            token_secret: format!("{:032x}", rand::random::<u128>()),
-        };
+        let launcher = Launcher::new(&backends, &work, &namespace, &tls_dir)?;
         let mut replicas = Vec::new();
         for service in SERVICES {
             replicas.push(launcher.start(service, 0).await?);
