@@ -228,13 +228,16 @@ impl Load {
             Door::Grpc(_) => self.users.len(),
             Door::Http { users } => users.len(),
         };
-        let tweet = {
+        // Only a like needs a tweet: the shared list is not locked for anything else.
+        let tweet = if op == Op::Like {
             let tweets = self.tweets.lock().unwrap_or_else(|e| e.into_inner());
             if tweets.is_empty() {
                 0
             } else {
                 tweets[rng.random_range(0..tweets.len())]
             }
+        } else {
+            0
         };
         Request {
             op,
@@ -341,28 +344,23 @@ impl Load {
         let other = &self.users[r.other];
         let token = Some(me.token.as_str());
         match r.op {
-            Op::HomeTimeline => me
-                .web
-                .call(
-                    Method::GET,
-                    &format!("/api/users/{other}/timeline?page_size=20"),
-                    token,
-                    None,
-                )
-                .await
-                .map(|_| None)
-                .map_err(code),
-            Op::UserTimeline => me
-                .web
-                .call(
-                    Method::GET,
-                    &format!("/api/users/{other}/tweets?page_size=20"),
-                    token,
-                    None,
-                )
-                .await
-                .map(|_| None)
-                .map_err(code),
+            Op::HomeTimeline | Op::UserTimeline => {
+                let list = if r.op == Op::HomeTimeline {
+                    "timeline"
+                } else {
+                    "tweets"
+                };
+                me.web
+                    .call(
+                        Method::GET,
+                        &format!("/api/users/{other}/{list}?page_size=20"),
+                        token,
+                        None,
+                    )
+                    .await
+                    .map(|_| None)
+                    .map_err(code)
+            }
             Op::Post => {
                 let answer = me
                     .web
