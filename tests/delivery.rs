@@ -18,20 +18,21 @@ use starling_proto::timeline::v1::GetHomeTimelineRequest;
 use starling_proto::tweet::v1::tweet_service_client::TweetServiceClient;
 use starling_proto::tweet::v1::CreateTweetRequest;
 use starling_runtime::outbox::{pending, Outbox};
-use starling_runtime::store::{RedisStore, Store as _};
+use starling_runtime::store::{id_member, RedisStore, Store as _};
 
-async fn home_ids(mesh: &Mesh, user: &str) -> Vec<u64> {
+async fn home(mesh: &Mesh, user: &str) -> Result<Vec<u64>, tonic::Status> {
     let resp = TimelineServiceClient::new(mesh.channel("timeline"))
         .get_home_timeline(GetHomeTimelineRequest {
             user: user.into(),
             page_size: 100,
             page_token: String::new(),
         })
-        .await;
-    match resp {
-        Ok(r) => r.into_inner().tweets.iter().map(|t| t.id).collect(),
-        Err(_) => Vec::new(),
-    }
+        .await?;
+    Ok(resp.into_inner().tweets.iter().map(|t| t.id).collect())
+}
+
+async fn home_ids(mesh: &Mesh, user: &str) -> Vec<u64> {
+    home(mesh, user).await.unwrap_or_default()
 }
 
 async fn post(mesh: &Mesh, text: &str) -> Result<u64, tonic::Status> {
@@ -123,12 +124,28 @@ async fn posts_succeed_while_the_broker_is_down_and_reach_timelines_after() {
         during.iter().all(|id| home.contains(id))
     })
     .await;
-    assert!(
-        delivered,
-        "posts made during the outage reached alice after the broker came back: {:?} of {:?}",
-        home_ids(&mesh, "alice").await,
-        during
-    );
+    if !delivered {
+        // Say where the pipeline stopped: the read path, a dead process, the fan-out, or
+        // the relay.
+        let read = home(&mesh, "alice").await;
+        let exited: Vec<String> = instances
+            .iter_mut()
+            .filter_map(|i| i.exited().map(|s| format!("{} {s}", i.id)))
+            .collect();
+        let mut stored = Vec::new();
+        for id in std::iter::once(&first).chain(&during) {
+            let there = store.zcontains("home:alice", &id_member(*id)).await;
+            stored.push(format!("{id}: {there:?}"));
+        }
+        panic!(
+            "posts made during the outage ({during:?}) did not all reach alice after the broker \
+             came back. GetHomeTimeline: {read:?}; instances that exited: {exited:?}; \
+             alice's timeline in Redis: {stored:?}; outbox entries not yet published: {:?}; \
+             the broker's log ends with: {}",
+            pending(&store, &outbox).await,
+            broker.log_tail(2_000)
+        );
+    }
     assert!(
         eventually(Duration::from_secs(10), || async {
             pending(&store, &outbox).await.unwrap_or(1) == 0

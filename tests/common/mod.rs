@@ -323,6 +323,12 @@ impl Broker {
         }
     }
 
+    /// The last `bytes` of the broker's log (for a failing test's message).
+    pub fn log_tail(&self, bytes: usize) -> String {
+        let log = std::fs::read(self.dir.path().join("tansu.log")).unwrap_or_default();
+        String::from_utf8_lossy(&log[log.len().saturating_sub(bytes)..]).into_owned()
+    }
+
     /// Kills the broker and starts it again on the same port, with no topics.
     pub async fn restart(&mut self) {
         self.kill();
@@ -491,6 +497,13 @@ impl Instance {
             .expect("wait thread")
             .expect("wait");
         assert!(exit.success(), "graceful shutdown must exit 0, got {exit}");
+    }
+}
+
+impl Instance {
+    /// How the process ended, if it has (for a failing test to say which instance died).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 }
 
