@@ -50,6 +50,28 @@ pub enum Command {
     Ca(CaCommand),
 }
 
+impl Cli {
+    /// Whose spans this process makes: a `serve` process is its service, `gateway` the
+    /// gateway, `up` all of them (and keeps the last traces for its web UI).
+    pub fn telemetry(&self) -> starling_runtime::telemetry::TelemetryConfig {
+        use starling_runtime::telemetry::TelemetryConfig;
+        match &self.command {
+            Command::Serve(args) => TelemetryConfig::single(args.service.name()),
+            Command::Gateway(_) => TelemetryConfig::single("gateway"),
+            Command::Up(_) => TelemetryConfig {
+                service: "gateway".into(),
+                services: ServiceKind::ALL
+                    .iter()
+                    .map(|k| k.name().to_string())
+                    .chain(["gateway".to_string()])
+                    .collect(),
+                keep_recent: true,
+            },
+            _ => TelemetryConfig::single("starling"),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
     /// Create a CA: DIR/ca.crt and DIR/ca.key (refuses to overwrite them).

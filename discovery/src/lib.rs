@@ -7,7 +7,7 @@
 //!   (`TweetServiceClient::new(mesh.channel("tweet"))`) and never see endpoints.
 //!
 //! The request path through a `MeshChannel`, outermost first (one layer per module of
-//! `client/`): deadline (grpc-timeout, propagated from the inbound call) -> buffering of
+//! `client/`): a trace span (only when tracing is on, see [`trace`]) -> deadline (grpc-timeout, propagated from the inbound call) -> buffering of
 //! requests that may be resent -> retry on another endpoint -> one attempt: pick
 //! (round-robin, consistent-hash or p2c over peak EWMA, skipping ejected endpoints), send
 //! on the endpoint's tonic `Channel` (mutual TLS when [`MeshConfig::tls`] is set, see
@@ -24,6 +24,7 @@ mod instance;
 mod memory;
 mod registry;
 pub mod tls;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;

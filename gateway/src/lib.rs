@@ -260,6 +260,35 @@ fn router(state: AppState, door: grpc::GrpcDoor) -> Router {
         .layer(middleware::from_fn(http_metrics))
         .layer(middleware::from_fn_with_state(doors, grpc_dispatch))
         .layer(CorsLayer::permissive())
+        .layer(middleware::from_fn(http_trace))
+}
+
+/// A `server` span of the gateway per request, child of the caller's `traceparent` (a
+/// browser or client may send one), when tracing is on (see `starling_discovery::trace`):
+/// the root of the trace of everything the request causes.
+async fn http_trace(req: Request, next: Next) -> Response {
+    use starling_discovery::trace;
+    use tracing::Instrument as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if !trace::enabled() {
+        return next.run(req).await;
+    }
+    let path = req.uri().path();
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = format!("{} {}", req.method(), &path[..path.len().min(80)]),
+        otel.kind = "server",
+        service.name = "gateway",
+        http.request.method = %req.method(),
+        url.path = path,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let _ = span.set_parent(trace::extract(req.headers()));
+    trace::record_trace_id(&span);
+    let resp = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", resp.status().as_u16());
+    resp
 }
 
 /// The gRPC doors of the HTTP port (see `grpc::door`).

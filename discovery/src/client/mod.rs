@@ -29,6 +29,7 @@ mod error;
 mod pick;
 pub(crate) mod retry;
 mod snapshot;
+mod trace;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -128,6 +129,7 @@ impl MeshChannel {
         let snapshots =
             snapshot::Snapshots::follow(service, watch, config.connect_timeout, config.tls.clone());
         let stack = ServiceBuilder::new()
+            .layer(trace::TraceLayer::new(service))
             .layer(deadline::SetDeadlineLayer::new(
                 service,
                 config.call_timeout,

@@ -1,6 +1,6 @@
 //! Plumbing every Starling service shares, so that none of the five copies it: the server
 //! bootstrap ([`server`]), metrics ([`metrics`]), the service catalogue ([`ServiceKind`]),
-//! logging set-up and signal handling ([`shutdown`]).
+//! logs and traces ([`telemetry`]) and signal handling ([`shutdown`]).
 
 pub mod authz;
 pub mod events;
@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod telemetry;
 
 use std::sync::Arc;
 
@@ -257,17 +258,10 @@ pub fn bus_error(e: events::BusError) -> tonic::Status {
     dependency_failure("event bus unavailable")
 }
 
-/// Logs to stderr, filtered by `STARLING_LOG` (or `RUST_LOG`), default `info`.
-pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("STARLING_LOG")
-        .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Logs to stderr, filtered by `STARLING_LOG` (or `RUST_LOG`), default `info`; traces
+/// where configured. See [`telemetry`].
+pub fn init_logging(config: telemetry::TelemetryConfig) -> telemetry::Telemetry {
+    telemetry::init(config)
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _};
 
 use crate::events::{EventBus, Message};
 use crate::health::Component;
@@ -36,6 +36,7 @@ const TOPIC: &str = "topic";
 const KEY: &str = "key";
 const PAYLOAD: &str = "payload";
 const OCCURRED_AT: &str = "occurred_at_ms";
+use starling_discovery::trace::TRACEPARENT;
 
 /// How long a relay's lease lasts without renewal: how soon another instance takes over
 /// from a relay that died.
@@ -75,17 +76,22 @@ impl Outbox {
     /// The write that puts `message` in the outbox; apply it atomically with the change
     /// the message announces.
     pub fn entry(&self, message: &Message) -> Write {
+        let mut fields = vec![
+            (TOPIC.into(), message.topic.as_bytes().to_vec()),
+            (KEY.into(), message.key.as_bytes().to_vec()),
+            (PAYLOAD.into(), message.payload.clone()),
+            (
+                OCCURRED_AT.into(),
+                message.occurred_at_ms.to_string().into_bytes(),
+            ),
+        ];
+        // The trace of the call that made the event goes on with its publication.
+        if let Some(tp) = &message.traceparent {
+            fields.push((TRACEPARENT.into(), tp.as_bytes().to_vec()));
+        }
         Write::XAdd {
             key: self.key.clone(),
-            fields: vec![
-                (TOPIC.into(), message.topic.as_bytes().to_vec()),
-                (KEY.into(), message.key.as_bytes().to_vec()),
-                (PAYLOAD.into(), message.payload.clone()),
-                (
-                    OCCURRED_AT.into(),
-                    message.occurred_at_ms.to_string().into_bytes(),
-                ),
-            ],
+            fields,
         }
     }
 }
@@ -105,6 +111,7 @@ pub fn decode(entry: &StreamEntry) -> Option<Message> {
         occurred_at_ms: text(OCCURRED_AT)?.parse().ok()?,
         attempt: 0,
         error: None,
+        traceparent: text(TRACEPARENT),
     })
 }
 
@@ -385,9 +392,33 @@ async fn publish_batch(
 ) -> (Option<String>, Option<String>) {
     // Sent together, enqueued in order (join_all polls them in order), so the producer
     // keeps their order per partition; an idempotent producer keeps it across its retries.
+    let service = stream.strip_prefix("outbox:").unwrap_or(stream);
     let results = join_all(entries.iter().map(|e| async move {
         match decode(e) {
-            Some(m) => bus.publish(m).await.map_err(|e| e.to_string()),
+            Some(mut m) => {
+                // A producer span in the trace of the call that stored the event; the
+                // consumers' spans follow from it.
+                let span = starling_discovery::trace::follow(
+                    || {
+                        tracing::info_span!(
+                            "outbox.publish",
+                            otel.name = format!("publish {}", m.topic),
+                            otel.kind = "producer",
+                            service.name = service,
+                            messaging.destination.name = %m.topic,
+                            trace_id = tracing::field::Empty,
+                        )
+                    },
+                    m.traceparent.as_deref(),
+                );
+                if !span.is_none() {
+                    m.traceparent = starling_discovery::trace::traceparent(&span);
+                }
+                bus.publish(m)
+                    .instrument(span)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
             // Nothing can ever publish it; keeping it would block the outbox for good.
             None => {
                 warn!(%stream, id = %e.id, "skipping an outbox entry that is not an event");

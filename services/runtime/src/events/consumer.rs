@@ -39,7 +39,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument as _};
 
 use super::topics::dead_letter_topic;
 use super::{now_ms, BusError, Delivery, EventBus, Message};
@@ -179,6 +179,22 @@ pub async fn run(
             task_shutdown.clone(),
             last_success.clone(),
         );
+        // The handler continues the publisher's trace, as a span of the consuming service
+        // (the group is named after it).
+        let span = starling_discovery::trace::follow(
+            || {
+                tracing::info_span!(
+                    "event.consume",
+                    otel.name = format!("consume {}", d.message.topic),
+                    otel.kind = "consumer",
+                    service.name = %config.group,
+                    messaging.destination.name = %d.message.topic,
+                    messaging.consumer.group.name = %config.group,
+                    trace_id = tracing::field::Empty,
+                )
+            },
+            d.message.traceparent.as_deref(),
+        );
         async move {
             let outcome = process(
                 &*handler,
@@ -192,6 +208,7 @@ pub async fn run(
             .await;
             (d, outcome)
         }
+        .instrument(span)
         .boxed()
     };
 

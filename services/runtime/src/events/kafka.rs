@@ -45,6 +45,7 @@ use crate::store::Store;
 const OCCURRED_AT: &str = "occurred-at-ms";
 const ATTEMPT: &str = "attempt";
 const ERROR: &str = "error";
+use starling_discovery::trace::TRACEPARENT;
 
 /// librdkafka reconnects with exponential back-off up to this: short, so a restarted
 /// broker is found again within about a second.
@@ -389,6 +390,12 @@ impl EventBus for KafkaBus {
                 value: Some(error),
             });
         }
+        if let Some(tp) = &m.traceparent {
+            headers = headers.insert(Header {
+                key: TRACEPARENT,
+                value: Some(tp),
+            });
+        }
         let topic = self.name(&m.topic);
         let record = FutureRecord::to(&topic)
             .key(&m.key)
@@ -699,6 +706,7 @@ impl Subscription for KafkaSubscription {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0),
                 error: header(headers, ERROR).map(str::to_string),
+                traceparent: header(headers, TRACEPARENT).map(str::to_string),
             },
             partition: m.partition(),
             offset: m.offset(),

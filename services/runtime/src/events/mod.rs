@@ -6,7 +6,8 @@
 //!
 //! Payloads are protobuf messages from `starling.events.v1`; the bus carries bytes plus the
 //! event's `occurred_at` (as a header, so lag is measured without decoding, and never from
-//! broker watermarks) and, on dead letters, the attempt count and the error.
+//! broker watermarks), the W3C `traceparent` of the span that published it, and, on dead
+//! letters, the attempt count and the error.
 
 pub mod consumer;
 #[cfg(any(test, feature = "contract"))]
@@ -50,9 +51,13 @@ pub struct Message {
     pub attempt: u32,
     /// Why the last attempt failed (dead letters only).
     pub error: Option<String>,
+    /// The W3C trace context of the span that published it (a header on Kafka), so the
+    /// consumer's span continues the producer's trace; `None` when tracing is off.
+    pub traceparent: Option<String>,
 }
 
 impl Message {
+    /// An event made now, inside the current span (whose trace it continues).
     pub fn new(topic: &str, key: &str, payload: Vec<u8>, occurred_at_ms: i64) -> Self {
         Self {
             topic: topic.to_string(),
@@ -61,6 +66,7 @@ impl Message {
             occurred_at_ms,
             attempt: 0,
             error: None,
+            traceparent: starling_discovery::trace::traceparent(&tracing::Span::current()),
         }
     }
 }
