@@ -1,7 +1,8 @@
 //! The web UI in a real browser: `starling up` serves it, and `tests/browser/ui.test.mjs`
 //! drives Debian's Chromium through npm `playwright-core` (never a downloaded browser):
 //! two users sign up, one follows the other, the followee posts, and the post appears in
-//! the follower's timeline without a reload.
+//! the follower's timeline without a reload; then `/traces` shows that post's trace as a
+//! waterfall with spans from the gateway and the services it went through.
 //!
 //! Needs `chromium` and `node` (scripts/install-deps.sh installs them) and
 //! `tests/browser/node_modules` (`npm ci` there; this test runs it when it is missing).

@@ -26,6 +26,7 @@ mod health;
 mod listener;
 mod openapi;
 mod stream;
+mod traces;
 mod ui;
 mod writes;
 
@@ -248,6 +249,8 @@ fn router(state: AppState, door: grpc::GrpcDoor) -> Router {
         .route("/", get(ui::index))
         .route("/app.js", get(ui::app_js))
         .route("/style.css", get(ui::style_css))
+        .route("/traces", get(ui::traces_html))
+        .route("/traces.js", get(ui::traces_js))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json).with_state(doc))

@@ -11,7 +11,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{api, auth, stream, AppState};
+use crate::{api, auth, stream, traces, AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,7 @@ use crate::{api, auth, stream, AppState};
     tags(
         (name = "accounts", description = "sign-up, sign-in, sign-out"),
         (name = "tweets"), (name = "users"), (name = "timelines"), (name = "recommendations"),
+        (name = "traces", description = "the last traces, kept in memory by `starling up` only"),
     )
 )]
 struct ApiDoc;
@@ -68,6 +69,8 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::unfollow))
         .routes(routes!(api::record_engagement))
         .routes(routes!(api::tags))
+        .routes(routes!(traces::list))
+        .routes(routes!(traces::get))
 }
 
 /// `GET /openapi.json`.

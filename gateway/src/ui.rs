@@ -1,4 +1,4 @@
-//! The web UI: three static files compiled into the binary with `include_str!`, so the
+//! The web UI: static files compiled into the binary with `include_str!`, so the
 //! gateway is one self-contained executable (no asset directory to deploy or get out of
 //! step with the code) and the page fetches nothing from the internet.
 
@@ -8,6 +8,8 @@ use axum::response::IntoResponse;
 const INDEX_HTML: &str = include_str!("../ui/index.html");
 const APP_JS: &str = include_str!("../ui/app.js");
 const STYLE_CSS: &str = include_str!("../ui/style.css");
+const TRACES_HTML: &str = include_str!("../ui/traces.html");
+const TRACES_JS: &str = include_str!("../ui/traces.js");
 
 /// Strict enough to forbid anything but our own files and API, loose enough for them.
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
@@ -37,4 +39,14 @@ pub async fn app_js() -> impl IntoResponse {
 /// `GET /style.css`.
 pub async fn style_css() -> impl IntoResponse {
     asset("text/css; charset=utf-8", STYLE_CSS)
+}
+
+/// `GET /traces`: the last traces as a waterfall (`starling up`; see `traces`).
+pub async fn traces_html() -> impl IntoResponse {
+    asset("text/html; charset=utf-8", TRACES_HTML)
+}
+
+/// `GET /traces.js`.
+pub async fn traces_js() -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", TRACES_JS)
 }

@@ -295,6 +295,26 @@ try {
     if (wrong.length) throw new Error(wrong.join('; '));
   });
 
+  // `starling up` keeps the last traces: the post's is in /traces, and opening it shows
+  // the waterfall of every service the post went through.
+  const tracesPage = await followeeCtx.newPage();
+  tracesPage.setDefaultTimeout(STEP_MS);
+  watch(tracesPage, 'traces');
+  await step('/traces lists the post and shows its waterfall', async () => {
+    await tracesPage.goto(`${base}/traces`);
+    const row = tracesPage.locator('#trace-rows tr', { hasText: 'POST /api/tweets' }).first();
+    await row.waitFor();
+    await row.click();
+    await tracesPage.locator('#waterfall .span-row').nth(4).waitFor();
+    const services = await tracesPage.$$eval('#waterfall .span-row', (rows) =>
+      [...new Set(rows.map((r) => r.dataset.service))].sort(),
+    );
+    for (const s of ['gateway', 'tweet', 'timeline', 'tagger']) {
+      if (!services.includes(s)) throw new Error(`no ${s} span in the waterfall: ${services}`);
+    }
+    log(`the post's trace in /traces: spans from ${services.join(', ')}`);
+  });
+
   console.log(
     `PASS: ${follower} saw ${followee}'s tweet ${posted.id} live in #timeline ` +
       `(no reload) in ${Date.now() - t0} ms`,
