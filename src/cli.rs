@@ -66,6 +66,12 @@ impl Cli {
                     .chain(["gateway".to_string()])
                     .collect(),
                 keep_recent: true,
+                switchable: false,
+            },
+            // Measures tracing's cost: spans on and off, sampled and not, in one run.
+            Command::Bench(BenchCommand::Balancer(_)) => TelemetryConfig {
+                switchable: true,
+                ..TelemetryConfig::single("bench")
             },
             _ => TelemetryConfig::single("starling"),
         }
@@ -585,7 +591,8 @@ pub struct UpArgs {
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Unary calls at fixed concurrency through a direct tonic Channel, tonic's
-    /// balance_channel and the mesh channel with each policy; then with one slow backend.
+    /// balance_channel and the mesh channel with each policy; then with one slow backend;
+    /// and the mesh with tracing off, on but not sampled, and sampled.
     Balancer(BalancerBenchArgs),
     /// The seed article's naive fan-out loop against the real fan-out, on one Redis.
     Fanout(FanoutBenchArgs),

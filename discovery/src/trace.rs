@@ -35,7 +35,12 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Turns span creation and propagation on for this process (the telemetry subscriber does,
 /// once it is installed).
 pub fn enable() {
-    ENABLED.store(true, Ordering::Relaxed);
+    set_enabled(true);
+}
+
+/// Turns span creation on or off (`starling bench balancer` measures both in one run).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
 }
 
 /// Whether this process traces (see [`enable`]).

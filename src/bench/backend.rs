@@ -9,6 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use starling_discovery::MeshTls;
+
+/// The service the backends' server spans name.
+const TRACED_SERVICE: &str = "bench-backend";
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
@@ -200,8 +203,15 @@ async fn serve(
             "starling",
         )
     });
+    // As a service's server: a span per call while tracing is on.
+    let traced = starling_discovery::trace::ServerTraceLayer::new(TRACED_SERVICE);
     let router = tonic::transport::Server::builder()
-        .layer(ServiceBuilder::new().option_layer(authz).layer(layers))
+        .layer(
+            ServiceBuilder::new()
+                .layer(traced)
+                .option_layer(authz)
+                .layer(layers),
+        )
         .add_service(health);
     let shutdown = async {
         let _ = stopped.await;

@@ -27,10 +27,20 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use starling_runtime::telemetry::switch::{self, Mode};
+
 use super::backend::{own_threads, pin_thread, BusyLoop, Serving, TestBackend};
 use crate::cli::BalancerBenchArgs;
 
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+const TRACING_OFF: &str = "mesh round_robin, tracing off";
+const TRACING_UNSAMPLED: &str = "mesh round_robin, traced, not sampled";
+const TRACING_SAMPLED: &str = "mesh round_robin, traced and sampled";
+const TRACING_MODES: [(&str, Mode); 3] = [
+    (TRACING_OFF, Mode::Off),
+    (TRACING_UNSAMPLED, Mode::Unsampled),
+    (TRACING_SAMPLED, Mode::Sampled),
+];
 const TARGET: &str = "bench";
 const MTLS_ROW: &str = "mesh round_robin (mTLS)";
 const BALANCE_CHANNEL: &str = "tonic balance_channel";
@@ -256,6 +266,8 @@ pub struct Scenarios {
     pub limit: Rounds,
     /// One backend sharing its CPU with a busy loop.
     pub busy: Rounds,
+    /// Mesh round_robin with tracing off, on but unsampled, and sampled.
+    pub tracing: Rounds,
 }
 
 pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<Scenarios> {
@@ -316,6 +328,23 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<Scenarios
         row.push(measure(MTLS_ROW, mtls.clone(), args.concurrency, args.seconds).await);
         log_round("uniform", round, &row);
         uniform.push(row);
+    }
+
+    // What tracing costs a call (client and server span, traceparent): off, made but not
+    // sampled, sampled and batched for export (to nowhere: no collector's network here).
+    let mut tracing = Vec::new();
+    if let Some((_, rr)) = c.mesh.iter().find(|(n, _)| n == "mesh round_robin") {
+        for round in 0..args.rounds.max(1) {
+            let mut row = Vec::new();
+            for (name, mode) in TRACING_MODES {
+                switch::set(mode);
+                measure("warm-up", rr.clone(), args.concurrency, warm).await;
+                row.push(measure(name, rr.clone(), args.concurrency, args.seconds).await);
+            }
+            switch::set(Mode::Off);
+            log_round("tracing", round, &row);
+            tracing.push(row);
+        }
     }
 
     // Heterogeneity: one backend of three unlike the others, in three ways. Each round
@@ -407,6 +436,7 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<Scenarios
         slow,
         limit,
         busy,
+        tracing,
     })
 }
 
@@ -593,6 +623,21 @@ pub async fn run(args: BalancerBenchArgs) -> anyhow::Result<()> {
         println!(
             "mTLS cost: mesh round_robin (mTLS) vs plaintext: throughput {t:.2}x, p99 {p:.2}x"
         );
+    }
+    if !scenarios.tracing.is_empty() {
+        print_table(
+            "Tracing (mesh round_robin; a client and a server span per call; median of the rounds, ratios to tracing off):",
+            &medians(&scenarios.tracing),
+            &scenarios.tracing,
+        );
+        for (name, label) in [
+            (TRACING_UNSAMPLED, "not sampled"),
+            (TRACING_SAMPLED, "sampled"),
+        ] {
+            if let Some((t, p)) = median_ratios(&scenarios.tracing, name, TRACING_OFF) {
+                println!("tracing cost, {label} vs off: throughput {t:.2}x, p99 {p:.2}x");
+            }
+        }
     }
     if let Some((t, p)) = ratio("mesh round_robin", BALANCE_CHANNEL) {
         println!("mesh round_robin vs tonic balance_channel: throughput {t:.2}x, p99 {p:.2}x");

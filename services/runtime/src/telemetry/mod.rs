@@ -20,6 +20,7 @@
 
 mod attribute;
 pub mod recent;
+pub mod switch;
 
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ pub struct TelemetryConfig {
     pub services: Vec<String>,
     /// Keep the last traces in memory ([`recent`]; `starling up`).
     pub keep_recent: bool,
+    /// For measuring tracing's cost (`starling bench balancer`): spans are made and
+    /// exported to nowhere, and [`switch`] turns span creation and sampling on and off.
+    pub switchable: bool,
 }
 
 impl TelemetryConfig {
@@ -50,6 +54,7 @@ impl TelemetryConfig {
             service: service.to_string(),
             services: vec![service.to_string()],
             keep_recent: false,
+            switchable: false,
         }
     }
 }
@@ -126,8 +131,13 @@ pub fn init(config: TelemetryConfig) -> Telemetry {
         builder = builder.with_span_processor(recent::Processor::install());
         tracing_on = true;
     }
+    if config.switchable {
+        builder = builder
+            .with_sampler(switch::Switched)
+            .with_batch_exporter(switch::Discard);
+    }
 
-    let provider = tracing_on.then(|| {
+    let provider = (tracing_on || config.switchable).then(|| {
         builder
             .with_span_processor(attribute::Attribute::new(&config.service))
             .build()
