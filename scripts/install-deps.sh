@@ -9,6 +9,7 @@
 #   playwright-core     npm, pinned in tests/browser/package-lock.json (drives Debian's
 #                       chromium; it never downloads a browser)
 #   libssl-dev          Debian, for librdkafka's TLS (the rdkafka crate's ssl feature)
+#   promtool            Debian prometheus, checks deploy/prometheus in tests/deploy.rs
 # Building Starling needs cargo and OpenSSL's headers (above); protoc comes from the
 # protoc-bin-vendored crate.
 set -euo pipefail
@@ -44,6 +45,7 @@ command -v node >/dev/null 2>&1 || apt_missing+=(nodejs npm)
 # Building librdkafka with TLS (rdkafka's ssl feature) needs OpenSSL's headers.
 dpkg -s libssl-dev >/dev/null 2>&1 || apt_missing+=(libssl-dev)
 command -v pkg-config >/dev/null 2>&1 || apt_missing+=(pkg-config)
+command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
 if ((${#apt_missing[@]})); then
   log "apt-get install ${apt_missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

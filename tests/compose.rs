@@ -245,3 +245,84 @@ fn compose_file_matches_the_program() {
         "KRaft mode"
     );
 }
+
+/// Prometheus, Grafana and Jaeger are wired to the program: Prometheus scrapes every
+/// Starling container on the port its STARLING_METRICS names, Grafana and Prometheus read
+/// the files under deploy/, and the processes send traces to Jaeger's OTLP port.
+#[test]
+fn observability_services_are_wired() {
+    let services = compose();
+    for s in ["prometheus", "grafana", "jaeger"] {
+        assert!(services.contains_key(s), "{s} missing");
+    }
+    let config: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/prometheus/prometheus.yml"
+        ))
+        .expect("deploy/prometheus/prometheus.yml"),
+    )
+    .expect("valid YAML");
+    let mut targets: Vec<String> = config["scrape_configs"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|job| {
+            job["static_configs"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|sc| strings(sc.get("targets")))
+        .collect();
+    targets.sort();
+    let mut expected: Vec<String> = services
+        .iter()
+        .filter(|(_, svc)| {
+            svc.get("image").and_then(Value::as_str) == Some("starling:latest")
+                && strings(svc.get("command")).first().map(String::as_str) != Some("ca")
+        })
+        .map(|(name, svc)| {
+            let vars = env(svc);
+            let metrics = vars
+                .get("STARLING_METRICS")
+                .unwrap_or_else(|| panic!("{name} serves no metrics (STARLING_METRICS)"));
+            assert_eq!(
+                vars.get("OTEL_EXPORTER_OTLP_ENDPOINT").map(String::as_str),
+                Some("http://jaeger:4317"),
+                "{name} sends its traces to Jaeger"
+            );
+            format!("{name}:{}", port(metrics))
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(
+        targets, expected,
+        "Prometheus scrapes every Starling process"
+    );
+
+    let mounts = |name: &str| strings(services[name].get("volumes"));
+    assert!(
+        mounts("prometheus")
+            .iter()
+            .any(|m| m.starts_with("./deploy/prometheus:")),
+        "prometheus reads deploy/prometheus"
+    );
+    let grafana = mounts("grafana");
+    for dir in [
+        "./deploy/grafana/provisioning:",
+        "./deploy/grafana/dashboards:",
+    ] {
+        assert!(
+            grafana.iter().any(|m| m.starts_with(dir)),
+            "grafana mounts {dir}"
+        );
+    }
+    assert_eq!(
+        env(&services["jaeger"])
+            .get("COLLECTOR_OTLP_ENABLED")
+            .map(String::as_str),
+        Some("true"),
+        "jaeger accepts OTLP"
+    );
+}
