@@ -24,6 +24,7 @@ mod errors;
 mod grpc;
 mod health;
 mod listener;
+mod mesh_view;
 mod openapi;
 mod stream;
 mod traces;
@@ -251,6 +252,8 @@ fn router(state: AppState, door: grpc::GrpcDoor) -> Router {
         .route("/style.css", get(ui::style_css))
         .route("/traces", get(ui::traces_html))
         .route("/traces.js", get(ui::traces_js))
+        .route("/mesh", get(ui::mesh_html))
+        .route("/mesh.js", get(ui::mesh_js))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json).with_state(doc))

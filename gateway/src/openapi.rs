@@ -11,7 +11,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{api, auth, stream, traces, AppState};
+use crate::{api, auth, mesh_view, stream, traces, AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,7 +24,8 @@ use crate::{api, auth, stream, traces, AppState};
     tags(
         (name = "accounts", description = "sign-up, sign-in, sign-out"),
         (name = "tweets"), (name = "users"), (name = "timelines"), (name = "recommendations"),
-        (name = "traces", description = "the last traces, kept in memory by `starling up` only"),
+        (name = "traces", description = "the last traces, kept in memory by `starling up` only; clients on the gateway's machine only"),
+        (name = "admin", description = "the live mesh view; clients on the gateway's machine only"),
     )
 )]
 struct ApiDoc;
@@ -71,6 +72,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::tags))
         .routes(routes!(traces::list))
         .routes(routes!(traces::get))
+        .routes(routes!(mesh_view::mesh))
 }
 
 /// `GET /openapi.json`.

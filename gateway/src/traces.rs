@@ -1,7 +1,7 @@
 //! The last traces, for the web UI's waterfall (`/traces`, see `ui`): what `starling up` keeps in
 //! memory (`starling_runtime::telemetry::recent`). A gateway running on its own keeps
 //! none (its traces go to an OTLP collector, if any) and answers 404 with a message that
-//! says so.
+//! says so. Clients on the gateway's machine only (see `mesh_view::LocalCaller`).
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
@@ -11,6 +11,7 @@ use serde::Serialize;
 use starling_runtime::telemetry::recent;
 
 use crate::errors::ApiError;
+use crate::mesh_view::LocalCaller;
 
 /// A trace in the list.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -62,9 +63,10 @@ fn store() -> Result<std::sync::Arc<recent::Recent>, ApiError> {
 #[utoipa::path(get, path = "/api/admin/traces", tag = "traces",
     responses(
         (status = 200, description = "the traces kept, newest first", body = [TraceSummaryJson]),
+        (status = 403, description = "not from the gateway's machine", body = crate::api::ErrorBody),
         (status = 404, description = "this process keeps no traces", body = crate::api::ErrorBody),
     ))]
-pub async fn list() -> Result<Json<Vec<TraceSummaryJson>>, ApiError> {
+pub async fn list(_: LocalCaller) -> Result<Json<Vec<TraceSummaryJson>>, ApiError> {
     Ok(Json(
         store()?
             .list()
@@ -87,9 +89,13 @@ pub async fn list() -> Result<Json<Vec<TraceSummaryJson>>, ApiError> {
     responses(
         (status = 200, description = "the trace's spans", body = TraceJson),
         (status = 400, description = "not a trace id", body = crate::api::ErrorBody),
+        (status = 403, description = "not from the gateway's machine", body = crate::api::ErrorBody),
         (status = 404, description = "no such trace kept (or none kept at all)", body = crate::api::ErrorBody),
     ))]
-pub async fn get(id: Result<Path<String>, PathRejection>) -> Result<Json<TraceJson>, ApiError> {
+pub async fn get(
+    _: LocalCaller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<TraceJson>, ApiError> {
     let id = id?.0;
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::new(

@@ -10,6 +10,8 @@ const APP_JS: &str = include_str!("../ui/app.js");
 const STYLE_CSS: &str = include_str!("../ui/style.css");
 const TRACES_HTML: &str = include_str!("../ui/traces.html");
 const TRACES_JS: &str = include_str!("../ui/traces.js");
+const MESH_HTML: &str = include_str!("../ui/mesh.html");
+const MESH_JS: &str = include_str!("../ui/mesh.js");
 
 /// Strict enough to forbid anything but our own files and API, loose enough for them.
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
@@ -49,4 +51,14 @@ pub async fn traces_html() -> impl IntoResponse {
 /// `GET /traces.js`.
 pub async fn traces_js() -> impl IntoResponse {
     asset("text/javascript; charset=utf-8", TRACES_JS)
+}
+
+/// `GET /mesh`: the live mesh view (see `mesh_view`).
+pub async fn mesh_html() -> impl IntoResponse {
+    asset("text/html; charset=utf-8", MESH_HTML)
+}
+
+/// `GET /mesh.js`.
+pub async fn mesh_js() -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", MESH_JS)
 }

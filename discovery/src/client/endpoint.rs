@@ -30,6 +30,9 @@ pub struct Endpoint {
     ejected_until: AtomicU64,
     pub picks: Counter,
     pub ejections: Counter,
+    /// Attempts sent and ejections, for the mesh view ([`Endpoint::stats`]).
+    calls: AtomicU64,
+    ejected: AtomicU64,
     /// The instance's own health verdict, as registered (see [`ServiceInstance::serving`]).
     serving: std::sync::atomic::AtomicBool,
 }
@@ -43,6 +46,23 @@ fn epoch() -> Instant {
 fn since_epoch(t: Instant) -> u64 {
     // +1 so that no real instant maps to 0 ("not ejected").
     t.saturating_duration_since(epoch()).as_nanos() as u64 + 1
+}
+
+/// One endpoint as a caller's balancer sees it (see [`crate::MeshChannel::stats`]).
+#[derive(Debug, Clone)]
+pub struct EndpointStats {
+    pub instance: ServiceInstance,
+    /// Attempts sent to it since this caller first saw it.
+    pub calls: u64,
+    /// Times this caller took it out of rotation.
+    pub ejections: u64,
+    pub in_flight: usize,
+    /// Peak-EWMA latency (the p2c policy's estimate; a default until it has answered).
+    pub latency_ms: f64,
+    /// Out of rotation now.
+    pub ejected: bool,
+    /// Its own health verdict, as registered.
+    pub serving: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +106,8 @@ impl Endpoint {
             ewma: Mutex::new(PeakEwma::new(DEFAULT_RTT, EWMA_DECAY, Instant::now())),
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            ejected: AtomicU64::new(0),
             serving: std::sync::atomic::AtomicBool::new(instance.serving),
             instance,
         })
@@ -120,6 +142,7 @@ impl Endpoint {
 
     pub fn start(&self) -> InFlight<'_> {
         self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
         InFlight {
             endpoint: self,
             started: Instant::now(),
@@ -142,7 +165,27 @@ impl Endpoint {
         self.ejected_until
             .fetch_max(since_epoch(now + period), Ordering::Relaxed);
         self.ejections.increment(1);
+        self.ejected.fetch_add(1, Ordering::Relaxed);
         period
+    }
+
+    /// What the balancer knows of this endpoint now.
+    pub fn stats(&self) -> EndpointStats {
+        let now = Instant::now();
+        EndpointStats {
+            instance: self.instance.clone(),
+            calls: self.calls.load(Ordering::Relaxed),
+            ejections: self.ejected.load(Ordering::Relaxed),
+            in_flight: self.inflight.load(Ordering::Relaxed),
+            latency_ms: self
+                .ewma
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .estimate_ns(now)
+                / 1e6,
+            ejected: self.is_ejected(now),
+            serving: self.serving.load(Ordering::Relaxed),
+        }
     }
 
     fn succeeded(&self) {

@@ -25,6 +25,7 @@ mod deadline;
 mod dispatch;
 mod eject;
 mod endpoint;
+pub use endpoint::EndpointStats;
 mod error;
 mod pick;
 pub(crate) mod retry;
@@ -112,6 +113,8 @@ pub struct MeshChannel {
     service: Arc<str>,
     policy: Policy,
     snapshots: snapshot::Snapshots,
+    /// Retries this channel made (all endpoints).
+    retries: Arc<std::sync::atomic::AtomicU64>,
     stack: Stack,
 }
 
@@ -128,6 +131,7 @@ impl MeshChannel {
     fn new(service: &str, policy: Policy, watch: EndpointWatch, config: Arc<MeshConfig>) -> Self {
         let snapshots =
             snapshot::Snapshots::follow(service, watch, config.connect_timeout, config.tls.clone());
+        let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let stack = ServiceBuilder::new()
             .layer(trace::TraceLayer::new(service))
             .layer(deadline::SetDeadlineLayer::new(
@@ -135,11 +139,14 @@ impl MeshChannel {
                 config.call_timeout,
             ))
             .layer(buffer::BufferLayer::new(config.clone()))
-            .layer(tower::retry::RetryLayer::new(retry::RetryPolicy::new(
-                config.max_attempts,
-                // One budget per target: retries to one service cannot spend another's.
-                retry::RetryPolicy::default_budget(),
-            )))
+            .layer(tower::retry::RetryLayer::new(
+                retry::RetryPolicy::new(
+                    config.max_attempts,
+                    // One budget per target: retries to one service cannot spend another's.
+                    retry::RetryPolicy::default_budget(),
+                )
+                .counting(retries.clone()),
+            ))
             .service(dispatch::Dispatch::new(dispatch::Parts {
                 service: service.into(),
                 config: config.clone(),
@@ -150,6 +157,7 @@ impl MeshChannel {
             service: service.into(),
             policy,
             snapshots,
+            retries,
             stack: BoxCloneSyncService::new(stack),
         }
     }
@@ -170,6 +178,22 @@ impl MeshChannel {
             .iter()
             .map(|e| e.instance.clone())
             .collect()
+    }
+
+    /// Every endpoint in the balancer with what this caller knows of it, and the retries
+    /// this channel made (for the mesh view).
+    pub fn stats(&self) -> (Vec<EndpointStats>, u64) {
+        let endpoints = self
+            .snapshots
+            .current()
+            .endpoints
+            .iter()
+            .map(|e| e.stats())
+            .collect();
+        (
+            endpoints,
+            self.retries.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Waits until the balancer holds endpoints satisfying `pred` (for tests, readiness

@@ -27,6 +27,8 @@ pub struct BufferedBody(pub Bytes);
 pub struct RetryPolicy {
     attempts_left: usize,
     budget: Arc<TpsBudget>,
+    /// Retries made, for the mesh view (one count per target).
+    retries: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RetryPolicy {
@@ -34,7 +36,14 @@ impl RetryPolicy {
         Self {
             attempts_left: max_attempts.saturating_sub(1),
             budget,
+            retries: Default::default(),
         }
+    }
+
+    /// Counts the retries it makes in `retries`.
+    pub fn counting(mut self, retries: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.retries = retries;
+        self
     }
 
     pub fn default_budget() -> Arc<TpsBudget> {
@@ -83,6 +92,8 @@ impl tower::retry::Policy<http::Request<Body>, http::Response<Body>, tower::BoxE
             return None;
         }
         self.attempts_left -= 1;
+        self.retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A little jitter so that callers failing together do not retry together.
         let pause = Duration::from_micros(rand::rng().random_range(0..2_000));
         Some(Box::pin(tokio::time::sleep(pause)))

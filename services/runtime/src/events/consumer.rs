@@ -304,7 +304,9 @@ pub async fn run(
             _ = tick.tick() => {
                 in_flight_gauge.set(in_flight as f64);
                 let oldest = keys.values().filter_map(|q| q.front()).map(|d| d.message.occurred_at_ms).min();
-                oldest_pending.set(oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0));
+                let oldest_s = oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
+                oldest_pending.set(oldest_s);
+                report(&config, ConsumerState { oldest_pending_s: oldest_s, in_flight });
                 if let Some(behind) = sub.offset_lag() {
                     offset_lag.set(behind as f64);
                 }
@@ -353,6 +355,39 @@ fn hand_over(sub: &mut dyn super::Subscription, partitions: &mut HashMap<i32, Pa
             sub.drained(&topic, p);
         }
     }
+}
+
+/// A consumer as the mesh view shows it (see [`states`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ConsumerState {
+    /// How long the oldest event in hand has waited (0 when idle).
+    pub oldest_pending_s: f64,
+    pub in_flight: usize,
+}
+
+type States = std::sync::Mutex<std::collections::BTreeMap<(String, String), ConsumerState>>;
+
+fn registry() -> &'static States {
+    static STATES: std::sync::OnceLock<States> = std::sync::OnceLock::new();
+    STATES.get_or_init(Default::default)
+}
+
+fn report(config: &ConsumerConfig, state: ConsumerState) {
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((config.topic.clone(), config.group.clone()), state);
+}
+
+/// Every consumer of this process by (topic, group), as of its last second: `starling up`
+/// runs them all, so its gateway's mesh view shows their lag.
+pub fn states() -> Vec<((String, String), ConsumerState)> {
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
 }
 
 /// Closing a Kafka consumer blocks (it leaves its group): not on a runtime thread.
