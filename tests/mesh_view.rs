@@ -1,6 +1,7 @@
 //! The live mesh view in a real browser: a gateway process on etcd, Redis and the broker,
 //! beside one instance of every service and two of the tagger; headless Chromium renders
-//! `/mesh` and lists the five services and both taggers; after `kill -9` of one tagger,
+//! `/mesh` and lists the five services, both taggers and the consumer groups' lag; after
+//! `kill -9` of one tagger,
 //! the page drops it within seconds (its lease expires; the view reads the gateway's own
 //! balancer).
 
@@ -95,7 +96,10 @@ async fn the_mesh_view_lists_every_service_and_drops_a_killed_instance() {
             let ok = SERVICES
                 .iter()
                 .all(|s| page.contains(&format!("data-service=\"{s}\"")))
-                && page.contains(&format!("data-address=\"{victim}\""));
+                && page.contains(&format!("data-address=\"{victim}\""))
+                && ["timeline", "tagger", "tweet", "recommendation"]
+                    .iter()
+                    .all(|g| page.contains(&format!("data-group=\"{g}\"")));
             *last.lock().unwrap() = page;
             ok
         }

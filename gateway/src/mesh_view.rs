@@ -1,7 +1,7 @@
 //! The live mesh view (`/mesh`, see `ui`): every service and instance as this gateway's
 //! mesh channels see them (address, zone, version, health, calls, latency, ejections,
-//! retries), and the consumers of this process with their lag (all of them in
-//! `starling up`; none in a gateway running on its own).
+//! retries), and every consumer group's lag as its instances report it through the store
+//! (`starling_runtime::events::lag`).
 //!
 //! Admin pages ([`LocalCaller`]) answer only clients on this machine: they show internal
 //! addresses (as `/metrics` does, which is never on the public port) and, for traces,
@@ -13,7 +13,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::Json;
 use serde::Serialize;
-use starling_runtime::events::consumer;
+use starling_runtime::events::lag;
 use starling_runtime::ServiceKind;
 
 use crate::errors::ApiError;
@@ -70,8 +70,11 @@ pub struct ServiceJson {
 pub struct ConsumerJson {
     pub topic: String,
     pub group: String,
-    /// How long the oldest event in hand has waited (0 when idle).
+    /// Instances of the group that reported in the last 10 s.
+    pub members: usize,
+    /// How long the oldest event any of them holds has waited (0 when idle).
     pub oldest_pending_s: f64,
+    /// Events in hand, all instances together.
     pub in_flight: usize,
 }
 
@@ -81,14 +84,13 @@ pub struct MeshJson {
     /// call counts by the time between two readings.
     pub sampled_at_ms: i64,
     pub services: Vec<ServiceJson>,
-    /// The consumers running in this process (`starling up`); empty for a gateway of its
-    /// own (their lag is in each service's metrics).
+    /// Every consumer group of the catalogue; empty when the store does not answer.
     pub consumers: Vec<ConsumerJson>,
 }
 
 #[utoipa::path(get, path = "/api/admin/mesh", tag = "admin",
     responses(
-        (status = 200, description = "every service and instance, and this process's consumers", body = MeshJson),
+        (status = 200, description = "every service and instance, and every consumer group's lag", body = MeshJson),
         (status = 403, description = "not from the gateway's machine", body = crate::api::ErrorBody),
     ))]
 pub async fn mesh(_: LocalCaller, State(state): State<AppState>) -> Json<MeshJson> {
@@ -119,13 +121,16 @@ pub async fn mesh(_: LocalCaller, State(state): State<AppState>) -> Json<MeshJso
             }
         })
         .collect();
-    let consumers = consumer::states()
+    let consumers = lag::read(state.ctx.store.as_ref())
+        .await
+        .unwrap_or_default()
         .into_iter()
-        .map(|((topic, group), s)| ConsumerJson {
-            topic,
-            group,
-            oldest_pending_s: s.oldest_pending_s,
-            in_flight: s.in_flight,
+        .map(|l| ConsumerJson {
+            topic: l.topic,
+            group: l.group,
+            members: l.members,
+            oldest_pending_s: l.oldest_pending_s,
+            in_flight: l.in_flight,
         })
         .collect();
     Json(MeshJson {

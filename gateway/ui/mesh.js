@@ -49,12 +49,13 @@ function render(body, rates) {
   }));
   const consumers = document.getElementById("consumers");
   document.getElementById("consumers-status").textContent = body.consumers.length
-    ? "Consumers in this process (starling up)."
-    : "No consumer runs in this gateway's process: see each service's metrics (starling_consumer_oldest_pending_seconds).";
+    ? "As the groups' instances report it every 2 s."
+    : "The store does not answer: no lag to show.";
   consumers.hidden = body.consumers.length === 0;
   document.getElementById("consumer-rows").replaceChildren(...body.consumers.map((c) => {
     const tr = document.createElement("tr");
-    tr.append(td(c.group), td(c.topic), td(c.oldest_pending_s.toFixed(1) + " s", c.oldest_pending_s > 30 ? "trace-error" : ""), td(String(c.in_flight)));
+    tr.dataset.group = c.group;
+    tr.append(td(c.group), td(c.topic), td(String(c.members), c.members ? "" : "trace-error"), td(c.oldest_pending_s.toFixed(1) + " s", c.oldest_pending_s > 30 ? "trace-error" : ""), td(String(c.in_flight)));
     return tr;
   }));
 }

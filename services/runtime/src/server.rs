@@ -252,7 +252,8 @@ pub async fn start(
         .collect();
 
     let (consumers_stop, consumers_stopped) = tokio::sync::watch::channel(false);
-    let consumers: Vec<JoinHandle<()>> = specs
+    let reports_lag = !specs.is_empty();
+    let mut consumers: Vec<JoinHandle<()>> = specs
         .into_iter()
         .map(|(config, handler)| {
             let component = health_state.add(Component::new("consumer"), Duration::ZERO);
@@ -265,6 +266,15 @@ pub async fn start(
             ))
         })
         .collect();
+    if reports_lag {
+        // For the mesh view (`events::lag`); stops with the consumers.
+        consumers.push(tokio::spawn(crate::events::lag::report(
+            store.clone(),
+            kind.name().to_string(),
+            instance.id.clone(),
+            consumers_stopped.clone(),
+        )));
+    }
     let (relay_stop, relay_stopped) = tokio::sync::watch::channel(false);
     let relay = outbox.map(|outbox| {
         tokio::spawn(crate::outbox::relay(

@@ -13,6 +13,7 @@ pub mod consumer;
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
 mod kafka;
+pub mod lag;
 mod memory;
 mod ownership;
 pub mod topics;

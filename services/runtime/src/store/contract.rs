@@ -221,6 +221,22 @@ pub async fn hashes<S: Store>(s: &S, p: &str) {
         ]
     );
     assert!(s.hgetall(&format!("{p}nohash")).await.unwrap().is_empty());
+    s.apply(vec![
+        Write::HDel {
+            key: k.clone(),
+            field: "x".into(),
+        },
+        Write::HDel {
+            key: k.clone(),
+            field: "absent".into(),
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.hgetall(&k).await.unwrap(),
+        vec![("y".to_string(), b"2".to_vec())]
+    );
 }
 
 pub async fn wrong_type_is_an_error<S: Store>(s: &S, p: &str) {

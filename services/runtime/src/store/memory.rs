@@ -120,6 +120,12 @@ impl MemoryStore {
             Write::HSet { key, field, value } => {
                 entry!(map, key, Hash).insert(field, value);
             }
+            Write::HDel { key, field } => {
+                if let Some(Value::Hash(h)) = map.get_mut(&key) {
+                    h.remove(&field);
+                }
+                remove_if_empty(map, &key);
+            }
             Write::XAdd { key, fields } => {
                 let id = {
                     let mut last = last_id.lock().unwrap_or_else(|e| e.into_inner());

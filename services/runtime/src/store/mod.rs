@@ -104,6 +104,11 @@ pub enum Write {
         field: String,
         value: Vec<u8>,
     },
+    /// Removes a field of a hash (nothing if absent; an emptied hash goes).
+    HDel {
+        key: String,
+        field: String,
+    },
     /// Appends an entry to a stream; the store assigns its id (increasing in commit order).
     XAdd {
         key: String,

@@ -216,6 +216,10 @@ impl RedisStore {
                 cmd = redis::cmd("HSET");
                 cmd.arg(self.k(key)).arg(field).arg(value);
             }
+            Write::HDel { key, field } => {
+                cmd = redis::cmd("HDEL");
+                cmd.arg(self.k(key)).arg(field);
+            }
             Write::XAdd { key, fields } => {
                 cmd = redis::cmd("XADD");
                 cmd.arg(self.k(key)).arg("*");
