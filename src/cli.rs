@@ -729,6 +729,21 @@ pub struct BalancerBenchArgs {
     /// noise hits them alike); the median of the rounds is reported.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// The scenarios to run (comma-separated): uniform, tracing, slow, limit, busy.
+    #[arg(long, value_delimiter = ',', default_value = "uniform,tracing,slow,limit,busy",
+        value_parser = ["uniform", "tracing", "slow", "limit", "busy"])]
+    pub scenarios: Vec<String>,
+}
+
+impl BalancerBenchArgs {
+    /// Rounds of `scenario`: none when it was not asked for.
+    pub fn rounds_of(&self, scenario: &str) -> usize {
+        if self.scenarios.iter().any(|s| s == scenario) {
+            self.rounds.max(1)
+        } else {
+            0
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1983,6 +1983,9 @@ async fn openapi_documents_every_route_and_real_answers_match() {
         ("DELETE", "/api/follows/{followee}"),
         ("POST", "/api/engagements"),
         ("GET", "/api/tags"),
+        ("GET", "/api/admin/mesh"),
+        ("GET", "/api/admin/traces"),
+        ("GET", "/api/admin/traces/{id}"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -2113,6 +2116,22 @@ async fn openapi_documents_every_route_and_real_answers_match() {
         &h.get("/api/users/olive/recommendations").await,
     );
     check("GET", "/api/tags", &h.get("/api/tags").await);
+    // The admin routes (the test's client is on loopback): the mesh view of this world's
+    // services, and no traces kept by a gateway of its own.
+    let mesh = h.get("/api/admin/mesh").await;
+    check("GET", "/api/admin/mesh", &mesh);
+    assert_eq!(
+        mesh.json()["services"].as_array().map(Vec::len),
+        Some(5),
+        "{}",
+        mesh.text()
+    );
+    let traces = h.get("/api/admin/traces").await;
+    assert_eq!(traces.status, StatusCode::NOT_FOUND, "{}", traces.text());
+    check("GET", "/api/admin/traces", &traces);
+    let bad = h.get("/api/admin/traces/xyz").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    check("GET", "/api/admin/traces/{id}", &bad);
     check(
         "POST",
         "/api/stream-ticket",

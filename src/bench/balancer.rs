@@ -298,7 +298,7 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<Scenarios
 
     // Uniform scenario, interleaved rounds.
     let mut uniform = Vec::new();
-    for round in 0..args.rounds.max(1) {
+    for round in 0..args.rounds_of("uniform") {
         let mut row = Vec::new();
         measure("warm-up", c.direct.clone(), args.concurrency, warm).await;
         row.push(
@@ -334,7 +334,7 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<Scenarios
     // sampled, sampled and batched for export (to nowhere: no collector's network here).
     let mut tracing = Vec::new();
     if let Some((_, rr)) = c.mesh.iter().find(|(n, _)| n == "mesh round_robin") {
-        for round in 0..args.rounds.max(1) {
+        for round in 0..args.rounds_of("tracing") {
             let mut row = Vec::new();
             for (name, mode) in TRACING_MODES {
                 switch::set(mode);
@@ -351,7 +351,7 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<Scenarios
     // also measures mesh p2c_ewma with all three alike (ALL_FAST), under the same
     // conditions, to compare the tail with.
     let mut slow = Vec::new();
-    for round in 0..args.rounds.max(1) {
+    for round in 0..args.rounds_of("slow") {
         backends[2].set_delay(Duration::ZERO);
         let mut row = vec![all_fast(&c, args, warm).await];
         backends[2].set_delay(Duration::from_millis(args.slow_ms));
@@ -380,7 +380,7 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<Scenarios
     );
     let lc = clients(&limited, &policies).await?;
     let mut limit = Vec::new();
-    for round in 0..args.rounds.max(1) {
+    for round in 0..args.rounds_of("limit") {
         let mut row = vec![all_fast(&c, args, warm).await];
         row.extend(hetero_row(&lc, args, warm).await);
         log_round("limit", round, &row);
@@ -411,7 +411,7 @@ pub async fn run_scenarios(args: &BalancerBenchArgs) -> anyhow::Result<Scenarios
     );
     let sc = clients(&shared, &policies).await?;
     let mut busy = Vec::new();
-    for round in 0..args.rounds.max(1) {
+    for round in 0..args.rounds_of("busy") {
         let mut row = vec![all_fast(&sc, args, warm).await];
         let spinner = BusyLoop::start(1.min(cpus - 1))?;
         row.extend(hetero_row(&sc, args, warm).await);

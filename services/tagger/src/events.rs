@@ -40,8 +40,7 @@ impl EventHandler for TweetCreatedHandler {
                 .map(str::to_string)
                 .collect(),
         };
-        self.bus
-            .publish(Message::of(&created.author, &tagged, at))
+        events::publish_traced(&*self.bus, Message::of(&created.author, &tagged, at))
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))
     }

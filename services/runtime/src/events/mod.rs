@@ -72,6 +72,24 @@ impl Message {
     }
 }
 
+/// Publishes `message` now (not through an outbox: a consumer's follow-up event) as a
+/// producer span of the current trace, whose context the message carries to its
+/// consumers.
+pub async fn publish_traced(bus: &dyn EventBus, mut message: Message) -> Result<(), BusError> {
+    use tracing::Instrument as _;
+    if !starling_discovery::trace::enabled() {
+        return bus.publish(message).await;
+    }
+    let span = tracing::info_span!(
+        "event.publish",
+        otel.name = format!("publish {}", message.topic),
+        otel.kind = "producer",
+        messaging.destination.name = %message.topic,
+    );
+    message.traceparent = starling_discovery::trace::traceparent(&span);
+    bus.publish(message).instrument(span).await
+}
+
 /// A message handed to a consumer, with what is needed to commit it.
 #[derive(Debug, Clone)]
 pub struct Delivery {

@@ -52,6 +52,10 @@ impl Attribute {
 
 impl SpanProcessor for Attribute {
     fn on_start(&self, span: &mut Span, cx: &Context) {
+        // A span that is not sampled is never exported: nothing to attribute.
+        if !span.is_recording() {
+            return;
+        }
         let Some(data) = span.exported_data() else {
             return;
         };
