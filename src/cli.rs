@@ -58,14 +58,14 @@ impl Cli {
         match &self.command {
             Command::Serve(args) => TelemetryConfig::single(args.service.name()),
             Command::Gateway(_) => TelemetryConfig::single("gateway"),
-            Command::Up(_) => TelemetryConfig {
+            Command::Up(args) => TelemetryConfig {
                 service: "gateway".into(),
                 services: ServiceKind::ALL
                     .iter()
                     .map(|k| k.name().to_string())
                     .chain(["gateway".to_string()])
                     .collect(),
-                keep_recent: true,
+                keep_recent: !args.no_trace_view,
                 switchable: false,
             },
             // Measures tracing's cost: spans on and off, sampled and not, in one run.
@@ -563,6 +563,10 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
+    /// Keep no traces for /traces (spans are then made only for an OTLP collector named by
+    /// OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long, env = "STARLING_NO_TRACE_VIEW")]
+    pub no_trace_view: bool,
     /// Instances of each service.
     #[arg(long, env = "STARLING_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub replicas: u16,

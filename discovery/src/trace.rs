@@ -27,6 +27,17 @@ use tracing::instrument::Instrumented;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+/// The names of the spans Starling makes for requests and events (the gateway's, the
+/// mesh's, the outbox relay's and the consumers'): the log formatter always sees them.
+pub const SPANS: [&str; 6] = [
+    "http.server",
+    "grpc.server",
+    "grpc.client",
+    "outbox.publish",
+    "event.publish",
+    "event.consume",
+];
+
 /// The W3C header (and Kafka header, and outbox field) that carries a span's context.
 pub const TRACEPARENT: &str = "traceparent";
 

@@ -28,6 +28,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
 pub use attribute::ByService;
@@ -90,6 +91,11 @@ pub fn init(config: TelemetryConfig) -> Telemetry {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info".into());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The request spans reach the log formatter whatever the level, so that a line logged
+    // inside one (a warning, say, under STARLING_LOG=warn) carries its trace id.
+    let filter = filter.or(tracing_subscriber::filter::filter_fn(|m| {
+        m.is_span() && starling_discovery::trace::SPANS.contains(&m.name())
+    }));
     let json = std::env::var("STARLING_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let fmt = if json {
         tracing_subscriber::fmt::layer()
