@@ -11,11 +11,21 @@ pub mod post;
 use crate::cli::BenchCommand;
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {
-        BenchCommand::Balancer(args) => balancer::run(args).await,
-        BenchCommand::Fanout(args) => fanout::run(args).await,
-        BenchCommand::E2e(args) => e2e::run(args).await,
-        BenchCommand::Post(args) => post::run(args).await,
-        BenchCommand::Load(args) => load::run(args).await,
+    let bench = async {
+        match cmd {
+            BenchCommand::Balancer(args) => balancer::run(args).await,
+            BenchCommand::Fanout(args) => fanout::run(args).await,
+            BenchCommand::E2e(args) => e2e::run(args).await,
+            BenchCommand::Post(args) => post::run(args).await,
+            BenchCommand::Load(args) => load::run(args).await,
+        }
+    };
+    // On SIGTERM or SIGINT the bench is dropped, and with it the processes it started
+    // (each is killed when its handle drops), instead of leaving them running.
+    tokio::select! {
+        result = bench => result,
+        _ = starling_runtime::shutdown::signal() => {
+            anyhow::bail!("stopped by a signal; the processes it started are stopped")
+        }
     }
 }
