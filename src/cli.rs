@@ -364,6 +364,15 @@ pub struct MeshArgs {
     /// start with <namespace>:, Kafka topics and groups with <namespace>.
     #[arg(long, env = "STARLING_NAMESPACE", default_value = "starling")]
     pub namespace: String,
+    /// This process's zone: registered with its instances, and its calls prefer instances
+    /// of the same zone, spilling over to the others when the zone has no usable instance
+    /// or all of them have --zone-spill-in-flight calls outstanding. Empty: no preference.
+    #[arg(long, env = "STARLING_ZONE", default_value = "")]
+    pub zone: String,
+    /// Calls in flight on every instance of the caller's zone at which calls go to other
+    /// zones too.
+    #[arg(long, env = "STARLING_ZONE_SPILL_IN_FLIGHT", default_value_t = starling_discovery::DEFAULT_ZONE_SPILL_IN_FLIGHT as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub zone_spill_in_flight: u64,
     /// Seconds a registration outlives a crashed instance.
     #[arg(long, env = "STARLING_LEASE_TTL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_ttl: u64,
@@ -406,6 +415,8 @@ impl MeshArgs {
         for (service, policy) in &self.policies {
             config = config.with_policy(service, policy.clone());
         }
+        config.zone = (!self.zone.is_empty()).then(|| self.zone.clone());
+        config.zone_spill_in_flight = self.zone_spill_in_flight as usize;
         config
     }
 
@@ -538,9 +549,6 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long, env = "STARLING_METRICS")]
     pub metrics: Option<SocketAddr>,
-    /// Zone label stored with the registration.
-    #[arg(long, env = "STARLING_ZONE", default_value = "")]
-    pub zone: String,
     /// Relative share of traffic for this instance.
     #[arg(long, env = "STARLING_WEIGHT", default_value_t = 1)]
     pub weight: u32,

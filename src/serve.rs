@@ -24,7 +24,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         policy: starling_runtime::authz::Policy::default_policy(),
     });
     config.advertise = args.advertise;
-    config.zone = args.zone;
+    config.zone = args.mesh.zone.clone();
     config.weight = args.weight;
     config.drain_delay = Duration::from_millis(args.drain_ms);
     let parts = crate::services::build(args.service, &ctx).await?;

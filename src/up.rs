@@ -104,6 +104,7 @@ pub async fn start_all_as(
         for _ in 0..replicas {
             let mut config = ServerConfig::new(kind, SocketAddr::new(host, 0));
             config.tls = tls.clone();
+            config.zone = ctx.mesh.config().zone.clone().unwrap_or_default();
             let parts = crate::services::build(kind, &ctx).await?;
             let r = server::start(config, parts, &ctx).await?;
             if announce {

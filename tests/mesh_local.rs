@@ -301,3 +301,120 @@ async fn a_target_without_endpoints_fails_fast_and_recovers_when_one_registers()
         .await
         .expect("works once registered");
 }
+
+/// Answers `n` health checks from `concurrency` callers; how many each instance answered.
+async fn answered_by(
+    ch: &MeshChannel,
+    n: usize,
+    concurrency: usize,
+) -> std::collections::HashMap<String, usize> {
+    let per = n / concurrency;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let mut client = HealthClient::new(ch.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..per {
+                let resp = client
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .expect("a call succeeds");
+                let id = resp
+                    .metadata()
+                    .get(starling::bench::backend::INSTANCE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("?")
+                    .to_string();
+                seen.push(id);
+            }
+            seen
+        }));
+    }
+    let mut counts = std::collections::HashMap::new();
+    for t in tasks {
+        for id in t.await.unwrap() {
+            *counts.entry(id).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// A caller with a zone calls its own zone's instances while one is usable and not
+/// overloaded; it spills to the other zone when its zone's instances are all busy, and
+/// when none is left; a caller without a zone spreads over all.
+#[tokio::test]
+async fn calls_prefer_the_callers_zone_and_spill_over() {
+    let registry = MemoryRegistry::new();
+    let mut backends = Vec::new();
+    let mut regs = Vec::new();
+    for (name, zone) in [("a1", "a"), ("a2", "a"), ("b1", "b"), ("b2", "b")] {
+        let b = TestBackend::start(name, Duration::ZERO).await.unwrap();
+        let mut inst = ServiceInstance::new("svc", b.addr.to_string());
+        inst.id = b.id.clone();
+        inst.zone = zone.to_string();
+        regs.push((zone, registry.register("svc", inst).await.unwrap()));
+        backends.push(b);
+    }
+    let zone_of = |id: &str| if id.starts_with('a') { "a" } else { "b" };
+
+    let mut config = MeshConfig::new(HashSet::new());
+    config.zone = Some("a".into());
+    config.zone_spill_in_flight = 4;
+    let mesh = Mesh::new(Arc::new(registry.clone()), config);
+    let ch = mesh.channel("svc");
+    assert!(
+        ch.wait_for_endpoints(Duration::from_secs(5), |e| e.len() == 4)
+            .await
+    );
+
+    // One caller at a time: never busy, always zone a, both of its instances.
+    let counts = answered_by(&ch, 200, 1).await;
+    assert!(
+        counts.keys().all(|id| zone_of(id) == "a"),
+        "only zone a answers an idle caller in zone a: {counts:?}"
+    );
+    assert_eq!(counts.len(), 2, "both instances of zone a: {counts:?}");
+
+    // Zone a's instances slowed down and 32 callers at once: every instance of zone a
+    // holds 4 calls, so calls spill to zone b too.
+    for b in &backends[..2] {
+        b.set_delay(Duration::from_millis(20));
+    }
+    let counts = answered_by(&ch, 640, 32).await;
+    let cross: usize = counts
+        .iter()
+        .filter(|(id, _)| zone_of(id) == "b")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        cross > 0 && cross < 640,
+        "an overloaded zone a spills some calls to zone b: {counts:?}"
+    );
+    for b in &backends[..2] {
+        b.set_delay(Duration::ZERO);
+    }
+
+    // Zone a gone: zone b answers everything.
+    regs.retain(|(zone, _)| *zone != "a");
+    assert!(
+        ch.wait_for_endpoints(Duration::from_secs(5), |e| e.len() == 2)
+            .await
+    );
+    let counts = answered_by(&ch, 100, 1).await;
+    assert!(
+        counts.keys().all(|id| zone_of(id) == "b") && counts.values().sum::<usize>() == 100,
+        "zone b takes over when zone a has no instance: {counts:?}"
+    );
+
+    // A caller without a zone spreads over every instance.
+    let plain = Mesh::new(Arc::new(registry.clone()), MeshConfig::new(HashSet::new()));
+    let ch = plain.channel("svc");
+    assert!(
+        ch.wait_for_endpoints(Duration::from_secs(5), |e| e.len() == 2)
+            .await
+    );
+    assert_eq!(answered_by(&ch, 100, 1).await.len(), 2);
+    drop(regs);
+}

@@ -30,7 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use balance::Policy;
-pub use client::{EndpointStats, Mesh, MeshChannel, MeshConfig, MeshError};
+pub use client::{
+    EndpointStats, Mesh, MeshChannel, MeshConfig, MeshError, DEFAULT_ZONE_SPILL_IN_FLIGHT,
+};
 pub use deadline::{current_deadline, propagate_deadline, DeadlineLayer};
 pub use etcd::{EtcdConfig, EtcdRegistry, EtcdUser};
 /// TLS settings for etcd connections (etcd-client's, which are tonic's).

@@ -67,6 +67,8 @@ async fn visible_to_all(
 pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     let mesh_args = MeshArgs {
         etcd_security: Default::default(),
+        zone: String::new(),
+        zone_spill_in_flight: starling_discovery::DEFAULT_ZONE_SPILL_IN_FLIGHT as u64,
         namespace: format!("e2ebench{:08x}", rand::random::<u32>()),
         lease_ttl: 10,
         claim_ttl: 60,

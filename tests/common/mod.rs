@@ -101,6 +101,8 @@ pub async fn embedded_app(
     };
     let mesh = starling::cli::MeshArgs {
         etcd_security: Default::default(),
+        zone: String::new(),
+        zone_spill_in_flight: starling_discovery::DEFAULT_ZONE_SPILL_IN_FLIGHT as u64,
         namespace: namespace.into(),
         lease_ttl: 10,
         claim_ttl: 60,

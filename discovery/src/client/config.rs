@@ -44,15 +44,26 @@ pub struct MeshConfig {
     pub max_buffered_request: usize,
     /// Mutual TLS to every endpoint (`None`: plaintext, for an insecure mesh).
     pub tls: Option<crate::tls::MeshTls>,
+    /// The caller's zone: calls prefer endpoints registered in it (see `client::pick`);
+    /// `None`: no preference.
+    pub zone: Option<String>,
+    /// Calls in flight on every usable endpoint of the caller's zone at which calls spill
+    /// over to the other zones (the local zone is overloaded).
+    pub zone_spill_in_flight: usize,
 }
 
 /// tonic's default limit on a decoded message, plus the 5-byte gRPC frame header.
 pub const DEFAULT_MAX_BUFFERED_REQUEST: usize = 4 * 1024 * 1024 + 5;
 
+/// See [`MeshConfig::zone_spill_in_flight`].
+pub const DEFAULT_ZONE_SPILL_IN_FLIGHT: usize = 32;
+
 impl MeshConfig {
     pub fn new(idempotent_methods: HashSet<String>) -> Self {
         Self {
             tls: None,
+            zone: None,
+            zone_spill_in_flight: DEFAULT_ZONE_SPILL_IN_FLIGHT,
             default_policy: Policy::RoundRobin,
             targets: HashMap::new(),
             call_timeout: Duration::from_secs(10),

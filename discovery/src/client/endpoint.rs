@@ -126,6 +126,11 @@ impl Endpoint {
         self.serving.load(Ordering::Relaxed) && !self.is_ejected(now)
     }
 
+    /// Calls outstanding on it now.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
     pub fn set_serving(&self, serving: bool) {
         self.serving.store(serving, Ordering::Relaxed);
     }

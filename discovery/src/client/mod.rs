@@ -41,7 +41,7 @@ use tonic::body::Body;
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt as _};
 
-pub use config::MeshConfig;
+pub use config::{MeshConfig, DEFAULT_ZONE_SPILL_IN_FLIGHT};
 pub use error::MeshError;
 
 use crate::balance::Policy;
@@ -151,7 +151,14 @@ impl MeshChannel {
                 service: service.into(),
                 config: config.clone(),
                 snapshots: snapshots.clone(),
-                picker: pick::Picker::new(policy.clone()),
+                picker: match &config.zone {
+                    Some(zone) => pick::Picker::new(policy.clone()).in_zone(
+                        service,
+                        zone,
+                        config.zone_spill_in_flight,
+                    ),
+                    None => pick::Picker::new(policy.clone()),
+                },
             }));
         Self {
             service: service.into(),
