@@ -7,8 +7,9 @@
 //!   (`TweetServiceClient::new(mesh.channel("tweet"))`) and never see endpoints.
 //!
 //! The request path through a `MeshChannel`, outermost first (one layer per module of
-//! `client/`): a trace span (only when tracing is on, see [`trace`]) -> deadline (grpc-timeout, propagated from the inbound call) -> buffering of
-//! requests that may be resent -> retry on another endpoint -> one attempt: pick
+//! `client/`, and [`trace`]'s span first, only while tracing is on): trace -> deadline
+//! (grpc-timeout, propagated from the inbound call) -> buffering of requests that may be
+//! resent -> retry on another endpoint -> one attempt: pick
 //! (round-robin, consistent-hash or p2c over peak EWMA, skipping ejected endpoints), send
 //! on the endpoint's tonic `Channel` (mutual TLS when [`MeshConfig::tls`] is set, see
 //! [`tls`]), eject it if it fails.

@@ -6,11 +6,11 @@
 //! until then (no collector configured, not `starling up`) every layer here passes calls
 //! through without creating a span, so a mesh without tracing pays nothing for it.
 //!
-//! * Server side, [`ServerTraceLayer`] (outermost in `starling_runtime::server`): a
+//! * Server side, [`TraceLayer::server`] (outermost in `starling_runtime::server`): a
 //!   `server` span per inbound call, child of the caller's `traceparent` when there is
 //!   one, named after the method and its service; the handler runs inside it.
-//! * Client side, `client::trace` (outermost in the mesh channel): a `client` span per
-//!   call (one for all its attempts), whose context goes out as `traceparent`.
+//! * Client side, [`TraceLayer::client`] (outermost in the mesh channel): a `client` span
+//!   per call (one for all its attempts), whose context goes out as `traceparent`.
 //! * Events: [`traceparent`] and [`context_of`] carry the same context through a Kafka
 //!   header and the outbox (see `starling_runtime::events`).
 
@@ -133,38 +133,90 @@ pub fn follow(make: impl FnOnce() -> tracing::Span, parent: Option<&str>) -> tra
     span
 }
 
-/// Server-side layer: each inbound call runs in a `server` span of `service`, child of the
-/// caller's `traceparent`.
+/// A gRPC call's span, on either side: the layer the server and the mesh channel share.
 #[derive(Debug, Clone)]
-pub struct ServerTraceLayer {
-    service: Arc<str>,
+enum Side {
+    /// Each inbound call runs in a `server` span of this service, child of the caller's
+    /// `traceparent`.
+    Server(Arc<str>),
+    /// Each call to this target runs in a `client` span, whose context goes out as
+    /// `traceparent`; its service is its parent span's (see `starling_runtime::telemetry`).
+    Client(Arc<str>),
 }
 
-impl ServerTraceLayer {
-    pub fn new(service: &str) -> Self {
+impl Side {
+    fn span<B>(&self, req: &mut http::Request<B>) -> tracing::Span {
+        match self {
+            Side::Server(service) => {
+                let span = tracing::info_span!(
+                    "grpc.server",
+                    otel.name = req.uri().path(),
+                    otel.kind = "server",
+                    service.name = &**service,
+                    rpc.system = "grpc",
+                    trace_id = tracing::field::Empty,
+                );
+                let _ = span.set_parent(extract(req.headers()));
+                record_trace_id(&span);
+                span
+            }
+            Side::Client(target) => {
+                let span = tracing::info_span!(
+                    "grpc.client",
+                    otel.name = req.uri().path(),
+                    otel.kind = "client",
+                    peer.service = &**target,
+                    rpc.system = "grpc",
+                );
+                inject(&span, req.headers_mut());
+                span
+            }
+        }
+    }
+}
+
+/// Runs each gRPC call in its span (see [`Side`]); nothing while tracing is off.
+#[derive(Debug, Clone)]
+pub struct TraceLayer {
+    side: Side,
+}
+
+impl TraceLayer {
+    /// A server's layer: a `server` span of `service` per inbound call, child of the
+    /// caller's `traceparent` (outermost in `starling_runtime::server`).
+    pub fn server(service: &str) -> Self {
         Self {
-            service: service.into(),
+            side: Side::Server(service.into()),
+        }
+    }
+
+    /// The mesh channel's layer: a `client` span per call to `target` (outermost in
+    /// `client::MeshChannel`, so one span covers the call's retries).
+    pub fn client(target: &str) -> Self {
+        Self {
+            side: Side::Client(target.into()),
         }
     }
 }
 
-impl<S> Layer<S> for ServerTraceLayer {
-    type Service = ServerTrace<S>;
-    fn layer(&self, inner: S) -> ServerTrace<S> {
-        ServerTrace {
+impl<S> Layer<S> for TraceLayer {
+    type Service = Traced<S>;
+    fn layer(&self, inner: S) -> Traced<S> {
+        Traced {
             inner,
-            service: self.service.clone(),
+            side: self.side.clone(),
         }
     }
 }
 
+/// A service whose calls run in their span (see [`TraceLayer`]).
 #[derive(Debug, Clone)]
-pub struct ServerTrace<S> {
+pub struct Traced<S> {
     inner: S,
-    service: Arc<str>,
+    side: Side,
 }
 
-impl<S, B> Service<http::Request<B>> for ServerTrace<S>
+impl<S, B> Service<http::Request<B>> for Traced<S>
 where
     S: Service<http::Request<B>>,
 {
@@ -176,20 +228,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if !enabled() {
             return self.inner.call(req).instrument(tracing::Span::none());
         }
-        let span = tracing::info_span!(
-            "grpc.server",
-            otel.name = req.uri().path(),
-            otel.kind = "server",
-            service.name = &*self.service,
-            rpc.system = "grpc",
-            trace_id = tracing::field::Empty,
-        );
-        let _ = span.set_parent(extract(req.headers()));
-        record_trace_id(&span);
+        let span = self.side.span(&mut req);
         let fut = {
             let _entered = span.enter();
             self.inner.call(req)

@@ -145,7 +145,7 @@ pub fn door(state: AppState, health: &HealthReporter) -> anyhow::Result<GrpcDoor
         .into_axum_router()
         .fallback_service(UserCalls::new(state));
     let service = ServiceBuilder::new()
-        .layer(starling_discovery::trace::ServerTraceLayer::new("gateway"))
+        .layer(starling_discovery::trace::TraceLayer::server("gateway"))
         .layer(CallMetricsLayer::new("gateway"))
         .layer(DeadlineLayer)
         .service(router);

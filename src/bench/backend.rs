@@ -204,7 +204,7 @@ async fn serve(
         )
     });
     // As a service's server: a span per call while tracing is on.
-    let traced = starling_discovery::trace::ServerTraceLayer::new(TRACED_SERVICE);
+    let traced = starling_discovery::trace::TraceLayer::server(TRACED_SERVICE);
     let router = tonic::transport::Server::builder()
         .layer(
             ServiceBuilder::new()

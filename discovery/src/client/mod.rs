@@ -30,7 +30,6 @@ mod error;
 mod pick;
 pub(crate) mod retry;
 mod snapshot;
-mod trace;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -133,7 +132,7 @@ impl MeshChannel {
             snapshot::Snapshots::follow(service, watch, config.connect_timeout, config.tls.clone());
         let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let stack = ServiceBuilder::new()
-            .layer(trace::TraceLayer::new(service))
+            .layer(crate::trace::TraceLayer::client(service))
             .layer(deadline::SetDeadlineLayer::new(
                 service,
                 config.call_timeout,

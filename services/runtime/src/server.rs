@@ -197,9 +197,7 @@ pub async fn start(
         .as_ref()
         .map(|t| crate::authz::AuthzLayer::new(t.policy.clone(), &t.namespace));
     let layers = ServiceBuilder::new()
-        .layer(starling_discovery::trace::ServerTraceLayer::new(
-            kind.name(),
-        ))
+        .layer(starling_discovery::trace::TraceLayer::server(kind.name()))
         .layer(CallMetricsLayer::new(kind.name()))
         .option_layer(authz)
         .layer(tower::util::MapResponseLayer::new(
