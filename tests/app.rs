@@ -4,11 +4,10 @@
 mod common;
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use starling_discovery::{Mesh, MeshChannel, MeshConfig};
+use starling_discovery::{Mesh, MeshChannel};
 use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
 use starling_proto::follower::v1::*;
 use starling_proto::recommendation::v1::recommendation_service_client::RecommendationServiceClient;
@@ -36,18 +35,7 @@ impl Cluster {
         for s in SERVICES {
             instances.push(b.serve(s, extra, Stdio::null()).await);
         }
-        let registry = Arc::new(b.etcd.registry(&b.namespace, LEASE_TTL).await);
-        let mut config = MeshConfig::new(starling_proto::idempotent_methods());
-        config.tls = Some(b.admin_tls());
-        let mesh = Mesh::new(registry, config);
-        for s in SERVICES {
-            assert!(
-                mesh.channel(s)
-                    .wait_for_endpoints(Duration::from_secs(15), |e| !e.is_empty())
-                    .await,
-                "{s} registered"
-            );
-        }
+        let mesh = b.admin_mesh(&SERVICES).await;
         Some(Cluster {
             _instances: instances,
             _backends: b,

@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use starling_discovery::{Mesh, MeshConfig};
-use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
-use starling_proto::follower::v1::FollowRequest;
 use starling_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
 use starling_proto::timeline::v1::GetHomeTimelineRequest;
 use starling_proto::tweet::v1::tweet_service_client::TweetServiceClient;
@@ -76,16 +74,7 @@ async fn posts_succeed_while_the_broker_is_down_and_reach_timelines_after() {
                 .await
         );
     }
-    starling::users::register_users(&mesh.channel("follower"), &["alice".into(), "bob".into()])
-        .await
-        .expect("register users");
-    FollowerServiceClient::new(mesh.channel("follower"))
-        .follow(FollowRequest {
-            follower: "alice".into(),
-            followee: "bob".into(),
-        })
-        .await
-        .expect("follow");
+    follow(&mesh, "alice", "bob").await;
     let first = post(&mesh, "before the outage").await.expect("post");
     assert!(
         eventually(Duration::from_secs(60), || async {

@@ -18,9 +18,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use starling_discovery::{Mesh, MeshConfig};
-use starling_proto::follower::v1::follower_service_client::FollowerServiceClient;
-use starling_proto::follower::v1::FollowRequest;
 use starling_proto::tweet::v1::tweet_service_client::TweetServiceClient;
 use starling_proto::tweet::v1::CreateTweetRequest;
 
@@ -116,28 +113,8 @@ async fn one_post_is_one_trace_across_services_and_kafka() {
     for s in SERVICES {
         instances.push(b.serve(s, &[], Stdio::inherit()).await);
     }
-    let registry = Arc::new(b.etcd.registry(&b.namespace, LEASE_TTL).await);
-    let mut config = MeshConfig::new(starling_proto::idempotent_methods());
-    config.tls = Some(b.admin_tls());
-    let mesh = Mesh::new(registry, config);
-    for s in SERVICES {
-        assert!(
-            mesh.channel(s)
-                .wait_for_endpoints(Duration::from_secs(15), |e| !e.is_empty())
-                .await,
-            "{s} registered"
-        );
-    }
-    starling::users::register_users(&mesh.channel("follower"), &["alice".into(), "bob".into()])
-        .await
-        .expect("register users");
-    FollowerServiceClient::new(mesh.channel("follower"))
-        .follow(FollowRequest {
-            follower: "alice".into(),
-            followee: "bob".into(),
-        })
-        .await
-        .expect("follow");
+    let mesh = b.admin_mesh(&SERVICES).await;
+    follow(&mesh, "alice", "bob").await;
 
     // The test is the root of the trace: its span id is the tweet call's parent.
     let trace = format!("{:032x}", rand::random::<u128>() | 1);

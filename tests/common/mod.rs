@@ -377,6 +377,24 @@ impl AppBackends {
         starling_discovery::MeshTls::from_dir(self.pki.path(), "admin").expect("admin identity")
     }
 
+    /// A mesh on these backends calling as `admin` over mutual TLS, once each of
+    /// `services` has an endpoint (at most 15 s each).
+    pub async fn admin_mesh(&self, services: &[&str]) -> starling_discovery::Mesh {
+        let registry = Arc::new(self.etcd.registry(&self.namespace, LEASE_TTL).await);
+        let mut config = starling_discovery::MeshConfig::new(starling_proto::idempotent_methods());
+        config.tls = Some(self.admin_tls());
+        let mesh = starling_discovery::Mesh::new(registry, config);
+        for s in services {
+            assert!(
+                mesh.channel(s)
+                    .wait_for_endpoints(Duration::from_secs(15), |e| !e.is_empty())
+                    .await,
+                "{s} registered"
+            );
+        }
+        mesh
+    }
+
     /// Starts `service` on these backends with `extra` arguments; its log goes to `stderr`.
     pub async fn serve(&self, service: &str, extra: &[&str], stderr: Stdio) -> Instance {
         let pki = self.pki.path().to_str().expect("a UTF-8 temporary path");
@@ -514,6 +532,26 @@ impl Drop for Instance {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Registers `follower` and `followee` with the follower service, and makes the one follow
+/// the other.
+pub async fn follow(mesh: &starling_discovery::Mesh, follower: &str, followee: &str) {
+    starling::users::register_users(
+        &mesh.channel("follower"),
+        &[follower.to_string(), followee.to_string()],
+    )
+    .await
+    .expect("register users");
+    starling_proto::follower::v1::follower_service_client::FollowerServiceClient::new(
+        mesh.channel("follower"),
+    )
+    .follow(starling_proto::follower::v1::FollowRequest {
+        follower: follower.into(),
+        followee: followee.into(),
+    })
+    .await
+    .expect("follow");
 }
 
 /// Calls `ListTags` once and returns the instance that answered.
