@@ -11,7 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = starling::cli::Cli::parse();
-    let _telemetry = starling_runtime::init_logging(cli.telemetry());
+    let _telemetry = starling_runtime::telemetry::init(cli.telemetry());
     match starling::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

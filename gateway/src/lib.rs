@@ -17,6 +17,7 @@
 //! This file only composes: configuration, the router, start and stop.
 
 mod accounts;
+mod admin;
 mod api;
 mod auth;
 mod calls;

@@ -1,7 +1,7 @@
 //! The last traces, for the web UI's waterfall (`/traces`, see `ui`): what `starling up` keeps in
 //! memory (`starling_runtime::telemetry::recent`). A gateway running on its own keeps
 //! none (its traces go to an OTLP collector, if any) and answers 404 with a message that
-//! says so. Clients on the gateway's machine only (see `mesh_view::LocalCaller`).
+//! says so. Clients on the gateway's machine only (see `admin::LocalCaller`).
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
@@ -10,8 +10,8 @@ use axum::Json;
 use serde::Serialize;
 use starling_runtime::telemetry::recent;
 
+use crate::admin::LocalCaller;
 use crate::errors::ApiError;
-use crate::mesh_view::LocalCaller;
 
 /// A trace in the list.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

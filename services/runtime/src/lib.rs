@@ -258,12 +258,6 @@ pub fn bus_error(e: events::BusError) -> tonic::Status {
     dependency_failure("event bus unavailable")
 }
 
-/// Logs to stderr, filtered by `STARLING_LOG` (or `RUST_LOG`), default `info`; traces
-/// where configured. See [`telemetry`].
-pub fn init_logging(config: telemetry::TelemetryConfig) -> telemetry::Telemetry {
-    telemetry::init(config)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

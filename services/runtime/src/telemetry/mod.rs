@@ -152,8 +152,7 @@ pub fn init(config: TelemetryConfig) -> Telemetry {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("starling"))
             // Per span these add attributes (source file and line, thread) and clock reads
-            // on every poll (busy/idle time) that a request's trace does not need; they
-            // were a good part of what tracing cost a call in `bench balancer`.
+            // on every poll (busy/idle time) that a request's trace does not need.
             .with_location(false)
             .with_threads(false)
             .with_tracked_inactivity(false)
