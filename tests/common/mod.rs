@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod etcd_cluster;
+pub mod netns;
 pub mod up;
 
 use std::io::{BufRead, BufReader};
@@ -152,6 +154,25 @@ where
     }
 }
 
+/// GETs `path` from `addr` (plain HTTP/1.1) and returns the whole response, headers
+/// included; empty when the server cannot be reached within 2 s.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).await.ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        Some(body)
+    };
+    tokio::time::timeout(Duration::from_secs(2), get)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 /// One etcd server on loopback with its own data directory.
 pub struct Etcd {
     bin: PathBuf,
@@ -253,6 +274,26 @@ impl Drop for Etcd {
     }
 }
 
+/// The Tansu broker's binary, or `None` (skip) off CI; a panic under CI.
+pub fn tansu_binary() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/find-tansu.py"
+        ))
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(PathBuf::from(
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )),
+        _ if ci() => panic!("tansu is not installed, and CI=true forbids skipping (scripts/install-deps.sh installs it)"),
+        _ => {
+            eprintln!("SKIPPED: tansu is not installed (scripts/install-deps.sh installs it)");
+            None
+        }
+    }
+}
+
 /// A Kafka-protocol broker (Tansu, memory storage) of one test's own, so the test can kill
 /// and restart it. A restart loses every topic, as Tansu keeps them in memory.
 pub struct Broker {
@@ -265,22 +306,7 @@ pub struct Broker {
 impl Broker {
     /// `None` (skip) off CI when Tansu is not installed; a panic under CI.
     pub async fn start() -> Option<Broker> {
-        let out = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/find-tansu.py"
-            ))
-            .output();
-        let bin = match out {
-            Ok(o) if o.status.success() => {
-                PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string())
-            }
-            _ if ci() => panic!("tansu is not installed, and CI=true forbids skipping (scripts/install-deps.sh installs it)"),
-            _ => {
-                eprintln!("SKIPPED: tansu is not installed (scripts/install-deps.sh installs it)");
-                return None;
-            }
-        };
+        let bin = tansu_binary()?;
         let mut broker = Broker {
             bin,
             port: free_port(),
@@ -422,7 +448,15 @@ pub const LEASE_TTL: Duration = Duration::from_secs(2);
 
 impl Instance {
     pub async fn serve(service: &str, etcd: &Etcd, namespace: &str) -> Instance {
-        Self::spawn(service, etcd, namespace, &[], Stdio::inherit(), "warn").await
+        Self::spawn(
+            &etcd.url(),
+            service,
+            namespace,
+            &[],
+            Stdio::inherit(),
+            "warn",
+        )
+        .await
     }
 
     /// `extra` arguments (e.g. `--redis`), and where the child's full log goes.
@@ -433,21 +467,32 @@ impl Instance {
         extra: &[&str],
         stderr: Stdio,
     ) -> Instance {
-        Self::spawn(service, etcd, namespace, extra, stderr, "info").await
+        Self::spawn(&etcd.url(), service, namespace, extra, stderr, "info").await
+    }
+
+    /// Like [`Instance::serve_with`], on the etcd members at `etcd_urls` (comma-separated).
+    pub async fn serve_on(
+        service: &str,
+        etcd_urls: &str,
+        namespace: &str,
+        extra: &[&str],
+        stderr: Stdio,
+    ) -> Instance {
+        Self::spawn(etcd_urls, service, namespace, extra, stderr, "info").await
     }
 
     async fn spawn(
+        url: &str,
         service: &str,
-        etcd: &Etcd,
         namespace: &str,
         extra: &[&str],
         stderr: Stdio,
         level: &str,
     ) -> Instance {
-        let url = etcd.url();
         let ttl = LEASE_TTL.as_secs().to_string();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_starling"))
-            .args(["serve", service, "--listen", "127.0.0.1:0", "--etcd", &url])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_starling"));
+        command
+            .args(["serve", service, "--listen", "127.0.0.1:0", "--etcd", url])
             .args([
                 "--namespace",
                 namespace,
@@ -464,8 +509,15 @@ impl Instance {
             .env("STARLING_LOG", level)
             .env_remove("STARLING_REDIS")
             .env_remove("STARLING_KAFKA")
+            .stderr(stderr);
+        Self::launch(command).await
+    }
+
+    /// Runs `command`, a `starling serve` however started (in a network namespace, say),
+    /// and waits for its announcement.
+    pub async fn launch(mut command: Command) -> Instance {
+        let mut child = command
             .stdout(Stdio::piped())
-            .stderr(stderr)
             .spawn()
             .expect("start starling serve");
         let stdout = child.stdout.take().expect("piped stdout");

@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, WatchOptions, WatchResponse, WatchStream};
+use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{list, parse, publish};
+use super::{list, member_left, parse, publish, Session};
 use crate::backoff::Backoff;
 use crate::instance::{EndpointSet, Keys};
 
@@ -95,46 +95,78 @@ impl View {
 enum Ended {
     /// Nobody watches any more.
     Unwatched,
-    /// The stream broke or was cancelled: list again.
+    /// The stream broke: watch again (after a back-off) from this revision, the one after
+    /// the last event seen, so that nothing is missed or replayed.
+    Resume(i64),
+    /// The member the watch was on left the rotation: resume on another one at once.
+    Moved(i64),
+    /// Cancelled, compacted past, or etcd's history is behind what was seen (its data was
+    /// wiped): list again.
     Relist,
 }
 
 /// Keeps `tx` current for `service` until no receiver is left.
 pub(super) async fn watch_service(
-    mut client: Client,
+    session: Session,
     keys: Keys,
     service: String,
     relist_grace: Duration,
     mut first_revision: Option<i64>,
     tx: watch::Sender<Arc<EndpointSet>>,
 ) {
+    let Session {
+        pool, mut members, ..
+    } = session;
     let prefix = keys.service_prefix(&service);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut view = View::default();
+    // Where to resume watching without listing again.
+    let mut resume: Option<i64> = None;
     loop {
-        match list(&mut client, &keys, &service).await {
-            Ok((listed, revision)) => {
-                view.relisted(listed, Instant::now(), relist_grace);
-                publish(&tx, &view.set);
-                debug!(%service, revision, endpoints = view.set.len(), "listed");
-                let opts = WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(first_revision.take().unwrap_or(revision + 1))
-                    .with_progress_notify();
-                match client.watch(prefix.as_str(), Some(opts)).await {
-                    Ok(stream) => {
-                        let ended =
-                            follow(stream, &mut view, &keys, &service, &tx, &mut backoff).await;
-                        if let Ended::Unwatched = ended {
-                            return;
-                        }
-                    }
-                    Err(e) => warn!(%service, error = %e, "cannot open watch"),
+        let start = match resume.take() {
+            Some(next) => Some(next),
+            None => match list(&pool, &keys, &service).await {
+                Ok((listed, revision)) => {
+                    view.relisted(listed, Instant::now(), relist_grace);
+                    publish(&tx, &view.set);
+                    debug!(%service, revision, endpoints = view.set.len(), "listed");
+                    Some(first_revision.take().unwrap_or(revision + 1))
                 }
-            }
-            Err(e) => {
-                warn!(%service, error = %e, endpoints = view.set.len(),
-                    "cannot list; serving the last known endpoints");
+                Err(e) => {
+                    warn!(%service, error = %e, endpoints = view.set.len(),
+                        "cannot list; serving the last known endpoints");
+                    None
+                }
+            },
+        };
+        if let Some(start) = start {
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(start)
+                .with_progress_notify();
+            match pool.client().watch(prefix.as_str(), Some(opts)).await {
+                Ok(stream) => {
+                    let mut watching = Watching {
+                        view: &mut view,
+                        keys: &keys,
+                        service: &service,
+                        tx: &tx,
+                        next: start,
+                    };
+                    match watching.follow(stream, &mut backoff, &mut members).await {
+                        Ended::Unwatched => return,
+                        Ended::Resume(next) => resume = Some(next),
+                        Ended::Moved(next) => {
+                            resume = Some(next);
+                            continue;
+                        }
+                        Ended::Relist => {}
+                    }
+                }
+                Err(e) => {
+                    warn!(%service, error = %e, "cannot open watch");
+                    resume = Some(start);
+                }
             }
         }
         tokio::select! {
@@ -144,50 +176,97 @@ pub(super) async fn watch_service(
     }
 }
 
-/// Applies a watch's events (and the stale instances' deadlines) until it ends.
-async fn follow(
-    mut stream: WatchStream,
-    view: &mut View,
-    keys: &Keys,
-    service: &str,
-    tx: &watch::Sender<Arc<EndpointSet>>,
-    backoff: &mut Backoff,
-) -> Ended {
-    loop {
-        let next_purge = view.next_purge();
-        let purge = async {
-            match next_purge {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tx.closed() => return Ended::Unwatched,
-            _ = purge => {
-                view.purge(service, Instant::now());
-                publish(tx, &view.set);
-            }
-            msg = stream.message() => match msg {
-                Ok(Some(resp)) => {
-                    if resp.canceled() || resp.compact_revision() > 0 {
-                        warn!(%service, compact_revision = resp.compact_revision(),
-                            reason = resp.cancel_reason(), "watch cancelled; relisting");
-                        return Ended::Relist;
+/// One open watch and what it updates.
+struct Watching<'a> {
+    view: &'a mut View,
+    keys: &'a Keys,
+    service: &'a str,
+    tx: &'a watch::Sender<Arc<EndpointSet>>,
+    /// The revision after the last event applied: where a resumed watch starts.
+    next: i64,
+}
+
+impl Watching<'_> {
+    /// Applies a watch's events (and the stale instances' deadlines) until it ends.
+    async fn follow(
+        &mut self,
+        mut stream: WatchStream,
+        backoff: &mut Backoff,
+        members: &mut watch::Receiver<u64>,
+    ) -> Ended {
+        let service = self.service;
+        loop {
+            let next_purge = self.view.next_purge();
+            let purge = async {
+                match next_purge {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.tx.closed() => return Ended::Unwatched,
+                _ = member_left(members) => {
+                    info!(%service, "an etcd member left the rotation; reopening the watch");
+                    return Ended::Moved(self.next);
+                }
+                _ = purge => {
+                    self.view.purge(service, Instant::now());
+                    publish(self.tx, &self.view.set);
+                }
+                msg = stream.message() => match msg {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() || resp.compact_revision() > 0 {
+                            warn!(%service, compact_revision = resp.compact_revision(),
+                                reason = resp.cancel_reason(), "watch cancelled; relisting");
+                            return Ended::Relist;
+                        }
+                        if let Some(ended) = self.take(&resp) {
+                            return ended;
+                        }
+                        backoff.reset();
                     }
-                    backoff.reset();
-                    view.apply(keys, service, &resp);
-                    publish(tx, &view.set);
-                }
-                Ok(None) => {
-                    warn!(%service, "watch stream ended; relisting");
-                    return Ended::Relist;
-                }
-                Err(e) => {
-                    warn!(%service, error = %e, "watch failed; relisting");
-                    return Ended::Relist;
+                    Ok(None) => {
+                        warn!(%service, "watch stream ended; resuming");
+                        return Ended::Resume(self.next);
+                    }
+                    Err(e) => {
+                        warn!(%service, error = %e, "watch failed; resuming");
+                        return Ended::Resume(self.next);
+                    }
                 }
             }
         }
+    }
+
+    /// Applies one response; says how the watch ends if it must.
+    fn take(&mut self, resp: &WatchResponse) -> Option<Ended> {
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        if resp.created() {
+            // The member's history ends before what this watcher has already seen: etcd
+            // lost its data (restored or wiped). Resuming would wait for revisions that
+            // mean something else now.
+            if revision + 1 < self.next {
+                warn!(service = %self.service, revision, expected = self.next - 1,
+                    "etcd's revision went backwards; relisting");
+                return Some(Ended::Relist);
+            }
+            return None;
+        }
+        if let Some(last) = resp
+            .events()
+            .iter()
+            .filter_map(|e| e.kv())
+            .map(|kv| kv.mod_revision())
+            .max()
+        {
+            self.next = self.next.max(last + 1);
+        } else {
+            // A progress notification: every event up to `revision` has been sent.
+            self.next = self.next.max(revision + 1);
+        }
+        self.view.apply(self.keys, self.service, resp);
+        publish(self.tx, &self.view.set);
+        None
     }
 }
 

@@ -29,9 +29,11 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 mod follow;
+mod members;
 mod register;
 
 use follow::watch_service;
+use members::Pool;
 use register::keep_registered;
 
 use crate::instance::{EndpointSet, Keys, ServiceInstance};
@@ -60,6 +62,10 @@ pub struct EtcdConfig {
     pub tls: Option<etcd_client::TlsOptions>,
     /// etcd user and password (etcd's auth enabled).
     pub user: Option<EtcdUser>,
+    /// With several endpoints: how often each member is asked whether it is healthy (see
+    /// `members.rs`), at most a quarter of `lease_ttl`; an unhealthy member leaves the
+    /// rotation until it answers again.
+    pub member_probe_interval: Duration,
 }
 
 /// Everything but the TLS material (its key) and the password.
@@ -74,6 +80,7 @@ impl std::fmt::Debug for EtcdConfig {
             .field("claim_ttl", &self.claim_ttl)
             .field("tls", &self.tls.is_some())
             .field("user", &self.user)
+            .field("member_probe_interval", &self.member_probe_interval)
             .finish()
     }
 }
@@ -102,13 +109,15 @@ impl EtcdConfig {
             claim_ttl: Duration::from_secs(60),
             tls: None,
             user: None,
+            member_probe_interval: Duration::from_secs(1),
         }
     }
 }
 
 #[derive(Clone)]
 pub struct EtcdRegistry {
-    client: Client,
+    /// A client per member, and which are in rotation (`members.rs`).
+    pool: Pool,
     keys: Keys,
     config: EtcdConfig,
 }
@@ -132,7 +141,10 @@ impl EtcdRegistry {
             // than every 10 s: etcd (min 5 s) answers faster pings with GOAWAY
             // "too_many_pings", which resets every watch.
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member without a leader (the minority side of a partition) fails requests
+            // and cancels watches at once instead of serving stale data or none.
+            .with_require_leader(true);
         let options = match &config.tls {
             Some(tls) => options.with_tls(tls.clone()),
             None => options,
@@ -160,21 +172,35 @@ impl EtcdRegistry {
                 }
             })
             .collect();
-        let client = Client::connect(endpoints, Some(options)).await?;
+        // A member must leave the rotation well within a lease TTL.
+        let probe_interval = config
+            .member_probe_interval
+            .min(config.lease_ttl / 4)
+            .max(Duration::from_millis(250));
+        let pool = Pool::connect(endpoints, options, probe_interval).await?;
         Ok(Self {
-            client,
+            pool,
             keys: Keys::new(&config.namespace),
             config,
         })
     }
 
-    /// The underlying client, for administrative operations (and tests that compact).
+    /// A client of a member in rotation, for administrative operations (and tests that
+    /// compact).
     pub fn client(&self) -> Client {
-        self.client.clone()
+        self.pool.client()
     }
 
     pub fn config(&self) -> &EtcdConfig {
         &self.config
+    }
+
+    fn session(&self) -> Session {
+        Session {
+            pool: self.pool.clone(),
+            request_timeout: self.config.request_timeout,
+            members: self.pool.changes(),
+        }
     }
 
     fn ttl_secs(&self) -> i64 {
@@ -182,17 +208,78 @@ impl EtcdRegistry {
     }
 }
 
+/// What a long-lived etcd task (a lease keeper, a watcher) works with.
+struct Session {
+    pool: Pool,
+    request_timeout: Duration,
+    /// Changes when an etcd member leaves the rotation (`members.rs`).
+    members: watch::Receiver<u64>,
+}
+
+/// Resolves when an etcd member leaves the rotation; never, with a single endpoint.
+async fn member_left(members: &mut watch::Receiver<u64>) {
+    if members.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Whether an etcd request failed because the member it went to could not take it in time
+/// (down, frozen, unreachable, or without a leader during an election): another member, or
+/// the same one a moment later, may.
+fn transient(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded
+        ),
+        _ => false,
+    }
+}
+
+/// Runs `op` again while it fails as [`transient`], six attempts over about 1.5 s of pauses
+/// (an election takes a second or two). Each attempt goes to the next member in rotation,
+/// and one that just died or froze is only taken out of rotation by the next probe
+/// (`members.rs`); until then a request may land on it. Every operation retried here is safe to repeat:
+/// puts are idempotent, a lease granted twice expires unused, and a claim whose first
+/// attempt did succeed fails its compare the second time, so the number is let go and
+/// another is taken.
+async fn retrying<T, F, Fut>(mut op: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut pause = Duration::from_millis(50);
+    for _ in 0..5 {
+        match op().await {
+            Err(e) if transient(&e) => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            done => return done,
+        }
+    }
+    op().await
+}
+
 async fn grant_and_put(
-    client: &mut Client,
+    pool: &Pool,
     key: &str,
     value: &str,
     ttl: i64,
 ) -> Result<i64, etcd_client::Error> {
-    let lease = client.lease_grant(ttl, None).await?.id();
-    client
-        .put(key, value, Some(PutOptions::new().with_lease(lease)))
-        .await?;
-    Ok(lease)
+    retrying(|| {
+        let mut client = pool.client();
+        async move {
+            let lease = client.lease_grant(ttl, None).await?.id();
+            client
+                .put(key, value, Some(PutOptions::new().with_lease(lease)))
+                .await?;
+            Ok(lease)
+        }
+    })
+    .await
 }
 
 #[async_trait]
@@ -208,19 +295,17 @@ impl Registry for EtcdRegistry {
             key: key.clone(),
             reason: e.to_string(),
         })?;
-        let mut client = self.client.clone();
         let ttl = self.ttl_secs();
-        let lease = grant_and_put(&mut client, &key, &value, ttl).await?;
+        let lease = grant_and_put(&self.pool, &key, &value, ttl).await?;
         info!(%key, lease, ttl, address = %instance.address, "registered");
         let (stop_tx, stop_rx) = oneshot::channel();
         let (updates_tx, updates_rx) = watch::channel(instance.clone());
         let keeper = tokio::spawn(keep_registered(
-            client,
+            self.session(),
             key,
             updates_rx,
             ttl,
             lease,
-            self.config.request_timeout,
             stop_rx,
         ));
         Ok(Registration::new(instance, stop_tx, keeper, updates_tx))
@@ -228,7 +313,7 @@ impl Registry for EtcdRegistry {
 
     async fn list(&self, service: &str) -> Result<EndpointSet, DiscoveryError> {
         check_service_name(service)?;
-        let (set, _) = list(&mut self.client.clone(), &self.keys, service).await?;
+        let (set, _) = list(&self.pool, &self.keys, service).await?;
         Ok(set)
     }
 
@@ -238,7 +323,6 @@ impl Registry for EtcdRegistry {
 
     async fn claim(&self, pool: &str, max: u32) -> Result<Claim, DiscoveryError> {
         check_service_name(pool)?;
-        let mut client = self.client.clone();
         let ttl = self.config.claim_ttl.as_secs().max(1) as i64;
         let prefix = format!(
             "/{}/claims/{pool}/",
@@ -250,12 +334,12 @@ impl Registry for EtcdRegistry {
             let id = (start + i) % max;
             let key = format!("{prefix}{id}");
             let sent = std::time::Instant::now();
-            if let Some(lease) = try_claim(&mut client, &key, ttl).await? {
+            if let Some(lease) = try_claim(&self.pool, &key, ttl).await? {
                 info!(%key, lease, ttl, "claimed");
                 let (valid_tx, valid_rx) = watch::channel(Some(valid_until(sent, ttl)));
                 let (stop_tx, stop_rx) = oneshot::channel();
                 tokio::spawn(keep_claim(
-                    client,
+                    self.pool.clone(),
                     key,
                     ttl,
                     lease,
@@ -271,25 +355,28 @@ impl Registry for EtcdRegistry {
 }
 
 /// Creates `key` under a new lease if nobody holds it; the lease id on success.
-async fn try_claim(
-    client: &mut Client,
-    key: &str,
-    ttl: i64,
-) -> Result<Option<i64>, DiscoveryError> {
-    let lease = client.lease_grant(ttl, None).await?.id();
-    let txn = Txn::new()
-        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key,
-            "",
-            Some(PutOptions::new().with_lease(lease)),
-        )]);
-    if client.txn(txn).await?.succeeded() {
-        Ok(Some(lease))
-    } else {
-        let _ = client.lease_revoke(lease).await;
-        Ok(None)
-    }
+async fn try_claim(pool: &Pool, key: &str, ttl: i64) -> Result<Option<i64>, DiscoveryError> {
+    let claimed = retrying(|| {
+        let mut client = pool.client();
+        async move {
+            let lease = client.lease_grant(ttl, None).await?.id();
+            let txn = Txn::new()
+                .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key,
+                    "",
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            if client.txn(txn).await?.succeeded() {
+                Ok(Some(lease))
+            } else {
+                let _ = client.lease_revoke(lease).await;
+                Ok(None)
+            }
+        }
+    })
+    .await?;
+    Ok(claimed)
 }
 
 /// Until when a claim whose lease (of `ttl` seconds) was granted or renewed by a request
@@ -304,7 +391,7 @@ fn valid_until(sent: std::time::Instant, ttl: i64) -> std::time::Instant {
 /// says the lease is gone, the claim is invalid at once, until the same number can be
 /// claimed again (someone else may have it by then).
 async fn keep_claim(
-    mut client: Client,
+    pool: Pool,
     key: String,
     ttl: i64,
     mut lease: i64,
@@ -324,7 +411,8 @@ async fn keep_claim(
         let sent = std::time::Instant::now();
         if held {
             let renewed = async {
-                let (mut keeper, mut responses) = client.lease_keep_alive(lease).await.ok()?;
+                let (mut keeper, mut responses) =
+                    pool.client().lease_keep_alive(lease).await.ok()?;
                 keeper.keep_alive().await.ok()?;
                 let resp = responses.message().await.ok()??;
                 Some(resp.ttl() > 0)
@@ -352,14 +440,14 @@ async fn keep_claim(
         }
         let sent = std::time::Instant::now();
         if let Ok(Ok(Some(new))) =
-            tokio::time::timeout(request_timeout, try_claim(&mut client, &key, ttl)).await
+            tokio::time::timeout(request_timeout, try_claim(&pool, &key, ttl)).await
         {
             info!(%key, lease = new, "claim re-established");
             lease = new;
             valid.send_replace(Some(valid_until(sent, ttl)));
         }
     }
-    let _ = tokio::time::timeout(request_timeout, client.lease_revoke(lease)).await;
+    let _ = tokio::time::timeout(request_timeout, pool.client().lease_revoke(lease)).await;
 }
 
 impl EtcdRegistry {
@@ -374,7 +462,7 @@ impl EtcdRegistry {
         let (tx, rx) = watch::channel(Arc::new(EndpointSet::new()));
         if check_service_name(service).is_ok() {
             tokio::spawn(watch_service(
-                self.client.clone(),
+                self.session(),
                 self.keys.clone(),
                 service.to_string(),
                 self.config.relist_grace,
@@ -402,16 +490,21 @@ fn parse(keys: &Keys, service: &str, kv: &KeyValue) -> Option<ServiceInstance> {
 }
 
 async fn list(
-    client: &mut Client,
+    pool: &Pool,
     keys: &Keys,
     service: &str,
 ) -> Result<(EndpointSet, i64), DiscoveryError> {
-    let resp = client
-        .get(
-            keys.service_prefix(service),
-            Some(GetOptions::new().with_prefix()),
-        )
-        .await?;
+    let prefix = keys.service_prefix(service);
+    let resp = retrying(|| {
+        let mut client = pool.client();
+        let prefix = prefix.clone();
+        async move {
+            client
+                .get(prefix, Some(GetOptions::new().with_prefix()))
+                .await
+        }
+    })
+    .await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
     let set = resp
         .kvs()

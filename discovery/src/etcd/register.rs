@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions, PutOptions};
+use etcd_client::{GetOptions, PutOptions};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
-use super::grant_and_put;
+use super::{grant_and_put, member_left};
 use crate::backoff::Backoff;
 use crate::instance::ServiceInstance;
 
@@ -27,7 +27,8 @@ enum Renewals {
 
 /// One registration's key, value and client.
 struct Keeper {
-    client: Client,
+    /// The clients of etcd's members; each request goes to the next one in rotation.
+    pool: super::Pool,
     key: String,
     /// The instance as last encoded.
     value: String,
@@ -35,36 +36,45 @@ struct Keeper {
     dirty: bool,
     ttl: i64,
     request_timeout: Duration,
+    /// Changes when an etcd member leaves the rotation: the keep-alive stream may be on it.
+    members: watch::Receiver<u64>,
 }
 
 impl Keeper {
+    /// How long a request made while renewing may take: not past the next renewal.
+    fn wait(&self) -> Duration {
+        self.request_timeout
+            .min(Duration::from_millis(self.ttl as u64 * 1000 / 3))
+    }
+
     /// Puts the value under `lease`; remembers a failure for the next renewal.
     async fn put(&mut self, lease: i64, why: &str) {
-        let put = self
-            .client
-            .put(
-                self.key.as_str(),
-                self.value.as_str(),
-                Some(PutOptions::new().with_lease(lease)),
-            )
-            .await;
-        self.dirty = put.is_err();
+        let mut client = self.pool.client();
+        let put = client.put(
+            self.key.as_str(),
+            self.value.as_str(),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        let put = bounded(self.wait(), &mut self.members, put).await;
+        self.dirty = !matches!(put, Some(Ok(_)));
         match put {
-            Ok(_) => info!(key = %self.key, value = %self.value, "{why}"),
-            Err(e) => {
+            Some(Ok(_)) => info!(key = %self.key, value = %self.value, "{why}"),
+            Some(Err(e)) => {
                 warn!(key = %self.key, error = %e, "{why} failed; trying again at the next renewal")
+            }
+            None => {
+                warn!(key = %self.key, "{why} got no answer in time; trying again at the next renewal")
             }
         }
     }
 
     /// Whether the key is missing although its lease lives.
     async fn key_missing(&mut self) -> bool {
+        let mut client = self.pool.client();
+        let get = client.get(self.key.as_str(), Some(GetOptions::new().with_keys_only()));
         matches!(
-            self.client
-                .get(self.key.as_str(), Some(GetOptions::new().with_keys_only()))
-                .await
-                .map(|r| r.kvs().is_empty()),
-            Ok(true)
+            bounded(self.wait(), &mut self.members, get).await,
+            Some(Ok(r)) if r.kvs().is_empty()
         )
     }
 
@@ -78,15 +88,25 @@ impl Keeper {
         stop: &mut oneshot::Receiver<()>,
         backoff: &mut Backoff,
     ) -> Renewals {
-        let (mut keeper, mut responses) = match self.client.lease_keep_alive(lease).await {
-            Ok(pair) => pair,
+        let mut client = self.pool.client();
+        let open = bounded(
+            self.wait(),
+            &mut self.members,
+            client.lease_keep_alive(lease),
+        );
+        let (mut keeper, mut responses) = match open.await {
+            None => {
+                warn!(key = %self.key, "lease keep-alive did not open in time");
+                return Renewals::Broken;
+            }
+            Some(Ok(pair)) => pair,
             // etcd-client reports a keep-alive answer with TTL <= 0 at open time this way:
             // the lease is gone (expired, or etcd lost its data).
-            Err(etcd_client::Error::LeaseKeepAliveError(reason)) => {
+            Some(Err(etcd_client::Error::LeaseKeepAliveError(reason))) => {
                 warn!(key = %self.key, lease, %reason, "lease lost; re-registering");
                 return Renewals::LeaseLost;
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 warn!(key = %self.key, error = %e, "cannot open lease keep-alive");
                 return Renewals::Broken;
             }
@@ -95,6 +115,10 @@ impl Keeper {
         loop {
             tokio::select! {
                 _ = &mut *stop => return Renewals::Stopped,
+                _ = member_left(&mut self.members) => {
+                    info!(key = %self.key, "an etcd member left the rotation; reopening the lease keep-alive");
+                    return Renewals::Broken;
+                }
                 _ = tick.tick() => {}
                 changed = updates.changed() => {
                     // The handle is gone: the registration is being dropped.
@@ -110,7 +134,17 @@ impl Keeper {
                 warn!(key = %self.key, error = %e, "lease keep-alive failed to send");
                 return Renewals::Broken;
             }
-            match tokio::time::timeout(self.request_timeout, responses.message()).await {
+            // An answer later than the next renewal is as good as none: open the stream
+            // again (elsewhere, if a member left the rotation meanwhile).
+            let wait = self.wait();
+            let answer = tokio::select! {
+                answer = tokio::time::timeout(wait, responses.message()) => answer,
+                _ = member_left(&mut self.members) => {
+                    info!(key = %self.key, "an etcd member left the rotation; reopening the lease keep-alive");
+                    return Renewals::Broken;
+                }
+            };
+            match answer {
                 Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
                     backoff.reset();
                     debug!(key = %self.key, ttl = resp.ttl(), "lease renewed");
@@ -140,7 +174,8 @@ impl Keeper {
 
     /// Revokes `lease`: the key goes with it.
     async fn deregister(&mut self, lease: i64) {
-        match tokio::time::timeout(self.request_timeout, self.client.lease_revoke(lease)).await {
+        let mut client = self.pool.client();
+        match tokio::time::timeout(self.request_timeout, client.lease_revoke(lease)).await {
             Ok(Ok(_)) => info!(key = %self.key, "deregistered"),
             Ok(Err(e)) => {
                 warn!(key = %self.key, error = %e, "revoke failed; the lease will expire")
@@ -150,40 +185,56 @@ impl Keeper {
     }
 }
 
+/// Waits for an etcd request at most `wait`, and not past a member leaving the rotation
+/// (the request may be stuck on it); `None` when it was given up.
+async fn bounded<T>(
+    wait: Duration,
+    members: &mut watch::Receiver<u64>,
+    request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Option<Result<T, etcd_client::Error>> {
+    tokio::select! {
+        answer = tokio::time::timeout(wait, request) => answer.ok(),
+        _ = member_left(members) => None,
+    }
+}
+
 fn encode(i: &ServiceInstance) -> String {
     serde_json::to_string(i).unwrap_or_default()
 }
 
 /// Keeps one registration alive until `stop` fires, then revokes its lease.
 pub(super) async fn keep_registered(
-    client: Client,
+    session: super::Session,
     key: String,
     mut updates: watch::Receiver<ServiceInstance>,
     ttl: i64,
     first_lease: i64,
-    request_timeout: Duration,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let super::Session {
+        pool,
+        request_timeout,
+        members,
+    } = session;
     let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(300));
     let mut backoff = Backoff::new(Duration::from_millis(200), period);
     // Not marked as seen: a change made before this task ran is still put (below).
     let value = encode(&updates.borrow());
     let mut keeper = Keeper {
-        client,
+        pool,
         key,
         value,
         dirty: false,
         ttl,
         request_timeout,
+        members,
     };
     let mut lease = Some(first_lease);
     loop {
         let id = match lease {
             Some(id) => id,
             None => {
-                match grant_and_put(&mut keeper.client, &keeper.key, &keeper.value, keeper.ttl)
-                    .await
-                {
+                match grant_and_put(&keeper.pool, &keeper.key, &keeper.value, keeper.ttl).await {
                     Ok(id) => {
                         info!(key = %keeper.key, lease = id, "re-registered after losing the lease");
                         lease = Some(id);
