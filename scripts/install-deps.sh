@@ -10,6 +10,7 @@
 #                       chromium; it never downloads a browser)
 #   libssl-dev          Debian, for librdkafka's TLS (the rdkafka crate's ssl feature)
 #   promtool            Debian prometheus, checks deploy/prometheus in tests/deploy.rs
+#   ip                  Debian iproute2: tests/multihost.rs makes network namespaces (as root)
 # Building Starling needs cargo and OpenSSL's headers (above); protoc comes from the
 # protoc-bin-vendored crate.
 set -euo pipefail
@@ -46,6 +47,7 @@ command -v node >/dev/null 2>&1 || apt_missing+=(nodejs npm)
 dpkg -s libssl-dev >/dev/null 2>&1 || apt_missing+=(libssl-dev)
 command -v pkg-config >/dev/null 2>&1 || apt_missing+=(pkg-config)
 command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || apt_missing+=(iproute2)
 if ((${#apt_missing[@]})); then
   log "apt-get install ${apt_missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

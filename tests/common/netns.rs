@@ -127,8 +127,10 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
-        // Deleting a namespace deletes the veth pair whose end it holds.
+        // Deleting one end of a veth pair deletes both; the namespace itself goes once
+        // nothing holds it any more.
         for h in &self.hosts {
+            let _ = ip(&["link", "del", &h.outer]);
             let _ = ip(&["netns", "del", &h.netns]);
         }
         let _ = ip(&["link", "del", &self.bridge]);
