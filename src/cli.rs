@@ -524,6 +524,17 @@ pub struct BackendArgs {
     /// are refused.
     #[arg(long = "kafka-option", env = "STARLING_KAFKA_OPTIONS", value_delimiter = ';', hide_env_values = true, value_parser = parse_key_value)]
     pub kafka_options: Vec<(String, String)>,
+    /// Partitions of each topic Starling creates: how many members of a consumer group read
+    /// in parallel. Topics that exist keep theirs.
+    #[arg(long, env = "STARLING_KAFKA_PARTITIONS", default_value_t = starling_runtime::events::topics::PARTITIONS, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub kafka_partitions: i32,
+    /// Copies of each partition of the topics Starling creates (at most the brokers there are).
+    #[arg(long, env = "STARLING_KAFKA_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub kafka_replication_factor: i32,
+    /// min.insync.replicas of the topics Starling creates: an event leaves the outbox only
+    /// once this many copies of its partition have it. Default: the broker's.
+    #[arg(long, env = "STARLING_KAFKA_MIN_INSYNC_REPLICAS", value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub kafka_min_insync_replicas: Option<i32>,
     /// Authors with more followers than this are merged into timelines at read time
     /// instead of being fanned out.
     #[arg(long, env = "STARLING_CELEBRITY_THRESHOLD", default_value_t = 100_000)]
@@ -531,6 +542,21 @@ pub struct BackendArgs {
     /// Followers per fan-out page (one checkpoint per page).
     #[arg(long, env = "STARLING_FANOUT_PAGE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub fanout_page: u32,
+}
+
+impl BackendArgs {
+    /// The layout of the topics Starling creates, checked.
+    pub fn topic_layout(&self) -> anyhow::Result<starling_runtime::events::topics::TopicLayout> {
+        let layout = starling_runtime::events::topics::TopicLayout {
+            partitions: self.kafka_partitions,
+            replication_factor: self.kafka_replication_factor,
+            min_insync_replicas: self.kafka_min_insync_replicas,
+        };
+        layout
+            .check()
+            .map_err(|e| anyhow::anyhow!("invalid topic layout (--kafka-partitions, --kafka-replication-factor, --kafka-min-insync-replicas): {e}"))?;
+        Ok(layout)
+    }
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,8 @@ pub async fn context_with_tls(
     etcd: &[String],
     tls: Option<starling_discovery::MeshTls>,
 ) -> anyhow::Result<ServiceContext> {
+    // Checked before anything connects: a bad layout is the caller's mistake.
+    let layout = backends.topic_layout()?;
     let registry: Arc<dyn Registry> = if etcd.is_empty() {
         Arc::new(MemoryRegistry::new())
     } else {
@@ -62,6 +64,7 @@ pub async fn context_with_tls(
             KafkaBus::connect_with(brokers, &mesh.namespace, backends.kafka_options.clone())
                 .await
                 .context("connecting to kafka")?
+                .with_layout(layout)?
                 .coordinated_by(store.clone()),
         ),
         None => Arc::new(MemoryBus::new()),

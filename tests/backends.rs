@@ -96,3 +96,55 @@ async fn kafka_bus_passes_the_bus_contract() {
         .coordinated_by(std::sync::Arc::new(store));
     starling_runtime::events::contract::run_all(&bus, "c").await;
 }
+
+/// Topics are created with the configured partitions (and `min.insync.replicas`); a layout
+/// the broker could not honour is refused before anything is created.
+#[tokio::test]
+async fn kafka_topics_are_created_with_the_configured_layout() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use starling_runtime::events::topics::TopicLayout;
+    use starling_runtime::events::EventBus as _;
+
+    let Some(brokers) = shared("STARLING_TEST_KAFKA") else {
+        return;
+    };
+    let namespace = format!("layout-{:08x}", rand::random::<u32>());
+    let layout = TopicLayout {
+        partitions: 4,
+        replication_factor: 1,
+        min_insync_replicas: Some(1),
+    };
+    let bus = starling_runtime::events::KafkaBus::connect(&brokers, &namespace)
+        .await
+        .unwrap()
+        .with_layout(layout)
+        .expect("a layout one broker can hold");
+    bus.create_topics(&["laid-out".to_string()]).await.unwrap();
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let topic = format!("{namespace}.laid-out");
+    let partitions = tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(Some(&topic), std::time::Duration::from_secs(5))
+            .map(|m| m.topics().first().map(|t| t.partitions().len()))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(partitions, Some(4));
+
+    let unsafe_layout = TopicLayout {
+        min_insync_replicas: Some(2),
+        ..layout
+    };
+    let refused = starling_runtime::events::KafkaBus::connect(&brokers, &namespace)
+        .await
+        .unwrap()
+        .with_layout(unsafe_layout);
+    assert!(
+        refused.is_err(),
+        "min.insync.replicas above the replication factor"
+    );
+}

@@ -113,6 +113,29 @@ fn bad_input_gets_a_precise_error() {
         );
     }
 
+    // A topic layout the broker could not honour is refused before anything connects.
+    for (args, expect) in [
+        (
+            vec![
+                "--kafka-replication-factor",
+                "1",
+                "--kafka-min-insync-replicas",
+                "2",
+            ],
+            "min.insync.replicas must be between 1 and the replication factor (1), not 2",
+        ),
+        (vec!["--kafka-partitions", "0"], "--kafka-partitions"),
+    ] {
+        let mut all = vec!["up", "--kafka", "127.0.0.1:1"];
+        all.extend(args.iter().copied());
+        let out = starling(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "{args:?}: {out:?}"
+        );
+    }
+
     // The mesh is on mutual TLS unless plaintext is asked for by name.
     let out = starling(&[
         "serve",

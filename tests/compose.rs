@@ -2,7 +2,7 @@
 //! the program instead: every service it runs exists, every subcommand, flag and variable it
 //! passes is one `starling` accepts, and every address and port lines up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::Command;
 
 use serde_yaml::Value;
@@ -77,9 +77,32 @@ fn port(addr: &str) -> &str {
 #[test]
 fn compose_file_matches_the_program() {
     let services = compose();
-    for infra in ["etcd", "kafka", "redis"] {
+    for infra in ["etcd-1", "etcd-2", "etcd-3", "kafka", "redis"] {
         assert!(services.contains_key(infra), "{infra} missing");
     }
+    // The etcd members form one cluster, and every process lists all of them.
+    let members: Vec<String> = (1..=3).map(|n| format!("etcd-{n}")).collect();
+    let etcd_urls: Vec<String> = members.iter().map(|m| format!("http://{m}:2379")).collect();
+    for m in &members {
+        let command = strings(services[m.as_str()].get("command"));
+        let arg = |flag: &str| {
+            command
+                .iter()
+                .find_map(|c| c.strip_prefix(&format!("{flag}=")))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(arg("--name"), *m);
+        assert_eq!(arg("--advertise-client-urls"), format!("http://{m}:2379"));
+        let cluster = arg("--initial-cluster");
+        for other in &members {
+            assert!(
+                cluster.contains(&format!("{other}=http://{other}:2380")),
+                "{m}: --initial-cluster lacks {other}: {cluster}"
+            );
+        }
+    }
+    let mut zones: HashMap<String, HashSet<String>> = HashMap::new();
     let mut replicas: HashMap<String, usize> = HashMap::new();
     let mut gateways = 0;
     let mut pki: Option<(String, String)> = None;
@@ -136,10 +159,11 @@ fn compose_file_matches_the_program() {
             let flag = flag.split('=').next().unwrap_or_default();
             assert!(text.contains(flag), "{name}: unknown flag {flag}");
         }
-        assert!(
+        assert_eq!(
             vars.get("STARLING_ETCD")
-                .is_some_and(|v| v == "http://etcd:2379"),
-            "{name}: STARLING_ETCD"
+                .map(|v| v.split(',').map(String::from).collect()),
+            Some(etcd_urls.clone()),
+            "{name}: STARLING_ETCD lists every etcd member"
         );
         assert!(
             vars.get("STARLING_REDIS")
@@ -175,6 +199,10 @@ fn compose_file_matches_the_program() {
                 let kind = sub.get(1).copied().unwrap_or_default();
                 assert!(KINDS.contains(&kind), "{name}: unknown service {kind}");
                 *replicas.entry(kind.to_string()).or_default() += 1;
+                zones
+                    .entry(kind.to_string())
+                    .or_default()
+                    .insert(vars.get("STARLING_ZONE").cloned().unwrap_or_default());
                 let listen = &vars["STARLING_LISTEN"];
                 let advertise = &vars["STARLING_ADVERTISE"];
                 assert_eq!(
@@ -222,6 +250,11 @@ fn compose_file_matches_the_program() {
         assert!(
             replicas.get(kind).copied().unwrap_or(0) >= 2,
             "{kind} needs two replicas: {replicas:?}"
+        );
+        let kind_zones = &zones[kind];
+        assert!(
+            kind_zones.len() >= 2 && !kind_zones.contains(""),
+            "{kind}'s replicas are in two zones: {kind_zones:?}"
         );
     }
     assert_eq!(gateways, 1);

@@ -98,6 +98,9 @@ pub async fn embedded_app(
         redis_ca: None,
         kafka: None,
         kafka_options: Vec::new(),
+        kafka_partitions: starling_runtime::events::topics::PARTITIONS,
+        kafka_replication_factor: 1,
+        kafka_min_insync_replicas: None,
         celebrity_threshold: celebrity,
         fanout_page: 1_000,
     };

@@ -38,7 +38,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{watch, Notify};
 
 use super::ownership::{Ownership, Reader};
-use super::topics::PARTITIONS;
+use super::topics::TopicLayout;
 use super::{BusError, Delivery, EventBus, Message, Subscription};
 use crate::store::Store;
 
@@ -114,6 +114,8 @@ pub struct KafkaBus {
     /// Where the members of a group agree who reads which partition (see `ownership`);
     /// without it a subscription reads every partition, as a tool reading alone does.
     coordination: Option<Arc<dyn Store>>,
+    /// Partitions and replication of the topics this bus creates.
+    layout: TopicLayout,
 }
 
 struct Shared {
@@ -235,7 +237,15 @@ impl KafkaBus {
             prefix: format!("{namespace}."),
             shared,
             coordination: None,
+            layout: TopicLayout::default(),
         })
+    }
+
+    /// Lays out the topics this bus creates so (see [`TopicLayout`]); checked here.
+    pub fn with_layout(mut self, layout: TopicLayout) -> Result<Self, BusError> {
+        layout.check().map_err(BusError::Kafka)?;
+        self.layout = layout;
+        Ok(self)
     }
 
     /// Shares the partitions of each group among its members through leases in `store`
@@ -257,9 +267,21 @@ impl KafkaBus {
             .create()
             .map_err(|e| BusError::Kafka(self.brokers.scrub(e.to_string())))?;
         let names: Vec<String> = topics.iter().map(|t| self.name(t)).collect();
+        let layout = self.layout;
+        let min_insync = layout.min_insync_replicas.map(|m| m.to_string());
         let new: Vec<NewTopic> = names
             .iter()
-            .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
+            .map(|t| {
+                let topic = NewTopic::new(
+                    t,
+                    layout.partitions,
+                    TopicReplication::Fixed(layout.replication_factor),
+                );
+                match &min_insync {
+                    Some(m) => topic.set("min.insync.replicas", m),
+                    None => topic,
+                }
+            })
             .collect();
         let opts = AdminOptions::new()
             .operation_timeout(Some(Duration::from_secs(5)))
@@ -471,7 +493,7 @@ impl EventBus for KafkaBus {
         let mut readers = Vec::new();
         for topic in topics {
             let name = self.name(topic);
-            let count = partition_count(&consumer, &name).await;
+            let count = partition_count(&consumer, &name, self.layout.partitions).await;
             let reader = Arc::new(TopicReader {
                 consumer: consumer.clone(),
                 topic: name,
@@ -563,9 +585,12 @@ impl ClientContext for LagContext {
 
 impl ConsumerContext for LagContext {}
 
-/// How many partitions `topic` has, from the broker (the catalogue's count if it does not
-/// say).
-async fn partition_count(consumer: &Arc<StreamConsumer<LagContext>>, topic: &str) -> usize {
+/// How many partitions `topic` has, from the broker (`configured` if it does not say).
+async fn partition_count(
+    consumer: &Arc<StreamConsumer<LagContext>>,
+    topic: &str,
+    configured: i32,
+) -> usize {
     let (consumer, name) = (consumer.clone(), topic.to_string());
     let found = tokio::task::spawn_blocking(move || {
         consumer
@@ -578,7 +603,7 @@ async fn partition_count(consumer: &Arc<StreamConsumer<LagContext>>, topic: &str
     .flatten();
     match found {
         Some(n) if n > 0 => n,
-        _ => PARTITIONS as usize,
+        _ => configured.max(1) as usize,
     }
 }
 

@@ -21,8 +21,97 @@ pub const TWEET_TAGGED: &str = "tweet-tagged.v1";
 pub const ENGAGEMENT: &str = "engagement.v1";
 pub const FOLLOW_CHANGED: &str = "follow-changed.v1";
 
-/// Partitions of every topic (the seed article used 10).
+/// Partitions of every topic unless configured otherwise (the seed article used 10).
 pub const PARTITIONS: i32 = 10;
+
+/// How the topics Starling creates are laid out on the broker. A topic that already exists
+/// keeps its own layout: Kafka can add partitions but never remove them, and adding some
+/// would move keys to other partitions and break their order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLayout {
+    /// Partitions per topic: how many members of a group can read in parallel.
+    pub partitions: i32,
+    /// Copies of every partition on distinct brokers.
+    pub replication_factor: i32,
+    /// The topic's `min.insync.replicas`: with `acks=all` (which Starling's producer uses),
+    /// a write is acknowledged only once this many copies have it. `None`: the broker's
+    /// default.
+    pub min_insync_replicas: Option<i32>,
+}
+
+impl Default for TopicLayout {
+    fn default() -> Self {
+        Self {
+            partitions: PARTITIONS,
+            replication_factor: 1,
+            min_insync_replicas: None,
+        }
+    }
+}
+
+impl TopicLayout {
+    /// Refuses a layout the broker would refuse later, or that would silently not protect
+    /// anything.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=10_000).contains(&self.partitions) {
+            return Err(format!(
+                "partitions must be between 1 and 10000, not {}",
+                self.partitions
+            ));
+        }
+        if self.replication_factor < 1 {
+            return Err(format!(
+                "the replication factor must be at least 1, not {}",
+                self.replication_factor
+            ));
+        }
+        if let Some(min) = self.min_insync_replicas {
+            if min < 1 || min > self.replication_factor {
+                return Err(format!(
+                    "min.insync.replicas must be between 1 and the replication factor ({}), not {min}",
+                    self.replication_factor
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::TopicLayout;
+
+    #[test]
+    fn a_layout_is_checked() {
+        assert!(TopicLayout::default().check().is_ok());
+        let three = TopicLayout {
+            partitions: 12,
+            replication_factor: 3,
+            min_insync_replicas: Some(2),
+        };
+        assert!(three.check().is_ok());
+        for bad in [
+            TopicLayout {
+                partitions: 0,
+                ..three
+            },
+            TopicLayout {
+                replication_factor: 0,
+                ..three
+            },
+            TopicLayout {
+                min_insync_replicas: Some(4),
+                ..three
+            },
+            TopicLayout {
+                min_insync_replicas: Some(0),
+                ..three
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?} accepted");
+        }
+    }
+}
 
 pub mod groups {
     pub const TIMELINE: &str = "timeline";
