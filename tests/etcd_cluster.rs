@@ -55,6 +55,17 @@ impl Taggers {
         self.live.iter().map(|(i, _)| i.id.clone()).collect()
     }
 
+    /// Waits until every instance has exactly `n` etcd members in rotation; how long that
+    /// took.
+    async fn await_rotation(&self, n: usize, what: &str) -> Duration {
+        let t0 = Instant::now();
+        assert!(
+            eventually(Duration::from_secs(15), || self.members_in_rotation(n)).await,
+            "{what}"
+        );
+        t0.elapsed()
+    }
+
     /// Whether every instance has exactly `n` etcd members in rotation.
     async fn members_in_rotation(&self, n: usize) -> bool {
         for (_, addr) in &self.live {
@@ -221,12 +232,12 @@ async fn losing_the_leader_loses_no_registration_watch_event_claim_or_call() {
     // The dead member comes back and is taken into rotation again; then another member
     // dies, so the cluster works only with the one that came back.
     cluster.restart(leader);
-    let restarted_at = Instant::now();
-    assert!(
-        eventually(Duration::from_secs(15), || taggers.members_in_rotation(3)).await,
-        "the restarted member is back in every instance's rotation"
-    );
-    let rejoined = restarted_at.elapsed();
+    let rejoined = taggers
+        .await_rotation(
+            3,
+            "the restarted member is back in every instance's rotation",
+        )
+        .await;
     let second = (leader + 1) % 3;
     cluster.kill(second);
     cluster.await_leader(Duration::from_secs(10)).await;
@@ -272,12 +283,9 @@ async fn a_frozen_member_leaves_the_rotation_and_no_lease_or_call_is_lost() {
     let leader = cluster.leader().await.expect("a leader");
     let victim = (leader + 1) % 3;
     cluster.freeze(victim);
-    let frozen_at = Instant::now();
-    assert!(
-        eventually(Duration::from_secs(10), || taggers.members_in_rotation(2)).await,
-        "the frozen member left every instance's rotation"
-    );
-    let left = frozen_at.elapsed();
+    let left = taggers
+        .await_rotation(2, "the frozen member left every instance's rotation")
+        .await;
     // A registration while the member is frozen is watched.
     let newcomer = taggers.add().await;
     assert!(
@@ -293,12 +301,9 @@ async fn a_frozen_member_leaves_the_rotation_and_no_lease_or_call_is_lost() {
         "registrations while a member is frozen"
     );
     cluster.thaw(victim);
-    let thawed_at = Instant::now();
-    assert!(
-        eventually(Duration::from_secs(15), || taggers.members_in_rotation(3)).await,
-        "the thawed member is back in every instance's rotation"
-    );
-    let back = thawed_at.elapsed();
+    let back = taggers
+        .await_rotation(3, "the thawed member is back in every instance's rotation")
+        .await;
     assert!(load.progress(50, Duration::from_secs(10)).await);
     let (ok, failures) = load.finish().await;
     assert_none("failed calls", &failures);
