@@ -9,9 +9,10 @@
 //!
 //! So the [`Pool`] keeps one client per member and chooses the member itself: each request
 //! or stream goes to the next member in rotation. A prober asks every member for its status
-//! each `probe_interval`. A member that does not answer in time, or answers without a
-//! leader (it is on the minority side of a partition), leaves the rotation; its first good
-//! answer brings it back. When no member is healthy (an election, or this process is the
+//! each `probe_interval`. A member that does not answer in time, answers without a leader
+//! (it is on the minority side of a partition), or answers with a raft term older than
+//! another member's (a replaced leader back from a pause, see [`judge`]) leaves the
+//! rotation; its first good answer brings it back. When no member is healthy (an election, or this process is the
 //! one cut off) the rotation stays as it is: there is nothing better to go on. Each removal
 //! bumps a generation number, which tells watchers and lease keepers that a stream they
 //! opened may be stuck on the member that left: they reopen it (a watch resumes from its
@@ -145,8 +146,39 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Asks one member for its status.
-async fn probe(inner: &Inner, i: usize, options: &ConnectOptions, timeout: Duration) -> Health {
+/// Judges each member from its status answer (its raft term) or why there was none. A
+/// member whose term is behind another's is unhealthy too: it is a leader that was frozen
+/// or cut off, came back, and has not yet heard that it was replaced. Until it does, it
+/// takes itself for the leader (and its lessor serves lease renewals locally), so nothing
+/// should be sent to it.
+pub(super) fn judge(answers: Vec<(String, Result<u64, String>)>) -> Vec<(String, Health)> {
+    let newest = answers
+        .iter()
+        .filter_map(|(_, a)| a.as_ref().ok().copied())
+        .max()
+        .unwrap_or(0);
+    answers
+        .into_iter()
+        .map(|(endpoint, answer)| {
+            let health = match answer {
+                Ok(term) if term < newest => Health::Unhealthy(format!(
+                    "its raft term {term} is behind the cluster's {newest}: a replaced leader"
+                )),
+                Ok(_) => Health::Healthy,
+                Err(reason) => Health::Unhealthy(reason),
+            };
+            (endpoint, health)
+        })
+        .collect()
+}
+
+/// Asks one member for its status: its raft term, or why it is not usable.
+async fn probe(
+    inner: &Inner,
+    i: usize,
+    options: &ConnectOptions,
+    timeout: Duration,
+) -> Result<u64, String> {
     let (endpoint, slot) = &inner.members[i];
     let attempt = async {
         let existing = lock(slot).clone();
@@ -164,12 +196,11 @@ async fn probe(inner: &Inner, i: usize, options: &ConnectOptions, timeout: Durat
         if status.leader() == 0 {
             return Err("it has no leader".to_string());
         }
-        Ok(())
+        Ok(status.raft_term())
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(())) => Health::Healthy,
-        Ok(Err(reason)) => Health::Unhealthy(reason),
-        Err(_) => Health::Unhealthy(format!("no status answer within {timeout:?}")),
+        Ok(answer) => answer,
+        Err(_) => Err(format!("no status answer within {timeout:?}")),
     }
 }
 
@@ -187,15 +218,16 @@ async fn probe_forever(inner: Weak<Inner>, options: ConnectOptions, interval: Du
         }
         // The registry is gone: so is the prober.
         let Some(inner) = inner.upgrade() else { return };
-        let health: Vec<(String, Health)> = join_all((0..inner.members.len()).map(|i| {
+        let answers = join_all((0..inner.members.len()).map(|i| {
             let inner = &inner;
             let options = &options;
             async move {
-                let h = probe(inner, i, options, timeout).await;
-                (inner.members[i].0.clone(), h)
+                let answer = probe(inner, i, options, timeout).await;
+                (inner.members[i].0.clone(), answer)
             }
         }))
         .await;
+        let health = judge(answers);
         let current: BTreeSet<String> = lock(&inner.rotation)
             .iter()
             .map(|&i| inner.members[i].0.clone())
@@ -253,6 +285,18 @@ mod tests {
             &set(&["a", "b"]),
         );
         assert_eq!(r, set(&["a", "c"]));
+    }
+
+    #[test]
+    fn a_member_behind_the_newest_term_is_unhealthy() {
+        let judged = judge(vec![
+            ("a".into(), Ok(7)),
+            ("b".into(), Ok(6)),
+            ("c".into(), Err("down".into())),
+        ]);
+        assert_eq!(judged[0].1, Health::Healthy);
+        assert!(matches!(&judged[1].1, Health::Unhealthy(r) if r.contains("behind")));
+        assert!(matches!(&judged[2].1, Health::Unhealthy(r) if r == "down"));
     }
 
     #[test]

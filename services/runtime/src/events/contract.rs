@@ -29,6 +29,7 @@ pub async fn run_all<B: EventBus + Clone>(bus: &B, prefix: &str) {
     transient_failure_is_retried_then_handled(bus, prefix).await;
     a_failing_message_holds_back_only_its_key(bus, prefix).await;
     a_group_shares_the_work_and_a_leaver_hands_it_over(bus, prefix).await;
+    members_joining_and_leaving_under_load_lose_repeat_and_reorder_nothing(bus, prefix).await;
 }
 
 pub async fn round_trip_in_order_per_key<B: EventBus>(bus: &B, p: &str) {
@@ -427,4 +428,118 @@ pub async fn a_group_shares_the_work_and_a_leaver_hands_it_over<B: EventBus + Cl
     assert_eq!(seen.len(), 80);
     stop_b.send_replace(true);
     task_b.await.unwrap();
+}
+
+/// What every member of a group handled, in one log, in the order it was handled.
+struct Log {
+    member: &'static str,
+    log: Arc<std::sync::Mutex<Vec<(&'static str, String)>>>,
+}
+
+#[async_trait]
+impl Handler for Log {
+    async fn handle(&self, m: &Message) -> Result<(), HandleError> {
+        let payload = String::from_utf8_lossy(&m.payload).into_owned();
+        self.log.lock().unwrap().push((self.member, payload));
+        Ok(())
+    }
+}
+
+/// Messages keep coming while a group grows from one member to three, loses its first
+/// member and gains a fourth: every message is handled exactly once, a member that left
+/// handles nothing more, and each key's messages are handled in the order published.
+pub async fn members_joining_and_leaving_under_load_lose_repeat_and_reorder_nothing<
+    B: EventBus + Clone,
+>(
+    bus: &B,
+    p: &str,
+) {
+    const MESSAGES: usize = 300;
+    const KEYS: usize = 12;
+    let topic = format!("{p}.churn");
+    let group = format!("{p}-churning");
+    bus.create_topics(&[topic.clone(), dead_letter_topic(&topic, &group)])
+        .await
+        .unwrap();
+    let log: Arc<std::sync::Mutex<Vec<(&'static str, String)>>> = Arc::default();
+    let start = |member: &'static str| {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let bus: Arc<dyn EventBus> = Arc::new(bus.clone());
+        let config = ConsumerConfig::new(&topic, &group);
+        let handler = Arc::new(Log {
+            member,
+            log: log.clone(),
+        });
+        let task = tokio::spawn(async move {
+            consumer::run(
+                bus,
+                config,
+                handler,
+                stopped,
+                crate::health::Component::new("c"),
+            )
+            .await
+            .unwrap();
+        });
+        (stop, task)
+    };
+    let handled = || log.lock().unwrap().len();
+    let reach = |n: usize| async move {
+        tokio::time::timeout(WAIT, async {
+            while handled() < n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok()
+    };
+    let publisher = {
+        let bus = bus.clone();
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            for i in 0..MESSAGES {
+                let key = format!("key{}", i % KEYS);
+                let payload = format!("{key}:{i}").into_bytes();
+                bus.publish(Message::new(&topic, &key, payload, now_ms()))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let (stop_a, task_a) = start("a");
+    assert!(reach(40).await, "a alone handles the first messages");
+    let (stop_b, task_b) = start("b");
+    let (stop_c, task_c) = start("c");
+    assert!(reach(120).await, "a, b and c share the work");
+    stop_a.send_replace(true);
+    task_a.await.unwrap();
+    let a_stopped_at = handled();
+    let (stop_d, task_d) = start("d");
+    publisher.await.unwrap();
+    assert!(reach(MESSAGES).await, "{} of {MESSAGES} handled", handled());
+    for (stop, task) in [(stop_b, task_b), (stop_c, task_c), (stop_d, task_d)] {
+        stop.send_replace(true);
+        task.await.unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    let mut payloads: Vec<&String> = log.iter().map(|(_, m)| m).collect();
+    payloads.sort();
+    payloads.dedup();
+    assert_eq!(payloads.len(), MESSAGES, "every message once");
+    assert_eq!(log.len(), MESSAGES, "nothing handled twice");
+    assert!(
+        log[a_stopped_at..].iter().all(|(member, _)| *member != "a"),
+        "a member that left handled more"
+    );
+    let members: std::collections::BTreeSet<&str> = log.iter().map(|(m, _)| *m).collect();
+    assert!(members.len() >= 3, "the work was shared: {members:?}");
+    let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (_, m) in &log {
+        let (key, seq) = m.split_once(':').expect("key:seq");
+        let seq: usize = seq.parse().expect("a sequence number");
+        if let Some(before) = last.insert(key, seq) {
+            assert!(before < seq, "{key}: {seq} handled after {before}");
+        }
+    }
 }
