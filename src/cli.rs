@@ -276,7 +276,8 @@ impl GatewayListenArgs {
 pub struct GatewayArgs {
     #[command(flatten)]
     pub listen: GatewayListenArgs,
-    /// etcd client URLs, comma-separated.
+    /// etcd client URLs, comma-separated: every member of the cluster (each is probed, and
+    /// one that is down, cut off or without a leader is left out until it is back).
     #[arg(long, env = "STARLING_ETCD", value_delimiter = ',', required = true)]
     pub etcd: Vec<String>,
     /// Serve Prometheus metrics on this address (GET /metrics); the public HTTP port does
@@ -569,7 +570,8 @@ pub struct ServeArgs {
     /// host:port other instances should dial, if not the listen address (port 0 = the bound port).
     #[arg(long, env = "STARLING_ADVERTISE")]
     pub advertise: Option<String>,
-    /// etcd client URLs, comma-separated.
+    /// etcd client URLs, comma-separated: every member of the cluster (each is probed, and
+    /// one that is down, cut off or without a leader is left out until it is back).
     #[arg(long, env = "STARLING_ETCD", value_delimiter = ',', required = true)]
     pub etcd: Vec<String>,
     /// Serve Prometheus metrics on this address (GET /metrics).

@@ -1,7 +1,9 @@
 //! Watching one service: list the prefix, then follow a watch from the listed revision + 1
-//! (so no event between the two is missed); a compacted revision, a cancelled watch or a
-//! broken stream lead back to a fresh list, after a jittered back-off. While etcd is
-//! unreachable the last known set keeps being served.
+//! (so no event between the two is missed). A broken stream, or one on a member that left
+//! the rotation, is resumed from the revision after the last event seen; a compacted
+//! revision, a cancelled watch, or a member whose history is behind what was seen lead
+//! back to a fresh list, after a jittered back-off. While etcd is unreachable the last
+//! known set keeps being served.
 //!
 //! The set itself is a [`View`]: what a relist and what watch events do to it, including
 //! the grace for instances a relist no longer shows (see the module docs of `etcd`).

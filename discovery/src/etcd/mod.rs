@@ -1,7 +1,8 @@
 //! The production registry on etcd v3: the client and configuration, claims (Snowflake
-//! worker ids) here; keeping a registration alive in `register.rs` (a `Keeper` that renews
-//! until the lease is lost); following a service in `follow.rs` (a `View` that a relist and
-//! watch events update).
+//! worker ids) here; which members of a cluster are talked to in `members.rs` (a `Pool`
+//! of one client per member and a prober); keeping a registration alive in `register.rs`
+//! (a `Keeper` that renews until the lease is lost); following a service in `follow.rs`
+//! (a `View` that a relist and watch events update).
 //!
 //! Registration: grant a lease, put the instance key under it, renew it every TTL/3. A lost
 //! lease (etcd down longer than the TTL, or restarted with its data wiped) shows up as a
@@ -10,8 +11,9 @@
 //! registries in the wild never re-register; that is the bug this avoids.)
 //!
 //! Watching: list the prefix, then watch from the listed revision + 1, so no event between
-//! the two is missed. A compacted revision, a cancelled watch or a broken stream all lead
-//! to a fresh list and diff, after a jittered back-off. While etcd is unreachable the last
+//! the two is missed. A broken stream resumes from the revision after the last event seen;
+//! a compacted revision, a cancelled watch or etcd's history going backwards (restored or
+//! wiped) lead to a fresh list and diff, after a jittered back-off. While etcd is unreachable the last
 //! known set keeps being served. After a relist, instances that vanished are kept for a
 //! grace period rather than dropped at once: when etcd comes back empty, the live instances
 //! re-register within a few seconds, and dropping them in between would turn an etcd outage
