@@ -155,6 +155,18 @@ async fn sees(channel: &MeshChannel, ids: &HashSet<String>, timeout: Duration) -
         .await
 }
 
+/// Stops the load and the sampler; checks that no call failed and that no live instance
+/// was ever missing from the watcher's view. The calls that succeeded.
+async fn no_call_failed_and_no_instance_went_missing(load: Load, sampler: Sampler) -> u64 {
+    let (ok, failures) = load.finish().await;
+    assert_none("failed calls", &failures);
+    assert_none(
+        "moments a live instance was missing",
+        &sampler.finish().await,
+    );
+    ok
+}
+
 fn assert_none(what: &str, list: &[String]) {
     assert!(
         list.is_empty(),
@@ -248,12 +260,7 @@ async fn losing_the_leader_loses_no_registration_watch_event_claim_or_call() {
     );
     assert!(load.progress(50, Duration::from_secs(10)).await);
 
-    let (ok, failures) = load.finish().await;
-    assert_none("failed calls", &failures);
-    assert_none(
-        "moments a live instance was missing",
-        &sampler.finish().await,
-    );
+    let ok = no_call_failed_and_no_instance_went_missing(load, sampler).await;
     eprintln!(
         "leader killed: new leader after {election:?}; a SIGTERM during the failover seen \
          after {leave_seen:?}; the restarted member back in rotation after {rejoined:?}; \
@@ -264,7 +271,7 @@ async fn losing_the_leader_loses_no_registration_watch_event_claim_or_call() {
 
 /// A frozen follower: a member that holds its connections and answers nothing, as one
 /// behind a partition does. (A frozen *leader* that resumes is another matter: see
-/// "etcd cluster" in ARCHITECTURE.md.)
+/// "Several hosts" in ARCHITECTURE.md.)
 #[tokio::test]
 async fn a_frozen_member_leaves_the_rotation_and_no_lease_or_call_is_lost() {
     let _serial = serial().await;
@@ -305,12 +312,7 @@ async fn a_frozen_member_leaves_the_rotation_and_no_lease_or_call_is_lost() {
         .await_rotation(3, "the thawed member is back in every instance's rotation")
         .await;
     assert!(load.progress(50, Duration::from_secs(10)).await);
-    let (ok, failures) = load.finish().await;
-    assert_none("failed calls", &failures);
-    assert_none(
-        "moments a live instance was missing",
-        &sampler.finish().await,
-    );
+    let ok = no_call_failed_and_no_instance_went_missing(load, sampler).await;
     eprintln!(
         "frozen member: out of rotation after {left:?}, back {back:?} after thawing; \
          {ok} calls, none failed"

@@ -330,6 +330,33 @@ pub async fn a_failing_message_holds_back_only_its_key<B: EventBus + Clone>(bus:
     task.await.unwrap();
 }
 
+/// Runs one member of `group` on `topic` until the returned sender says stop.
+fn spawn_member<B: EventBus + Clone>(
+    bus: &B,
+    topic: &str,
+    group: &str,
+    handler: Arc<dyn Handler>,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let bus: Arc<dyn EventBus> = Arc::new(bus.clone());
+    let config = ConsumerConfig::new(topic, group);
+    let task = tokio::spawn(async move {
+        consumer::run(
+            bus,
+            config,
+            handler,
+            stopped,
+            crate::health::Component::new("c"),
+        )
+        .await
+        .unwrap();
+    });
+    (stop, task)
+}
+
 /// Counts what each member of a group handled.
 #[derive(Default)]
 struct Tally {
@@ -358,23 +385,7 @@ pub async fn a_group_shares_the_work_and_a_leaver_hands_it_over<B: EventBus + Cl
     bus.create_topics(&[topic.clone(), dead_letter_topic(&topic, &group)])
         .await
         .unwrap();
-    let start = |tally: Arc<Tally>| {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let bus: Arc<dyn EventBus> = Arc::new(bus.clone());
-        let config = ConsumerConfig::new(&topic, &group);
-        let task = tokio::spawn(async move {
-            consumer::run(
-                bus,
-                config,
-                tally,
-                stopped,
-                crate::health::Component::new("c"),
-            )
-            .await
-            .unwrap();
-        });
-        (stop, task)
-    };
+    let start = |tally: Arc<Tally>| spawn_member(bus, &topic, &group, tally);
     let (a, b) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
     let (stop_a, task_a) = start(a.clone());
     let (stop_b, task_b) = start(b.clone());
@@ -464,25 +475,11 @@ pub async fn members_joining_and_leaving_under_load_lose_repeat_and_reorder_noth
         .unwrap();
     let log: Arc<std::sync::Mutex<Vec<(&'static str, String)>>> = Arc::default();
     let start = |member: &'static str| {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let bus: Arc<dyn EventBus> = Arc::new(bus.clone());
-        let config = ConsumerConfig::new(&topic, &group);
         let handler = Arc::new(Log {
             member,
             log: log.clone(),
         });
-        let task = tokio::spawn(async move {
-            consumer::run(
-                bus,
-                config,
-                handler,
-                stopped,
-                crate::health::Component::new("c"),
-            )
-            .await
-            .unwrap();
-        });
-        (stop, task)
+        spawn_member(bus, &topic, &group, handler)
     };
     let handled = || log.lock().unwrap().len();
     let reach = |n: usize| async move {
