@@ -282,6 +282,121 @@ async fn a_refused_connection_is_retried_even_for_non_idempotent_calls() {
     }
 }
 
+/// A health service whose every answer breaks off after its headers and half a message, as
+/// a process killed in the middle of answering leaves it.
+#[derive(Clone)]
+struct CutShort;
+
+impl tonic::server::NamedService for CutShort {
+    const NAME: &'static str = "grpc.health.v1.Health";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for CutShort {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+        use futures::StreamExt as _;
+        // A gRPC frame header announcing 10 bytes and one byte of them; then, once the
+        // head has had time to reach the caller (failing at once would fail the head
+        // too), the stream fails.
+        let part: Result<http_body::Frame<bytes::Bytes>, std::io::Error> =
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(&[
+                0, 0, 0, 0, 10, 8,
+            ])));
+        let frames = futures::stream::iter([part]).chain(futures::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(std::io::Error::other("killed mid-answer"))
+        }));
+        let body = http_body_util::StreamBody::new(frames);
+        std::future::ready(Ok(http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(tonic::body::Body::new(body))
+            .expect("a valid response")))
+    }
+}
+
+/// An answer whose body breaks off after its headers (the endpoint died mid-answer) fails
+/// an idempotent unary call only as an attempt: it is retried elsewhere, and the endpoint
+/// is ejected like one that refused the connection.
+#[tokio::test]
+async fn an_answer_cut_short_is_retried_for_idempotent_calls() {
+    let registry = MemoryRegistry::new();
+    let live = TestBackend::start("live", Duration::ZERO).await.unwrap();
+    let cut = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cut_addr = cut.local_addr().unwrap().to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CutShort)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(cut)),
+    );
+    let _a = register(&registry, "live", &live.addr.to_string()).await;
+    let _b = register(&registry, "cut", &cut_addr).await;
+    let calls = |idempotent: bool| {
+        let methods: HashSet<String> = [CHECK.to_string()].into_iter().collect();
+        let mut config = MeshConfig::new(if idempotent {
+            methods.clone()
+        } else {
+            HashSet::new()
+        })
+        .with_unary_methods(methods);
+        config.no_endpoint_timeout = Duration::from_millis(200);
+        let mesh = Mesh::new(Arc::new(registry.clone()), config);
+        let ch = mesh.channel("svc");
+        (mesh, ch)
+    };
+
+    // The same endpoints without the idempotency mark: the broken body reaches the caller,
+    // which shows the endpoint really does cut its answers short.
+    let (_m, ch) = calls(false);
+    assert!(
+        ch.wait_for_endpoints(Duration::from_secs(2), |e| e.len() == 2)
+            .await
+    );
+    let mut client = HealthClient::new(ch);
+    let mut broken = 0;
+    for _ in 0..4 {
+        if client.check(HealthCheckRequest::default()).await.is_err() {
+            broken += 1;
+        }
+    }
+    assert!(
+        broken >= 1,
+        "round robin sent some calls to the cut endpoint"
+    );
+
+    let (_m, ch) = calls(true);
+    assert!(
+        ch.wait_for_endpoints(Duration::from_secs(2), |e| e.len() == 2)
+            .await
+    );
+    let mut client = HealthClient::new(ch.clone());
+    for i in 0..50 {
+        let resp = client
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap_or_else(|e| panic!("call {i} failed: {e:?}"));
+        assert_eq!(
+            resp.metadata()
+                .get("starling-instance")
+                .and_then(|v| v.to_str().ok()),
+            Some("live")
+        );
+    }
+    assert!(
+        ch.stats().1 >= 1,
+        "at least one call was retried after its answer broke off"
+    );
+}
+
 #[tokio::test]
 async fn a_target_without_endpoints_fails_fast_and_recovers_when_one_registers() {
     let registry = MemoryRegistry::new();

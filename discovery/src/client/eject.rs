@@ -5,14 +5,23 @@
 //! stopping), unless the answer carries a negative `grpc-retry-pushback-ms` (its
 //! dependency failed, and every replica shares that dependency: passed back as it is).
 //! The endpoint's in-flight count and latency (for p2c) are kept here too.
+//!
+//! A process killed between a response's headers and its body leaves the caller with a
+//! call that failed after it "succeeded": the retry layer, which judges by the head, would
+//! pass the broken body up. So the answer of an idempotent unary call is read whole here,
+//! inside the attempt, and a body cut short is a transport failure like any other: the
+//! endpoint is ejected and the call retried elsewhere. (tonic reads a unary answer whole
+//! before decoding it anyway, so this holds no more memory; streams are never read ahead.)
 
 use std::sync::Arc;
 
+use http_body_util::BodyExt as _;
 use tonic::body::Body;
 use tonic::Status;
 use tower::{BoxError, Service as _, ServiceExt as _};
 use tracing::warn;
 
+use super::buffer::Idempotent;
 use super::config::MeshConfig;
 use super::endpoint::Endpoint;
 use super::error::{connection_refused, fail, MeshError};
@@ -27,11 +36,19 @@ pub(crate) async fn attempt(
     endpoint.picks.increment(1);
     let flight = endpoint.start();
     let mut channel = endpoint.channel.clone();
+    let read_whole = req.extensions().get::<Idempotent>().is_some()
+        && config.unary_methods.contains(req.uri().path());
     let send = async {
-        match channel.ready().await {
-            Ok(ch) => ch.call(req).await,
-            Err(e) => Err(e),
+        let resp = match channel.ready().await {
+            Ok(ch) => ch.call(req).await.map_err(BoxError::from)?,
+            Err(e) => return Err(BoxError::from(e)),
+        };
+        if !read_whole {
+            return Ok(resp);
         }
+        let (parts, body) = resp.into_parts();
+        let whole = body.collect().await?;
+        Ok(http::Response::from_parts(parts, Body::new(whole)))
     };
     let result = match config.attempt_timeout {
         None => send.await,
@@ -76,7 +93,7 @@ pub(crate) async fn attempt(
         Err(e) => {
             drop(flight);
             let period = endpoint.eject(&config.ejection);
-            let unsent = connection_refused(&e);
+            let unsent = connection_refused(e.as_ref());
             warn!(%service, endpoint = %endpoint.instance.address,
                 instance = %endpoint.id(), error = %e, ejected_for = ?period, unsent,
                 "transport failure; endpoint ejected");
