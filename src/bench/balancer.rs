@@ -177,7 +177,11 @@ async fn clients(backends: &[TestBackend], policies: &[Policy]) -> anyhow::Resul
     for policy in policies {
         let m = Mesh::new(
             registry.clone(),
-            MeshConfig::new(idempotent.clone()).with_policy(TARGET, policy.clone()),
+            // Idempotent and unary, as the app declares its reads: their answers are
+            // read whole inside the attempt (`client/eject.rs`), a cost every such call pays.
+            MeshConfig::new(idempotent.clone())
+                .with_unary_methods(idempotent.clone())
+                .with_policy(TARGET, policy.clone()),
         );
         let ch = m.channel(TARGET);
         anyhow::ensure!(
@@ -217,7 +221,9 @@ async fn mtls_client(
     tls: starling_discovery::MeshTls,
 ) -> anyhow::Result<(HealthClient<starling_discovery::MeshChannel>, Mesh)> {
     let registry = registry_of(backends).await?;
-    let mut config = MeshConfig::new([HEALTH_CHECK.to_string()].into_iter().collect())
+    let check: HashSet<String> = [HEALTH_CHECK.to_string()].into_iter().collect();
+    let mut config = MeshConfig::new(check.clone())
+        .with_unary_methods(check)
         .with_policy(TARGET, Policy::RoundRobin);
     config.tls = Some(tls);
     let mesh = Mesh::new(registry, config);

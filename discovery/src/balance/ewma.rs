@@ -6,6 +6,16 @@
 //! estimate also decays it towards zero: an endpoint that answered slowly once, and is
 //! therefore no longer picked, must become worth a new try after a while instead of being
 //! shunned for ever (it is never sampled again otherwise).
+//!
+//! **Two decays.** linkerd uses one (10 s) for both. At tens of thousands of calls a second
+//! on a busy machine, though, the slowest of a second's samples is a scheduling hiccup
+//! several times the typical latency, and with a 10 s decay every fast endpoint's estimate
+//! sat near its last hiccup: a backend that was really slower (one at its concurrency
+//! limit, 1 ms a call) looked no worse and kept getting calls (`starling bench balancer`,
+//! limit scenario: p99 2.2–3.7× the all-fast p99). So samples pull a peak down with a short
+//! decay (`sampled`, 100 ms: a hiccup is forgotten after a few hundred samples, a real
+//! slowdown keeps renewing its peak), while an endpoint nobody samples still waits the long
+//! decay (`idle`, 10 s) before it is worth a new try.
 
 use std::time::{Duration, Instant};
 
@@ -13,15 +23,19 @@ use std::time::{Duration, Instant};
 pub struct PeakEwma {
     estimate_ns: f64,
     last: Instant,
-    decay_ns: f64,
+    sampled_ns: f64,
+    idle_ns: f64,
 }
 
 impl PeakEwma {
-    pub fn new(initial: Duration, decay: Duration, now: Instant) -> Self {
+    /// `sampled`: how fast samples pull a peak down; `idle`: how fast the estimate of an
+    /// endpoint without samples falls (see the module docs).
+    pub fn new(initial: Duration, sampled: Duration, idle: Duration, now: Instant) -> Self {
         Self {
             estimate_ns: initial.as_nanos() as f64,
             last: now,
-            decay_ns: decay.as_nanos().max(1) as f64,
+            sampled_ns: sampled.as_nanos().max(1) as f64,
+            idle_ns: idle.as_nanos().max(1) as f64,
         }
     }
 
@@ -31,7 +45,7 @@ impl PeakEwma {
             self.estimate_ns = rtt;
         } else {
             let elapsed = now.saturating_duration_since(self.last).as_nanos() as f64;
-            let w = (-elapsed / self.decay_ns).exp();
+            let w = (-elapsed / self.sampled_ns).exp();
             self.estimate_ns = self.estimate_ns * w + rtt * (1.0 - w);
         }
         self.last = now;
@@ -41,7 +55,7 @@ impl PeakEwma {
     pub fn estimate_ns(&mut self, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.last).as_nanos() as f64;
         if elapsed > 0.0 {
-            self.estimate_ns *= (-elapsed / self.decay_ns).exp();
+            self.estimate_ns *= (-elapsed / self.idle_ns).exp();
             self.last = now;
         }
         self.estimate_ns
@@ -55,7 +69,12 @@ mod tests {
     #[test]
     fn peaks_immediately_and_decays_gradually() {
         let t0 = Instant::now();
-        let mut e = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(1), t0);
+        let mut e = PeakEwma::new(
+            Duration::from_millis(1),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            t0,
+        );
         e.observe(Duration::from_millis(20), t0);
         assert_eq!(
             e.estimate_ns(t0),
@@ -80,11 +99,41 @@ mod tests {
     #[test]
     fn an_unsampled_estimate_decays_so_a_shunned_endpoint_gets_retried() {
         let t0 = Instant::now();
-        let mut e = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(1), t0);
+        let mut e = PeakEwma::new(
+            Duration::from_millis(1),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            t0,
+        );
         e.observe(Duration::from_secs(2), t0);
         let later = e.estimate_ns(t0 + Duration::from_secs(10));
         assert!(later < 1_000_000.0, "{later}");
         // Reading twice does not decay twice for the same interval.
         assert_eq!(e.estimate_ns(t0 + Duration::from_secs(10)), later);
+    }
+
+    /// A hiccup among fast samples is forgotten within a few sampled decays, while an
+    /// endpoint nobody samples keeps its estimate for the (longer) idle decay.
+    #[test]
+    fn samples_forget_a_hiccup_faster_than_idleness_forgets_a_peak() {
+        let t0 = Instant::now();
+        let (sampled, idle) = (Duration::from_millis(100), Duration::from_secs(10));
+        let mut busy = PeakEwma::new(Duration::from_micros(500), sampled, idle, t0);
+        let mut shunned = busy.clone();
+        busy.observe(Duration::from_millis(5), t0);
+        shunned.observe(Duration::from_millis(5), t0);
+        let mut t = t0;
+        // 10,000 calls a second of 0.5 ms for half a second.
+        for _ in 0..5_000 {
+            t += Duration::from_micros(100);
+            busy.observe(Duration::from_micros(500), t);
+        }
+        let busy = busy.estimate_ns(t);
+        let shunned = shunned.estimate_ns(t);
+        assert!(busy < 600_000.0, "hiccup still counted: {busy}");
+        assert!(
+            shunned > 4_500_000.0,
+            "a shunned peak fell too soon: {shunned}"
+        );
     }
 }

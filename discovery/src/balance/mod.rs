@@ -16,7 +16,8 @@ pub enum Policy {
     /// Calls without the header are spread round-robin.
     ConsistentHash { header: String },
     /// Power of two choices: of two random healthy endpoints, the one with the lower
-    /// peak-EWMA latency times outstanding calls.
+    /// peak-EWMA latency times its calls in flight counted against the others' mean (see
+    /// `client/endpoint.rs`).
     P2cEwma,
 }
 

@@ -15,7 +15,10 @@ use crate::instance::ServiceInstance;
 /// Latency assumed for an endpoint that has not answered yet: low enough that new
 /// endpoints get traffic, high enough that one slow first answer is not undercut.
 const DEFAULT_RTT: Duration = Duration::from_millis(5);
-const EWMA_DECAY: Duration = Duration::from_secs(10);
+/// See `balance/ewma.rs`: how fast samples pull a latency peak down, and how fast the
+/// estimate of an endpoint that gets no calls falls (so that it is tried again).
+const EWMA_SAMPLED_DECAY: Duration = Duration::from_millis(100);
+const EWMA_IDLE_DECAY: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct Endpoint {
@@ -103,7 +106,12 @@ impl Endpoint {
             ejections: metrics::counter!("starling_client_ejections_total", &labels),
             channel,
             inflight: AtomicUsize::new(0),
-            ewma: Mutex::new(PeakEwma::new(DEFAULT_RTT, EWMA_DECAY, Instant::now())),
+            ewma: Mutex::new(PeakEwma::new(
+                DEFAULT_RTT,
+                EWMA_SAMPLED_DECAY,
+                EWMA_IDLE_DECAY,
+                Instant::now(),
+            )),
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             calls: AtomicU64::new(0),
@@ -135,14 +143,26 @@ impl Endpoint {
         self.serving.store(serving, Ordering::Relaxed);
     }
 
-    /// p2c load: peak-EWMA latency scaled by the calls already outstanding.
-    pub fn load(&self) -> f64 {
+    /// p2c load: peak-EWMA latency scaled by the calls outstanding here, counted against
+    /// `mean_in_flight`, the mean over the endpoints the pick is among:
+    /// `latency × (1 + in_flight / (1 + mean_in_flight))`.
+    ///
+    /// linkerd's `latency × (in_flight + 1)` prices every outstanding call at a whole
+    /// latency, as if the endpoint served one call at a time. A server that serves many at
+    /// once already shows its load in the latency it answers with, so under heavy load that
+    /// formula double-counts it and makes a slower endpoint with fewer calls look as good
+    /// (a backend at its concurrency limit kept getting calls until they queued). Counted
+    /// against the mean, calls in flight still balance endpoints that answer alike, and
+    /// weigh as much as linkerd's when load is light (mean near 0), while under load the
+    /// latency decides.
+    pub fn load(&self, mean_in_flight: f64) -> f64 {
         let ewma = self
             .ewma
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .estimate_ns(Instant::now());
-        ewma * (self.inflight.load(Ordering::Relaxed) + 1) as f64
+        let pending = self.inflight.load(Ordering::Relaxed) as f64;
+        ewma * (1.0 + pending / (1.0 + mean_in_flight))
     }
 
     pub fn start(&self) -> InFlight<'_> {
@@ -270,12 +290,16 @@ mod tests {
             None,
         )
         .unwrap();
-        let idle = ep.load();
+        let idle = ep.load(0.0);
         let a = ep.start();
         let b = ep.start();
-        assert!((ep.load() / (3.0 * idle) - 1.0).abs() < 1e-3);
+        // Lightly loaded peers: every outstanding call counts a whole latency, as in
+        // linkerd's peak EWMA.
+        assert!((ep.load(0.0) / (3.0 * idle) - 1.0).abs() < 1e-3);
+        // Peers with three calls each: two is less than the others carry.
+        assert!((ep.load(3.0) / (1.5 * idle) - 1.0).abs() < 1e-3);
         drop(a);
         drop(b);
-        assert!((ep.load() / idle - 1.0).abs() < 1e-3);
+        assert!((ep.load(3.0) / idle - 1.0).abs() < 1e-3);
     }
 }

@@ -122,7 +122,16 @@ impl Picker {
                 let a = rng.random_range(0..n);
                 let b = (a + rng.random_range(1..n)) % n;
                 let (ea, eb) = (nth(a), nth(b));
-                if ea.load() <= eb.load() {
+                let mean = if panic_mode {
+                    all.iter().map(|e| e.in_flight()).sum::<usize>()
+                } else {
+                    all.iter()
+                        .filter(|e| eligible(e))
+                        .map(|e| e.in_flight())
+                        .sum::<usize>()
+                } as f64
+                    / n as f64;
+                if ea.load(mean) <= eb.load(mean) {
                     ea.clone()
                 } else {
                     eb.clone()
