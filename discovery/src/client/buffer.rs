@@ -10,18 +10,21 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::Either;
-use http_body_util::BodyExt as _;
+use http_body_util::{BodyExt as _, Full};
 use tonic::body::Body;
 use tower::{BoxError, Layer, Service, ServiceExt as _};
 
 use super::config::MeshConfig;
 use super::error::{fail, too_large_or};
-use super::retry::{rebuild, BufferedBody};
+use super::retry::BufferedBody;
 
 /// Marks a request whose method may be retried on any failure; other buffered requests
-/// are resent only when they were certainly never sent.
+/// are resent only when they were certainly never sent. `unary`: its answer is one message,
+/// which the attempt reads whole (`eject.rs`).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Idempotent;
+pub(crate) struct Idempotent {
+    pub(crate) unary: bool,
+}
 
 #[derive(Clone)]
 pub(crate) struct BufferLayer {
@@ -73,9 +76,10 @@ where
         let path = req.uri().path();
         let idempotent = self.config.idempotent_methods.contains(path)
             || req.headers().contains_key(crate::IDEMPOTENCY_KEY);
-        let buffer = idempotent || self.config.unary_methods.contains(path);
+        let unary = self.config.unary_methods.contains(path);
+        let buffer = idempotent || unary;
         if idempotent {
-            req.extensions_mut().insert(Idempotent);
+            req.extensions_mut().insert(Idempotent { unary });
         }
         if !buffer {
             return Either::Right(self.inner.call(req));
@@ -91,8 +95,11 @@ where
                 .await
                 .map_err(|e| fail(too_large_or(e, limit), false))?
                 .to_bytes();
-            let shell = http::Request::from_parts(parts, Body::empty());
-            inner.oneshot(rebuild(&shell, &BufferedBody(bytes))).await
+            // The request's own parts, moved (not cloned: this runs on every call); the
+            // retry layer clones them only to keep a copy per attempt.
+            let mut req = http::Request::from_parts(parts, Body::new(Full::new(bytes.clone())));
+            req.extensions_mut().insert(BufferedBody(bytes));
+            inner.oneshot(req).await
         }))
     }
 }

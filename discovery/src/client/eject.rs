@@ -36,8 +36,10 @@ pub(crate) async fn attempt(
     endpoint.picks.increment(1);
     let flight = endpoint.start();
     let mut channel = endpoint.channel.clone();
-    let read_whole = req.extensions().get::<Idempotent>().is_some()
-        && config.unary_methods.contains(req.uri().path());
+    let read_whole = req
+        .extensions()
+        .get::<Idempotent>()
+        .is_some_and(|i| i.unary);
     let send = async {
         let resp = match channel.ready().await {
             Ok(ch) => ch.call(req).await.map_err(BoxError::from)?,
