@@ -108,11 +108,49 @@ async fn posts_succeed_while_the_broker_is_down_and_reach_timelines_after() {
     );
 
     broker.restart().await;
-    let delivered = eventually(Duration::from_secs(90), || async {
+    // Waits for the posts, restarting (as a supervisor would) an instance that librdkafka
+    // crashed: a Fetch answer whose leader-change tags name a topic by neither name nor id
+    // makes librdkafka 2.12.1 (the newest rdkafka-sys) `strcmp` a null name in
+    // `rd_kafka_metadata_update_op`, a SIGSEGV; this broker, restarted without its topics,
+    // sends such answers (about 1 run in 15 here; see ARCHITECTURE.md, "Known issues").
+    // Any other exit fails the test. What it proves stays the same: an acknowledged post
+    // reaches the timeline however the processes come and go.
+    let mut crashed = Vec::new();
+    let until = Instant::now() + Duration::from_secs(90);
+    let delivered = loop {
         let home = home_ids(&mesh, "alice").await;
-        during.iter().all(|id| home.contains(id))
-    })
-    .await;
+        if during.iter().all(|id| home.contains(id)) {
+            break true;
+        }
+        if Instant::now() > until {
+            break false;
+        }
+        for instance in instances.iter_mut() {
+            let Some(status) = instance.exited() else {
+                continue;
+            };
+            use std::os::unix::process::ExitStatusExt as _;
+            if status.signal() != Some(11) {
+                continue;
+            }
+            let service = instance
+                .id
+                .split('-')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            eprintln!(
+                "{} died of SIGSEGV (librdkafka); restarting it",
+                instance.id
+            );
+            crashed.push(instance.id.clone());
+            *instance = Instance::serve_with(&service, &etcd, &ns, &args, Stdio::inherit()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if !crashed.is_empty() {
+        eprintln!("restarted after a librdkafka SIGSEGV: {crashed:?}");
+    }
     if !delivered {
         // Say where the pipeline stopped: the read path, a dead process, the fan-out, or
         // the relay.
@@ -135,6 +173,11 @@ async fn posts_succeed_while_the_broker_is_down_and_reach_timelines_after() {
             broker.log_tail(2_000)
         );
     }
+    let exited: Vec<String> = instances
+        .iter_mut()
+        .filter_map(|i| i.exited().map(|s| format!("{} {s}", i.id)))
+        .collect();
+    assert!(exited.is_empty(), "instances exited: {exited:?}");
     assert!(
         eventually(Duration::from_secs(10), || async {
             pending(&store, &outbox).await.unwrap_or(1) == 0
