@@ -397,6 +397,76 @@ async fn an_answer_cut_short_is_retried_for_idempotent_calls() {
     );
 }
 
+/// An idempotent unary call's answer is read whole inside the attempt; a trailers-only
+/// answer (the status in the head, as tonic sends errors) must still end with its head, so
+/// that a proxy in front of the mesh (the gateway) forwards it as trailers-only: gRPC
+/// clients other than tonic read the status there only then (a Python client saw UNKNOWN).
+#[tokio::test]
+async fn a_trailers_only_answer_stays_trailers_only() {
+    use http_body::Body as _;
+    use tower::ServiceExt as _;
+    let registry = MemoryRegistry::new();
+    let live = TestBackend::start("live", Duration::ZERO).await.unwrap();
+    let _a = register(&registry, "live", &live.addr.to_string()).await;
+    let methods: HashSet<String> = [CHECK.to_string()].into_iter().collect();
+    let mesh = Mesh::new(
+        Arc::new(registry.clone()),
+        MeshConfig::new(methods.clone()).with_unary_methods(methods),
+    );
+    let ch = mesh.channel("svc");
+    assert!(
+        ch.wait_for_endpoints(Duration::from_secs(2), |e| e.len() == 1)
+            .await
+    );
+    let again = ch.clone();
+    // A health check of a service the backend does not know: NOT_FOUND, trailers-only.
+    let message = b"\x0a\x04nope";
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://svc{CHECK}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(frame),
+        )))
+        .unwrap();
+    let resp = ch.oneshot(req).await.expect("an answer");
+    assert_eq!(
+        resp.headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("5"),
+        "{:?}",
+        resp.headers()
+    );
+    assert!(resp.body().is_end_stream(), "the answer ends with its head");
+
+    // A full answer keeps its trailers, and no exact size: an HTTP/1.1 proxy (gRPC-Web)
+    // would otherwise send a content-length without room for the trailers frame.
+    let ok = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://svc{CHECK}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(&[0, 0, 0, 0, 0]),
+        )))
+        .unwrap();
+    let resp = again.oneshot(ok).await.expect("an answer");
+    assert_eq!(resp.body().size_hint().upper(), None);
+    use http_body_util::BodyExt as _;
+    let whole = resp.into_body().collect().await.expect("a whole body");
+    let trailers = whole.trailers().cloned().expect("trailers");
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.to_str().unwrap()),
+        Some("0")
+    );
+    assert!(!whole.to_bytes().is_empty(), "the message");
+}
+
 #[tokio::test]
 async fn a_target_without_endpoints_fails_fast_and_recovers_when_one_registers() {
     let registry = MemoryRegistry::new();

@@ -15,7 +15,8 @@
 
 use std::sync::Arc;
 
-use http_body_util::BodyExt as _;
+use http_body::Frame;
+use http_body_util::{BodyExt as _, StreamBody};
 use tonic::body::Body;
 use tonic::Status;
 use tower::{BoxError, Service as _, ServiceExt as _};
@@ -50,7 +51,28 @@ pub(crate) async fn attempt(
         }
         let (parts, body) = resp.into_parts();
         let whole = body.collect().await?;
-        Ok(http::Response::from_parts(parts, Body::new(whole)))
+        let trailers = whole.trailers().cloned();
+        let data = whole.to_bytes();
+        let body = if data.is_empty() && trailers.is_none() {
+            // A trailers-only answer (its status in the head) must stay one: a body that
+            // ends at once, so a proxy such as the gateway still forwards the head as the
+            // end of the stream, where gRPC clients look for the status.
+            Body::empty()
+        } else {
+            // Frames, not a `Full`: its exact size would let an HTTP/1.1 server (gRPC-Web)
+            // send a content-length that leaves out the trailers frame tonic-web appends.
+            let frames = [
+                (!data.is_empty()).then(|| Frame::data(data)),
+                trailers.map(Frame::trailers),
+            ];
+            Body::new(StreamBody::new(futures::stream::iter(
+                frames
+                    .into_iter()
+                    .flatten()
+                    .map(Ok::<_, std::convert::Infallible>),
+            )))
+        };
+        Ok(http::Response::from_parts(parts, body))
     };
     let result = match config.attempt_timeout {
         None => send.await,
