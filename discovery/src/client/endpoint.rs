@@ -19,6 +19,9 @@ const DEFAULT_RTT: Duration = Duration::from_millis(5);
 /// estimate of an endpoint that gets no calls falls (so that it is tried again).
 const EWMA_SAMPLED_DECAY: Duration = Duration::from_millis(100);
 const EWMA_IDLE_DECAY: Duration = Duration::from_secs(10);
+/// Without an answer for this long, an endpoint is probed one call at a time (see
+/// [`Endpoint::load`]).
+pub const STALE_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Endpoint {
@@ -31,6 +34,8 @@ pub struct Endpoint {
     /// Nanoseconds since [`epoch`] until which the endpoint is ejected; 0 = never was.
     /// An atomic, because every pick reads it for every endpoint.
     ejected_until: AtomicU64,
+    /// Nanoseconds since [`epoch`] of its last answer; 0 = none yet.
+    answered_at: AtomicU64,
     pub picks: Counter,
     pub ejections: Counter,
     /// Attempts sent and ejections, for the mesh view ([`Endpoint::stats`]).
@@ -114,6 +119,7 @@ impl Endpoint {
             )),
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            answered_at: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             ejected: AtomicU64::new(0),
             serving: std::sync::atomic::AtomicBool::new(instance.serving),
@@ -155,14 +161,28 @@ impl Endpoint {
     /// against the mean, calls in flight still balance endpoints that answer alike, and
     /// weigh as much as linkerd's when load is light (mean near 0), while under load the
     /// latency decides.
+    ///
+    /// An endpoint that has not answered for [`STALE_AFTER`] (or ever) is probed with one
+    /// call at a time: its estimate has only decayed, nothing says it is fast now, and a decayed
+    /// estimate far under the others' would otherwise draw a burst of calls before the
+    /// first answer corrects it (a backend at its concurrency limit queued them all; the
+    /// limit scenario of `bench balancer` showed it in about one round in five).
     pub fn load(&self, mean_in_flight: f64) -> f64 {
+        let now = Instant::now();
+        let pending = self.inflight.load(Ordering::Relaxed);
+        let answered = self.answered_at.load(Ordering::Relaxed);
+        if pending > 0
+            && (answered == 0
+                || since_epoch(now).saturating_sub(answered) > STALE_AFTER.as_nanos() as u64)
+        {
+            return f64::INFINITY;
+        }
         let ewma = self
             .ewma
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .estimate_ns(Instant::now());
-        let pending = self.inflight.load(Ordering::Relaxed) as f64;
-        ewma * (1.0 + pending / (1.0 + mean_in_flight))
+            .estimate_ns(now);
+        ewma * (1.0 + pending as f64 / (1.0 + mean_in_flight))
     }
 
     pub fn start(&self) -> InFlight<'_> {
@@ -232,6 +252,9 @@ impl InFlight<'_> {
     pub fn answered(self) {
         let now = Instant::now();
         self.endpoint
+            .answered_at
+            .store(since_epoch(now), Ordering::Relaxed);
+        self.endpoint
             .ewma
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -281,6 +304,31 @@ mod tests {
         assert!(!ep.is_ejected(Instant::now()));
     }
 
+    /// Without an answer for a while, one call at a time: a decayed estimate cannot draw
+    /// a burst.
+    #[tokio::test]
+    async fn a_stale_endpoint_is_probed_one_call_at_a_time() {
+        let ep = Endpoint::new(
+            "t",
+            ServiceInstance::new("t", "127.0.0.1:1"),
+            Duration::from_millis(100),
+            None,
+        )
+        .unwrap();
+        // Never answered: the first call is the probe.
+        assert!(ep.load(0.0).is_finite());
+        let probe = ep.start();
+        assert_eq!(
+            ep.load(0.0),
+            f64::INFINITY,
+            "no second call before an answer"
+        );
+        probe.answered();
+        let a = ep.start();
+        assert!(ep.load(0.0).is_finite(), "an answer makes it fresh");
+        drop(a);
+    }
+
     #[tokio::test]
     async fn load_counts_outstanding_calls() {
         let ep = Endpoint::new(
@@ -290,6 +338,8 @@ mod tests {
             None,
         )
         .unwrap();
+        // It answered once: not a stale endpoint (probed one call at a time).
+        ep.start().answered();
         let idle = ep.load(0.0);
         let a = ep.start();
         let b = ep.start();
