@@ -397,6 +397,23 @@ async fn an_answer_cut_short_is_retried_for_idempotent_calls() {
     );
 }
 
+/// A `Check` request as bytes on the wire: `message` (an encoded HealthCheckRequest) in
+/// one gRPC frame, for calling the mesh channel below any generated client.
+fn raw_check(message: &[u8]) -> http::Request<tonic::body::Body> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://svc{CHECK}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(frame),
+        )))
+        .expect("a valid request")
+}
+
 /// An idempotent unary call's answer is read whole inside the attempt; a trailers-only
 /// answer (the status in the head, as tonic sends errors) must still end with its head, so
 /// that a proxy in front of the mesh (the gateway) forwards it as trailers-only: gRPC
@@ -420,19 +437,7 @@ async fn a_trailers_only_answer_stays_trailers_only() {
     );
     let again = ch.clone();
     // A health check of a service the backend does not know: NOT_FOUND, trailers-only.
-    let message = b"\x0a\x04nope";
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(message);
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://svc{CHECK}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(tonic::body::Body::new(http_body_util::Full::new(
-            bytes::Bytes::from(frame),
-        )))
-        .unwrap();
+    let req = raw_check(b"\x0a\x04nope");
     let resp = ch.oneshot(req).await.expect("an answer");
     assert_eq!(
         resp.headers()
@@ -446,15 +451,7 @@ async fn a_trailers_only_answer_stays_trailers_only() {
 
     // A full answer keeps its trailers, and no exact size: an HTTP/1.1 proxy (gRPC-Web)
     // would otherwise send a content-length without room for the trailers frame.
-    let ok = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://svc{CHECK}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(tonic::body::Body::new(http_body_util::Full::new(
-            bytes::Bytes::from_static(&[0, 0, 0, 0, 0]),
-        )))
-        .unwrap();
+    let ok = raw_check(b"");
     let resp = again.oneshot(ok).await.expect("an answer");
     assert_eq!(resp.body().size_hint().upper(), None);
     use http_body_util::BodyExt as _;

@@ -273,15 +273,20 @@ impl Drop for InFlight<'_> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn ejection_backs_off_and_success_clears_it() {
-        let ep = Endpoint::new(
+    /// An endpoint nothing listens behind: its bookkeeping is all these tests use.
+    fn test_endpoint() -> Endpoint {
+        Endpoint::new(
             "t",
             ServiceInstance::new("t", "127.0.0.1:1"),
             Duration::from_millis(100),
             None,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn ejection_backs_off_and_success_clears_it() {
+        let ep = test_endpoint();
         let cfg = EjectionConfig {
             base: Duration::from_millis(100),
             max: Duration::from_millis(350),
@@ -308,13 +313,7 @@ mod tests {
     /// a burst.
     #[tokio::test]
     async fn a_stale_endpoint_is_probed_one_call_at_a_time() {
-        let ep = Endpoint::new(
-            "t",
-            ServiceInstance::new("t", "127.0.0.1:1"),
-            Duration::from_millis(100),
-            None,
-        )
-        .unwrap();
+        let ep = test_endpoint();
         // Never answered: the first call is the probe.
         assert!(ep.load(0.0).is_finite());
         let probe = ep.start();
@@ -331,13 +330,7 @@ mod tests {
 
     #[tokio::test]
     async fn load_counts_outstanding_calls() {
-        let ep = Endpoint::new(
-            "t",
-            ServiceInstance::new("t", "127.0.0.1:1"),
-            Duration::from_millis(100),
-            None,
-        )
-        .unwrap();
+        let ep = test_endpoint();
         // It answered once: not a stale endpoint (probed one call at a time).
         ep.start().answered();
         let idle = ep.load(0.0);

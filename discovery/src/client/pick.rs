@@ -122,15 +122,13 @@ impl Picker {
                 let a = rng.random_range(0..n);
                 let b = (a + rng.random_range(1..n)) % n;
                 let (ea, eb) = (nth(a), nth(b));
-                let mean = if panic_mode {
-                    all.iter().map(|e| e.in_flight()).sum::<usize>()
-                } else {
-                    all.iter()
-                        .filter(|e| eligible(e))
-                        .map(|e| e.in_flight())
-                        .sum::<usize>()
-                } as f64
-                    / n as f64;
+                // Over the same endpoints the two were drawn from.
+                let in_flight: usize = all
+                    .iter()
+                    .filter(|e| panic_mode || eligible(e))
+                    .map(|e| e.in_flight())
+                    .sum();
+                let mean = in_flight as f64 / n as f64;
                 if ea.load(mean) <= eb.load(mean) {
                     ea.clone()
                 } else {
