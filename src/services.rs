@@ -46,16 +46,16 @@ pub async fn context_with_tls(
                 ),
                 None => None,
             };
-            Arc::new(
-                RedisStore::connect_with_ca(
-                    url,
-                    &format!("{}:", mesh.namespace),
-                    backends.redis_pool,
-                    ca,
-                )
-                .await
-                .context("connecting to redis")?,
-            )
+            let prefix = format!("{}:", mesh.namespace);
+            Arc::new(if backends.redis_cluster {
+                RedisStore::connect_cluster(url, &prefix, backends.redis_pool, ca)
+                    .await
+                    .context("connecting to the redis cluster")?
+            } else {
+                RedisStore::connect_with_ca(url, &prefix, backends.redis_pool, ca)
+                    .await
+                    .context("connecting to redis")?
+            })
         }
         None => Arc::new(MemoryStore::new()),
     };

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use starling_discovery::{MemoryRegistry, Mesh, MeshConfig};
+use starling_follower::storage::followers_key_of;
 use starling_runtime::events::MemoryBus;
 use starling_runtime::store::{RedisStore, Store, Write};
 use starling_runtime::{AppSettings, ServiceContext, ServiceKind};
@@ -142,7 +143,7 @@ pub async fn run(args: FanoutBenchArgs) -> anyhow::Result<()> {
     // Warm-up: open the gRPC and Redis connections before anything is timed.
     store
         .apply(vec![Write::ZAdd {
-            key: "followers:warmup".into(),
+            key: followers_key_of("w", "warmup"),
             member: "w".into(),
         }])
         .await?;
@@ -154,7 +155,7 @@ pub async fn run(args: FanoutBenchArgs) -> anyhow::Result<()> {
             let writes = chunk
                 .iter()
                 .map(|u| Write::ZAdd {
-                    key: format!("followers:{author}"),
+                    key: followers_key_of(u, &author),
                     member: u.clone(),
                 })
                 .collect();

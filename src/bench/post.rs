@@ -5,8 +5,9 @@
 //! * **store + publish** (before the outbox): the tweet and its author-list entry in one
 //!   pipelined round trip, then `TweetCreated` published and awaited (acks=all) before
 //!   the call could answer;
-//! * **outbox** (now): the tweet, its author-list entry and the event in the outbox stream,
-//!   in one MULTI/EXEC round trip; the relay publishes later.
+//! * **outbox** (now): the tweet's body (one round trip), then its author-list entry and
+//!   the event in the outbox stream in one MULTI/EXEC round trip (the body is in another
+//!   slot on a Redis Cluster: see `TweetStorage::insert`); the relay publishes later.
 //!
 //! One caller, sequential calls, the two paths interleaved in rounds so that machine noise
 //! hits both alike; latency per call, p50 and p99 over all rounds.
@@ -17,6 +18,7 @@ use anyhow::Context as _;
 use starling_runtime::events::{EventBus, KafkaBus, Message};
 use starling_runtime::outbox::Outbox;
 use starling_runtime::store::{id_member, RedisStore, Store, Write};
+use starling_tweet::storage::user_tweets_key;
 
 use crate::cli::PostBenchArgs;
 
@@ -51,18 +53,18 @@ pub async fn run(args: PostBenchArgs) -> anyhow::Result<()> {
         starling_runtime::store::redacted_url(&args.redis),
         args.kafka
     );
-    let writes = |id: u64| {
-        vec![
-            Write::Set {
-                key: format!("tweet:{id}"),
-                value: payload.clone(),
-            },
-            Write::ZAdd {
-                key: "user_tweets:bench".into(),
-                member: id_member(id),
-            },
-        ]
+    // As the tweet service writes: the body, then the author's list (with the outbox entry,
+    // in one atomic step, on the new path).
+    let list = user_tweets_key("bench");
+    let body = |id: u64| Write::Set {
+        key: format!("tweet:{id}"),
+        value: payload.clone(),
     };
+    let listing = |id: u64| Write::ZAdd {
+        key: list.clone(),
+        member: id_member(id),
+    };
+    let writes = |id: u64| vec![body(id), listing(id)];
     let per_round = (args.calls / args.rounds.max(1)).max(1);
     let (mut before, mut now) = (Vec::new(), Vec::new());
     let mut id = 1u64;
@@ -81,10 +83,13 @@ pub async fn run(args: PostBenchArgs) -> anyhow::Result<()> {
         }
         for _ in 0..per_round {
             id += 1;
-            let mut w = writes(id);
-            w.push(outbox.entry(&Message::new(&topic, "bench", payload.clone(), 0)));
+            let step = vec![
+                listing(id),
+                outbox.entry(&Message::new(&topic, "bench", payload.clone(), 0)),
+            ];
             let t = Instant::now();
-            store.apply_atomic(w).await?;
+            store.apply(vec![body(id)]).await?;
+            store.apply_atomic(step).await?;
             now.push(t.elapsed());
         }
     }
@@ -113,12 +118,8 @@ pub async fn run(args: PostBenchArgs) -> anyhow::Result<()> {
             key: format!("tweet:{i}"),
         })
         .collect();
-    cleanup.push(Write::Del {
-        key: "user_tweets:bench".into(),
-    });
-    cleanup.push(Write::Del {
-        key: outbox.key().to_string(),
-    });
+    cleanup.push(Write::Del { key: list });
+    cleanup.extend(outbox.streams().into_iter().map(|key| Write::Del { key }));
     store.apply(cleanup).await?;
     Ok(())
 }

@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use prost::Message as _;
+use starling_follower::storage::{followers_key_of, following_key};
 use starling_proto::tweet::v1::Tweet;
 use starling_runtime::store::{id_member, parse_id_member, Lex, Store};
 
@@ -128,10 +129,10 @@ async fn check_graph(
         };
         let want = matches!(last.kind, Kind::Follow { .. });
         let following = store
-            .zcontains(&format!("following:{follower}"), &followee)
+            .zcontains(&following_key(&follower), &followee)
             .await?;
         let followed = store
-            .zcontains(&format!("followers:{followee}"), &follower)
+            .zcontains(&followers_key_of(&follower, &followee), &follower)
             .await?;
         if following != want || followed != want {
             found.push(Violation {
@@ -246,7 +247,7 @@ async fn check_timelines(
                 .await?;
             let checkpoint = store.get(&format!("fanout:{id}")).await?.is_some();
             let listed = store
-                .zcontains(&format!("followers:{author}"), follower)
+                .zcontains(&followers_key_of(follower, author), follower)
                 .await?;
             found.push(Violation {
                 at: op.started,

@@ -76,7 +76,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    async fn start(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn start(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -107,6 +107,11 @@ impl Backend {
         self.start().await
     }
 
+    /// More arguments for its command line (before it starts).
+    pub(crate) fn add_args(&mut self, args: &[&str]) {
+        self.command.extend(args.iter().map(|a| a.to_string()));
+    }
+
     /// Deletes the data directory (the process must be stopped).
     pub fn wipe(&self) {
         if let Some(d) = &self.data {
@@ -119,7 +124,7 @@ impl Backend {
     /// Redis on `port`, its data in `dir`. Append-only file, fsync every second: a killed
     /// Redis process loses nothing it acknowledged (the kernel has every write); a machine
     /// crash could lose a second.
-    fn redis(bin: &Path, port: u16, dir: &Path) -> Backend {
+    pub(crate) fn redis(bin: &Path, port: u16, dir: &Path) -> Backend {
         let s = |x: &str| x.to_string();
         Backend {
             name: "redis",

@@ -17,6 +17,7 @@ pub mod check;
 pub mod cluster;
 pub mod load;
 pub mod pulse;
+pub mod redis_cluster;
 pub mod web;
 
 use std::collections::BTreeMap;

@@ -8,7 +8,7 @@ use starling_runtime::outbox::Outbox;
 use starling_runtime::{check_user, page_size, store_error};
 use tonic::{Request, Response, Status};
 
-use crate::storage::{followers_key, following_key, FollowStorage};
+use crate::storage::{FollowStorage, List};
 use crate::users::{Users, MAX_REGISTER};
 
 /// Large pages serve the timeline's fan-out; ordinary clients ask for far fewer.
@@ -75,7 +75,7 @@ impl FollowerHandler {
 
     async fn list(
         &self,
-        key: String,
+        list: List,
         user: &str,
         size: u32,
         token: &str,
@@ -90,7 +90,7 @@ impl FollowerHandler {
         let after = (!token.is_empty()).then_some(token);
         let mut users = self
             .storage
-            .page(&key, after, size + 1)
+            .page(list, user, after, size + 1)
             .await
             .map_err(store_error)?;
         let more = users.len() > size;
@@ -137,7 +137,7 @@ impl FollowerService for FollowerHandler {
     ) -> Result<Response<ListFollowersResponse>, Status> {
         let r = req.into_inner();
         let (users, next_page_token) = self
-            .list(followers_key(&r.user), &r.user, r.page_size, &r.page_token)
+            .list(List::Followers, &r.user, r.page_size, &r.page_token)
             .await?;
         Ok(Response::new(ListFollowersResponse {
             users,
@@ -151,7 +151,7 @@ impl FollowerService for FollowerHandler {
     ) -> Result<Response<ListFollowingResponse>, Status> {
         let r = req.into_inner();
         let (users, next_page_token) = self
-            .list(following_key(&r.user), &r.user, r.page_size, &r.page_token)
+            .list(List::Following, &r.user, r.page_size, &r.page_token)
             .await?;
         Ok(Response::new(ListFollowingResponse {
             users,
@@ -182,12 +182,12 @@ impl FollowerService for FollowerHandler {
         check_user("user", &user)?;
         let followers = self
             .storage
-            .count(&followers_key(&user))
+            .count(List::Followers, &user)
             .await
             .map_err(store_error)?;
         let following = self
             .storage
-            .count(&following_key(&user))
+            .count(List::Following, &user)
             .await
             .map_err(store_error)?;
         Ok(Response::new(GetFollowCountsResponse {

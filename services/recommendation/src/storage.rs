@@ -8,9 +8,9 @@
 //! | `rec:tag:<tag>` | lexicographic set | ids of tweets tagged `<tag>` ([`id_member`]), the newest [`TAG_CAP`] |
 //! | `rec:recent` | lexicographic set | ids of all tagged tweets, the newest [`RECENT_CAP`]: the cold-start fallback |
 //! | `rec:popular:<epoch>` | scored set | forward-decayed popularity of the week `<epoch>` (see [`crate::scoring`]), the top [`POPULAR_CAP`] |
-//! | `rec:profile:<user>` | hash | tag → `score:updated_ms` ([`TagScore`]), decayed on read |
-//! | `rec:engaged:<user>` | lexicographic set | ids the user engaged with, never recommended again, the newest [`ENGAGED_CAP`] |
-//! | `rec:engagements:<user>` | lexicographic set | `<id_member>:<kind>` of every engagement already counted, so a redelivered or repeated one changes nothing |
+//! | `rec:profile:{shard}:<user>` | hash | tag → `score:updated_ms` ([`TagScore`]), decayed on read |
+//! | `rec:engaged:{shard}:<user>` | lexicographic set | ids the user engaged with, never recommended again, the newest [`ENGAGED_CAP`] |
+//! | `rec:engagements:{shard}:<user>` | lexicographic set | `<id_member>:<kind>` of every engagement already counted, so a redelivered or repeated one changes nothing |
 //!
 //! The popularity set is one per week because forward decay with a fixed origin would
 //! overflow an f64 (the module documentation of [`crate::scoring`] explains); writes delete
@@ -53,15 +53,15 @@ pub fn popular_key(epoch: i64) -> String {
 }
 
 pub fn profile_key(user: &str) -> String {
-    format!("rec:profile:{user}")
+    starling_runtime::store::slot::user_key("rec:profile", user)
 }
 
 pub fn engaged_key(user: &str) -> String {
-    format!("rec:engaged:{user}")
+    starling_runtime::store::slot::user_key("rec:engaged", user)
 }
 
 pub fn engagements_key(user: &str) -> String {
-    format!("rec:engagements:{user}")
+    starling_runtime::store::slot::user_key("rec:engagements", user)
 }
 
 /// The member of `rec:engagements:<user>` for one engagement.
@@ -167,9 +167,13 @@ impl RecStorage {
             .collect())
     }
 
-    /// Stores a tagged tweet and files it under its tags and `rec:recent`, in one pipelined
-    /// round trip; `previous` is what was stored before (re-tagging removes the tweet from
-    /// the tags it lost).
+    /// Files a tagged tweet under its tags and `rec:recent`, then stores it, in one
+    /// pipelined batch; `previous` is what was stored before (re-tagging removes the tweet
+    /// from the tags it lost). Not one atomic step: its keys are in many slots of a Redis
+    /// Cluster. Every write is idempotent and the tweet itself is written last, so a batch
+    /// cut short is simply applied again when the event is redelivered (`previous` is then
+    /// still the old tagging), and a tag never lists a tweet whose tagging is unknown for
+    /// long: readers skip ids without a stored tweet.
     pub async fn put_tagged(
         &self,
         id: u64,
@@ -177,10 +181,7 @@ impl RecStorage {
         previous: Option<&TweetMeta>,
     ) -> StoreResult<()> {
         let member = id_member(id);
-        let mut writes = vec![Write::Set {
-            key: tweet_key(id),
-            value: encode_meta(meta),
-        }];
+        let mut writes = Vec::new();
         for old in previous.iter().flat_map(|p| &p.tags) {
             if !meta.tags.contains(old) {
                 writes.push(Write::ZRem {
@@ -207,7 +208,11 @@ impl RecStorage {
             key: RECENT_KEY.to_string(),
             keep: RECENT_CAP,
         });
-        self.store.apply_atomic(writes).await
+        writes.push(Write::Set {
+            key: tweet_key(id),
+            value: encode_meta(meta),
+        });
+        self.store.apply(writes).await
     }
 
     /// True if this engagement was counted already.
@@ -233,11 +238,28 @@ impl RecStorage {
             .collect())
     }
 
-    /// Counts one engagement, in one pipelined round trip. The idempotency member is
-    /// written last: if anything before it fails, the redelivered event is counted again
-    /// rather than lost.
+    /// Counts one engagement: the tweet's popularity (a shared ranking, in its own slot),
+    /// then the user's profile, engagements and idempotency member as one atomic step (all
+    /// in the user's shard: see `store::slot`). The idempotency member is written last: if
+    /// anything before it fails, the redelivered event is counted again rather than lost.
     pub async fn record_engagement(&self, e: &EngagementWrite<'_>) -> StoreResult<()> {
         let member = id_member(e.tweet_id);
+        let mut ranking = Vec::new();
+        if let Some((epoch, delta)) = e.popularity {
+            ranking.push(Write::ZIncr {
+                key: popular_key(epoch),
+                member: member.clone(),
+                delta,
+            });
+            ranking.push(Write::ZKeepTop {
+                key: popular_key(epoch),
+                keep: POPULAR_CAP,
+            });
+        }
+        ranking.push(Write::Del {
+            key: popular_key(e.now_epoch - 2),
+        });
+        self.store.apply(ranking).await?;
         let mut writes: Vec<Write> = e
             .profile
             .iter()
@@ -247,20 +269,6 @@ impl RecStorage {
                 value: encode_score(*score),
             })
             .collect();
-        if let Some((epoch, delta)) = e.popularity {
-            writes.push(Write::ZIncr {
-                key: popular_key(epoch),
-                member: member.clone(),
-                delta,
-            });
-            writes.push(Write::ZKeepTop {
-                key: popular_key(epoch),
-                keep: POPULAR_CAP,
-            });
-        }
-        writes.push(Write::Del {
-            key: popular_key(e.now_epoch - 2),
-        });
         writes.push(Write::ZAdd {
             key: engaged_key(e.user),
             member,

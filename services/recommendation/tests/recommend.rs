@@ -72,17 +72,17 @@ impl Peers for FakePeers {
     }
 }
 
-/// The events of `topic` waiting in the recommendation service's outbox.
+/// The events of `topic` waiting in the recommendation service's outbox (all its streams).
 async fn outboxed(store: &MemoryStore, topic: &str) -> Vec<Message> {
-    let entries = store
-        .xread(
-            Outbox::new("recommendation").key(),
-            "0",
-            1000,
-            std::time::Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let mut entries = Vec::new();
+    for stream in Outbox::new("recommendation").streams() {
+        entries.extend(
+            store
+                .xread(&stream, "0", 1000, std::time::Duration::ZERO)
+                .await
+                .unwrap(),
+        );
+    }
     entries
         .iter()
         .filter_map(starling_runtime::outbox::decode)

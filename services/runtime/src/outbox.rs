@@ -2,19 +2,25 @@
 //! bus does both or neither, without waiting for the broker.
 //!
 //! A handler stores its change and the event in one atomic step ([`Store::apply_atomic`]):
-//! the event is an entry of the service's outbox stream (`outbox:<service>`, a Redis
-//! stream), written with [`Outbox::entry`] next to the change's own writes. The call
-//! answers right after that step, so it neither waits for the broker nor fails while the
-//! broker is down.
+//! the event is an entry of one of the service's outbox streams, written with
+//! [`Outbox::entry`] next to the change's own writes. The call answers right after that
+//! step, so it neither waits for the broker nor fails while the broker is down.
 //!
-//! The [`relay`] then publishes entries from the stream to the bus, oldest first, and moves
-//! its cursor (`outbox:<service>:published`) past each one only after the broker
+//! **Shards.** A Redis Cluster applies an atomic step only to keys of one slot, so the
+//! outbox is [`SHARDS`] streams, `outbox:<service>:{tag}`, one per shard of the keys
+//! (`store::slot`): an event keyed by user `u` goes to the stream of `u`'s shard, in the
+//! same slot as `u`'s own keys ([`crate::store::slot::user_key`]). Events of one key stay in
+//! one stream, so they keep their order.
+//!
+//! The [`relay`] publishes each stream's entries to the bus, oldest first, and moves that
+//! stream's cursor (`outbox:<service>:{tag}:published`) past each one only after the broker
 //! acknowledged it. A crash at any point leaves the cursor before the entry, and the next
 //! relay publishes it again: delivery is at least once, so every consumer is idempotent (see
-//! `events::consumer`). One relay per service works at a time (it holds a lease in the
+//! `events::consumer`). One relay per stream works at a time (it holds a lease in the
 //! store, renewed while it works), so entries leave in the order they were committed; when
 //! the holder dies its lease lapses and another instance of the service takes over from
-//! the cursor.
+//! the cursor. The streams' leases are taken independently, so the relaying spreads over
+//! the instances of a service.
 //!
 //! Published entries are kept for [`RETENTION`]: a broker that restarts without its log
 //! (the test broker keeps topics in memory) loses events it had acknowledged, and when any
@@ -30,6 +36,7 @@ use tracing::{info, warn, Instrument as _};
 
 use crate::events::{EventBus, Message};
 use crate::health::Component;
+use crate::store::slot::{shard_of, tag, SHARDS};
 use crate::store::{Store, StreamEntry, Write};
 
 const TOPIC: &str = "topic";
@@ -53,28 +60,48 @@ const BLOCK: Duration = Duration::from_millis(500);
 /// The outbox of one service: where its handlers put events.
 #[derive(Debug, Clone)]
 pub struct Outbox {
+    service: String,
+}
+
+/// One stream of an outbox (see the module docs).
+#[derive(Debug, Clone)]
+struct Stream {
     key: String,
+}
+
+impl Stream {
+    /// Where the relay records the id of the last entry published.
+    fn cursor_key(&self) -> String {
+        format!("{}:published", self.key)
+    }
 }
 
 impl Outbox {
     pub fn new(service: &str) -> Self {
         Self {
-            key: format!("outbox:{service}"),
+            service: service.to_string(),
         }
     }
 
-    /// The stream key.
-    pub fn key(&self) -> &str {
-        &self.key
+    /// The stream that events keyed `key` go to: in the slot of `key`'s shard.
+    pub fn stream_for(&self, key: &str) -> String {
+        self.stream(shard_of(key)).key
     }
 
-    /// Where the relay records the id of the last entry published.
-    fn cursor_key(&self) -> String {
-        format!("{}:published", self.key)
+    /// The keys of all its streams.
+    pub fn streams(&self) -> Vec<String> {
+        (0..SHARDS).map(|s| self.stream(s).key).collect()
     }
 
-    /// The write that puts `message` in the outbox; apply it atomically with the change
-    /// the message announces.
+    fn stream(&self, shard: usize) -> Stream {
+        Stream {
+            key: format!("outbox:{}:{}", self.service, tag(shard)),
+        }
+    }
+
+    /// The write that puts `message` in the outbox, in the stream of its key's shard;
+    /// apply it atomically with the change the message announces, whose keys must carry
+    /// the same shard's tag ([`crate::store::slot::user_key`] of the message's key).
     pub fn entry(&self, message: &Message) -> Write {
         let mut fields = vec![
             (TOPIC.into(), message.topic.as_bytes().to_vec()),
@@ -90,7 +117,7 @@ impl Outbox {
             fields.push((TRACEPARENT.into(), tp.as_bytes().to_vec()));
         }
         Write::XAdd {
-            key: self.key.clone(),
+            key: self.stream_for(&message.key),
             fields,
         }
     }
@@ -120,19 +147,25 @@ pub fn decode(entry: &StreamEntry) -> Option<Message> {
 /// again (consumers are idempotent, so what they had already seen is harmless).
 pub const RETENTION: Duration = Duration::from_secs(300);
 
-/// Entries not yet published (for metrics, tests and `starling` tooling).
+/// Entries not yet published, over all its streams (for metrics, tests and `starling`
+/// tooling).
 pub async fn pending(store: &dyn Store, outbox: &Outbox) -> crate::store::StoreResult<usize> {
-    let cursor = published_cursor(store, outbox).await?;
-    Ok(store
-        .xread(&outbox.key, &cursor, 1_000_000, Duration::ZERO)
-        .await?
-        .len())
+    let mut left = 0;
+    for shard in 0..SHARDS {
+        let stream = outbox.stream(shard);
+        let cursor = published_cursor(store, &stream).await?;
+        left += store
+            .xread(&stream.key, &cursor, 1_000_000, Duration::ZERO)
+            .await?
+            .len();
+    }
+    Ok(left)
 }
 
-/// The id of the last entry published ("0" if none).
-async fn published_cursor(store: &dyn Store, outbox: &Outbox) -> crate::store::StoreResult<String> {
+/// The id of the last entry of `stream` published ("0" if none).
+async fn published_cursor(store: &dyn Store, stream: &Stream) -> crate::store::StoreResult<String> {
     Ok(store
-        .get(&outbox.cursor_key())
+        .get(&stream.cursor_key())
         .await?
         .and_then(|v| String::from_utf8(v).ok())
         .unwrap_or_else(|| "0".into()))
@@ -176,14 +209,37 @@ fn is_stopped(shutdown: &watch::Receiver<bool>) -> bool {
     *shutdown.borrow() || shutdown.has_changed().is_err()
 }
 
-/// Publishes the outbox `outbox` of this service to `bus` until `shutdown` turns true,
-/// whenever this instance (`holder`) holds the relay lease; then publishes what is left
-/// (if it holds the lease) and gives the lease up. `bus_health` reports whether the broker
-/// takes what is published (only the holder knows; the others report it fine).
+/// Publishes the outbox `outbox` of this service to `bus` until `shutdown` turns true:
+/// each of its streams whenever this instance (`holder`) holds that stream's relay lease;
+/// then publishes what is left (of the streams it holds) and gives the leases up.
+/// `bus_health` reports whether the broker takes what is published (only a holder knows;
+/// the others report it fine).
 pub async fn relay(
     store: Arc<dyn Store>,
     bus: Arc<dyn EventBus>,
     outbox: Outbox,
+    holder: String,
+    bus_health: Component,
+    shutdown: watch::Receiver<bool>,
+) {
+    join_all((0..SHARDS).map(|shard| {
+        relay_stream(
+            store.clone(),
+            bus.clone(),
+            outbox.stream(shard),
+            holder.clone(),
+            bus_health.clone(),
+            shutdown.clone(),
+        )
+    }))
+    .await;
+}
+
+/// [`relay`] for one stream.
+async fn relay_stream(
+    store: Arc<dyn Store>,
+    bus: Arc<dyn EventBus>,
+    outbox: Stream,
     holder: String,
     bus_health: Component,
     mut shutdown: watch::Receiver<bool>,
@@ -200,7 +256,8 @@ pub async fn relay(
             Ok(true) => {}
             Ok(false) => {
                 // Another instance relays; check again soon in case it stops or dies.
-                bus_health.ok();
+                // (Health is left to the streams this instance relays: a standby cannot
+                // tell whether the broker takes events.)
                 wait(&mut shutdown, STANDBY_POLL).await;
                 continue;
             }
@@ -335,7 +392,7 @@ async fn keep_lease(
 
 /// Records `last` as published and drops entries older than [`RETENTION`], never one
 /// after the cursor (a backlog older than the retention stays until published).
-async fn advance(store: &dyn Store, outbox: &Outbox, last: &str) -> crate::store::StoreResult<()> {
+async fn advance(store: &dyn Store, outbox: &Stream, last: &str) -> crate::store::StoreResult<()> {
     let now = crate::events::now_ms().max(0) as u64;
     let cursor_ms = crate::store::stream_id_order(last).map_or(0, |(ms, _)| ms);
     let min_ms = now
@@ -357,7 +414,7 @@ async fn advance(store: &dyn Store, outbox: &Outbox, last: &str) -> crate::store
 
 /// At shutdown: publishes what is left, for a bounded time (another instance, or this one
 /// after a restart, takes over anything still there).
-async fn drain(store: &dyn Store, bus: &dyn EventBus, outbox: &Outbox, after: &str) {
+async fn drain(store: &dyn Store, bus: &dyn EventBus, outbox: &Stream, after: &str) {
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut after = after.to_string();
     while tokio::time::Instant::now() < until {
@@ -392,7 +449,10 @@ async fn publish_batch(
 ) -> (Option<String>, Option<String>) {
     // Sent together, enqueued in order (join_all polls them in order), so the producer
     // keeps their order per partition; an idempotent producer keeps it across its retries.
-    let service = stream.strip_prefix("outbox:").unwrap_or(stream);
+    let service = stream
+        .strip_prefix("outbox:")
+        .and_then(|s| s.split(':').next())
+        .unwrap_or(stream);
     let results = join_all(entries.iter().map(|e| async move {
         match decode(e) {
             Some(mut m) => {
@@ -557,7 +617,7 @@ mod tests {
         relay.await.unwrap();
         assert_eq!(pending(&*store, &outbox).await.unwrap(), 0);
         assert_eq!(
-            store.xlen(outbox.key()).await.unwrap(),
+            store.xlen(&outbox.stream_for("k")).await.unwrap(),
             20,
             "kept for RETENTION"
         );

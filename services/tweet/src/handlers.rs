@@ -102,8 +102,9 @@ impl TweetService for TweetHandler {
             author: tweet.author.clone(),
             text: tweet.text.clone(),
         };
-        // The tweet and its announcement in one atomic step (see `outbox`): the answer
-        // does not wait for the broker, and a crash cannot store one without the other.
+        // The tweet is listed and announced in one atomic step, after its body (see
+        // `outbox` and `TweetStorage::insert`): the answer does not wait for the broker,
+        // and a crash cannot list a tweet without announcing it, or the reverse.
         let announce = self
             .outbox
             .entry(&Message::of(&tweet.author, &event, created_ms));

@@ -1,6 +1,7 @@
 //! Where tweets live: `tweet:<id>` holds the protobuf-encoded `Tweet`, and
-//! `user_tweets:<author>` the author's tweet ids (a lexicographic sorted set of zero-padded
-//! ids, newest last), read newest first by cursor.
+//! `user_tweets:{shard}:<author>` the author's tweet ids (a lexicographic sorted set of
+//! zero-padded ids, newest last, in the author's shard: see `store::slot`), read newest
+//! first by cursor.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +19,9 @@ pub fn tweet_key(id: u64) -> String {
     format!("tweet:{id}")
 }
 
+/// In the author's shard, with the outbox stream of the author's events (see `insert`).
 pub fn user_tweets_key(user: &str) -> String {
-    format!("user_tweets:{user}")
+    starling_runtime::store::slot::user_key("user_tweets", user)
 }
 
 /// How long a `CreateTweet` idempotency key is remembered: a client that sends the same
@@ -52,15 +54,19 @@ impl TweetStorage {
         Self { store }
     }
 
-    /// Stores the tweet, appends it to its author's list and applies `announce` (its outbox
-    /// entry), as one atomic step.
+    /// Stores the tweet, then appends it to its author's list and applies `announce` (its
+    /// outbox entry, keyed by the author) as one atomic step.
+    ///
+    /// The body is a key of its own (`tweet:<id>`, read by id from anywhere), so on a Redis
+    /// Cluster it is in another slot than the author's list and outbox, and cannot join
+    /// their step. It is written first: a tweet is listed and announced together or not
+    /// at all, and never before its body exists. A crash between the two leaves a body
+    /// that nothing lists or announces and whose id no caller was given, except one that
+    /// retries with the same idempotency key, which finishes that very tweet.
     pub async fn insert(&self, tweet: &Tweet, announce: Write) -> StoreResult<()> {
+        self.put(tweet).await?;
         self.store
             .apply_atomic(vec![
-                Write::Set {
-                    key: tweet_key(tweet.id),
-                    value: tweet.encode_to_vec(),
-                },
                 Write::ZAdd {
                     key: user_tweets_key(&tweet.author),
                     member: id_member(tweet.id),
@@ -95,12 +101,21 @@ impl TweetStorage {
             return Ok(PostClaim::Conflict);
         };
         match first.parse::<u64>() {
+            // Done once listed (and so announced: see `insert`); a body alone is a call
+            // that stopped between the two steps.
             Ok(first) if first_text == text => Ok(match self.get(first).await? {
-                Some(tweet) => PostClaim::Done(tweet),
-                None => PostClaim::Unfinished(first),
+                Some(tweet) if self.listed(author, first).await? => PostClaim::Done(tweet),
+                _ => PostClaim::Unfinished(first),
             }),
             _ => Ok(PostClaim::Conflict),
         }
+    }
+
+    /// True if `id` is in `author`'s list.
+    async fn listed(&self, author: &str, id: u64) -> StoreResult<bool> {
+        self.store
+            .zcontains(&user_tweets_key(author), &id_member(id))
+            .await
     }
 
     pub async fn put(&self, tweet: &Tweet) -> StoreResult<()> {

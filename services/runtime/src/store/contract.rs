@@ -18,6 +18,8 @@ pub async fn run_all<S: Store>(store: &S, prefix: &str) {
     leases_are_exclusive(store, prefix).await;
     a_claim_is_first_come_and_lapses(store, prefix).await;
     published_messages_reach_subscribers(store, prefix).await;
+    an_atomic_step_stays_in_one_slot(store, prefix).await;
+    apply_spreads_over_slots_and_keeps_each_keys_order(store, prefix).await;
     store.ping().await.unwrap();
 }
 
@@ -261,7 +263,8 @@ pub async fn wrong_type_is_an_error<S: Store>(s: &S, p: &str) {
 /// An atomic batch with a stream entry (the outbox step): entries come back in the order
 /// they were added, after a given id, and are gone once deleted.
 pub async fn streams_keep_commit_order<S: Store>(s: &S, p: &str) {
-    let (stream, data) = (format!("{p}stream"), format!("{p}stream_data"));
+    // One hash tag: an atomic step stays in one slot (see `an_atomic_step_stays_in_one_slot`).
+    let (stream, data) = (format!("{p}stream:{{t}}"), format!("{p}stream_data:{{t}}"));
     for i in 0..5u8 {
         s.apply_atomic(vec![
             Write::Set {
@@ -431,4 +434,80 @@ pub async fn a_claim_is_first_come_and_lapses<S: Store>(s: &S, p: &str) {
         Some(b"mine".to_vec()),
         "a claim without a ttl stays"
     );
+}
+
+/// An atomic step whose keys are in several slots is refused whole, on every store (a Redis
+/// Cluster could not apply it); with one hash tag it is applied.
+pub async fn an_atomic_step_stays_in_one_slot<S: Store>(s: &S, p: &str) {
+    let (a, b) = (format!("{p}slot_a"), format!("{p}slot_b"));
+    let e = s
+        .apply_atomic(vec![
+            Write::Set {
+                key: a.clone(),
+                value: b"1".to_vec(),
+            },
+            Write::Set {
+                key: b.clone(),
+                value: b"1".to_vec(),
+            },
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::CrossSlot(_)), "{e}");
+    assert!(e.to_string().contains(&a), "{e}");
+    assert_eq!(s.mget(&[a, b]).await.unwrap(), vec![None, None]);
+    let (a, b) = (format!("{p}slot_a:{{x}}"), format!("{p}slot_b:{{x}}"));
+    s.apply_atomic(vec![
+        Write::Set {
+            key: a.clone(),
+            value: b"1".to_vec(),
+        },
+        Write::ZAdd {
+            key: b.clone(),
+            member: "m".into(),
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.get(&a).await.unwrap(), Some(b"1".to_vec()));
+    assert!(s.zcontains(&b, "m").await.unwrap());
+}
+
+/// A pipelined batch over many keys (a fan-out) reaches every key, and writes to one key
+/// apply in the order given, even when the batch is split (per slot, on a cluster).
+pub async fn apply_spreads_over_slots_and_keeps_each_keys_order<S: Store>(s: &S, p: &str) {
+    let keys: Vec<String> = (0..200).map(|i| format!("{p}spread:{i}")).collect();
+    let mut writes = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        for n in 0..5 {
+            writes.push(Write::ZAdd {
+                key: key.clone(),
+                member: id_member(n),
+            });
+        }
+        writes.push(Write::ZKeepLast {
+            key: key.clone(),
+            keep: 2,
+        });
+        writes.push(Write::Set {
+            key: format!("{key}:v"),
+            value: vec![i as u8, 1],
+        });
+        writes.push(Write::Set {
+            key: format!("{key}:v"),
+            value: vec![i as u8, 2],
+        });
+    }
+    s.apply(writes).await.unwrap();
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            s.zrange_lex(key, Lex::After(None), 10).await.unwrap(),
+            vec![id_member(3), id_member(4)],
+            "{key}"
+        );
+        assert_eq!(
+            s.get(&format!("{key}:v")).await.unwrap(),
+            Some(vec![i as u8, 2])
+        );
+    }
 }

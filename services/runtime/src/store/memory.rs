@@ -273,6 +273,7 @@ impl Store for MemoryStore {
     }
 
     async fn apply_atomic(&self, writes: Vec<Write>) -> StoreResult<()> {
+        super::check_one_slot(&writes)?;
         // One lock around all of them: as atomic as MULTI/EXEC. Like EXEC, a failing write
         // does not stop the others; the first error is reported.
         let streamed = writes.iter().any(|w| matches!(w, Write::XAdd { .. }));

@@ -12,6 +12,7 @@
 pub mod contract;
 mod memory;
 mod redis;
+pub mod slot;
 
 use std::time::Duration;
 
@@ -26,6 +27,10 @@ pub enum StoreError {
     Redis(String),
     #[error("key {0:?} holds another kind of value")]
     WrongType(String),
+    /// An atomic step named keys of several slots: a Redis Cluster cannot apply it, so no
+    /// store does (see [`slot`]). A bug in the caller's key design, never the user's input.
+    #[error("an atomic step spans several hash slots ({0}); its keys must share a hash tag")]
+    CrossSlot(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -53,6 +58,36 @@ pub async fn newest_ids(
         .zrange_lex(key, Lex::Before(cursor.as_deref()), limit)
         .await?;
     Ok(members.iter().filter_map(|m| parse_id_member(m)).collect())
+}
+
+impl Write {
+    /// The key it writes.
+    pub fn key(&self) -> &str {
+        match self {
+            Write::Set { key, .. }
+            | Write::Del { key }
+            | Write::ZAdd { key, .. }
+            | Write::ZRem { key, .. }
+            | Write::ZKeepLast { key, .. }
+            | Write::ZIncr { key, .. }
+            | Write::ZKeepTop { key, .. }
+            | Write::HSet { key, .. }
+            | Write::HDel { key, .. }
+            | Write::XAdd { key, .. }
+            | Write::XDel { key, .. }
+            | Write::XTrimBefore { key, .. } => key,
+        }
+    }
+}
+
+/// Refuses an atomic step whose writes are not in one slot ([`slot::one_slot`]).
+pub(crate) fn check_one_slot(writes: &[Write]) -> StoreResult<()> {
+    if slot::one_slot(writes.iter().map(Write::key)) {
+        return Ok(());
+    }
+    let mut keys: Vec<&str> = writes.iter().map(Write::key).collect();
+    keys.dedup();
+    Err(StoreError::CrossSlot(keys.join(", ")))
 }
 
 /// Direction and start of a lexicographic range.
@@ -168,10 +203,13 @@ pub trait Store: Send + Sync + 'static {
     /// The `limit` highest-scored members of a scored set, highest first.
     async fn ztop(&self, key: &str, limit: usize) -> StoreResult<Vec<(String, f64)>>;
     async fn hgetall(&self, key: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
-    /// Applies writes in order, pipelined (one round trip per chunk); not atomic.
+    /// Applies writes in order, pipelined (one round trip per chunk; on a Redis Cluster, one
+    /// per slot, in parallel); not atomic. Writes to one key keep their order.
     async fn apply(&self, writes: Vec<Write>) -> StoreResult<()>;
     /// Applies writes in order as one atomic step (Redis MULTI/EXEC): no reader sees a part
     /// of them, and a crash of the caller or a lost connection cannot leave a part applied.
+    /// Their keys must be in one Redis Cluster slot ([`slot::one_slot`]), or nothing is
+    /// written and the answer is [`StoreError::CrossSlot`].
     /// This is what makes the outbox work: a change and the event announcing it are stored
     /// together or not at all. (As in Redis, a write that fails inside the step, such as
     /// one on a key of another type, does not undo the others; the call reports the error.)

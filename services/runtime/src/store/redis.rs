@@ -13,6 +13,13 @@
 //! dead, and a read that meets a dropped connection is sent once more on a fresh one (a
 //! read is safe to repeat; a write that may have reached the old server is not repeated).
 //!
+//! **Redis Cluster** ([`RedisStore::connect_cluster`]). The same commands go through the
+//! redis crate's cluster connection, which sends each to the master of its key's slot,
+//! follows slots that move and retries through a failover. Two things differ: a pipelined
+//! batch is split per slot and the parts run in parallel ([`Store::apply`]), and an atomic
+//! step must stay in one slot, which every store enforces (see `slot`). Blocking reads get
+//! cluster connections of their own, and a subscription is a plain connection to one node.
+//!
 //! **TLS and passwords.** `rediss://` URLs connect over TLS (rustls), checking the server
 //! against the CA given to [`RedisStore::connect_with_ca`] (the system's roots otherwise);
 //! a password goes in the URL (`rediss://:PASSWORD@host:port`, or `user:PASSWORD@` for an
@@ -24,30 +31,163 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::cluster::{ClusterClient, ClusterClientBuilder};
+use deadpool_redis::redis::cluster_async::ClusterConnection;
+use deadpool_redis::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use deadpool_redis::redis::io::tcp::TcpSettings;
-use deadpool_redis::redis::IntoConnectionInfo;
+use deadpool_redis::redis::{ConnectionInfo, IntoConnectionInfo};
 use deadpool_redis::{redis, Manager, Pool, Runtime};
+use futures::StreamExt as _;
 
+use super::slot::hash_slot;
 use super::{Lex, Store, StoreError, StoreResult, StreamEntry, Write};
 
 /// Commands per pipeline round trip: large enough to amortise the round trip, small enough
 /// that one batch does not monopolise Redis for long.
 const PIPELINE_CHUNK: usize = 10_000;
 
+/// Per-slot pipelines of one batch in flight at once on a Redis Cluster.
+const SLOTS_IN_FLIGHT: usize = 64;
+
+/// How long a Redis Cluster command may wait for its answer. A command to a master that
+/// died is retried (by the redis crate) once the cluster has promoted its replica.
+const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Blocking reads (XREAD BLOCK) in flight at once, each on a connection of its own: one
+/// per outbox stream a process relays (`outbox::SHARDS` per service it runs).
+const BLOCKING_READS: usize = 64;
+
+/// The longest blocking read the cluster's blocking connections allow for.
+const CLUSTER_BLOCK_LIMIT: Duration = Duration::from_secs(30);
+
 #[derive(Clone)]
 pub struct RedisStore {
-    pool: Pool,
-    /// Subscriptions need a connection of their own each (pub/sub mode), outside the pool.
-    client: redis::Client,
+    backend: Backend,
     prefix: String,
     /// The connection in use (see the module docs).
-    current: Arc<Mutex<Option<deadpool_redis::Connection>>>,
+    current: Arc<Mutex<Option<Pooled>>>,
+}
+
+/// One Redis, or a Redis Cluster.
+#[derive(Clone)]
+enum Backend {
+    Single {
+        pool: Pool,
+        /// Connections for blocking reads, apart from the commands' pool.
+        blocking: Pool,
+        /// Subscriptions need a connection of their own each (pub/sub mode), outside the
+        /// pool. (Boxed: a client is large, and the store is cloned into many tasks.)
+        client: Box<redis::Client>,
+    },
+    Cluster {
+        pool: ClusterPool,
+        /// Connections for blocking reads, which wait longer than a command may.
+        blocking: ClusterPool,
+        /// The seed nodes: a subscription is a plain connection to one of them (a cluster
+        /// forwards every PUBLISH to all its nodes).
+        seeds: Vec<ConnectionInfo>,
+    },
+}
+
+/// A pooled connection, kept while its handle is in use.
+enum Pooled {
+    Single(deadpool_redis::Connection),
+    Cluster(deadpool::managed::Object<ClusterManager>),
+}
+
+impl Pooled {
+    fn handle(&self) -> Conn {
+        match self {
+            Pooled::Single(c) => Conn::Single((**c).clone()),
+            Pooled::Cluster(c) => Conn::Cluster((**c).clone()),
+        }
+    }
+}
+
+/// A multiplexed handle on one Redis or on a cluster: commands are written once for both.
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Makes and checks Redis Cluster connections for a deadpool pool (deadpool-redis's own
+/// cluster manager leaves Nagle's algorithm on and takes no response timeout).
+struct ClusterManager {
+    client: ClusterClient,
+}
+
+type ClusterPool = deadpool::managed::Pool<ClusterManager>;
+
+impl deadpool::managed::Manager for ClusterManager {
+    type Type = ClusterConnection;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> Result<ClusterConnection, redis::RedisError> {
+        self.client.get_async_connection().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut ClusterConnection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<redis::RedisError> {
+        ping(&mut Conn::Cluster(conn.clone())).await?;
+        Ok(())
+    }
+}
+
+/// PING one node: on a cluster, any master (the redis crate would ask every node, and a
+/// lost replica would then make the whole store look down).
+async fn ping(c: &mut Conn) -> redis::RedisResult<()> {
+    match c {
+        Conn::Single(c) => redis::cmd("PING").query_async::<String>(c).await.map(drop),
+        Conn::Cluster(c) => c
+            .route_command(
+                redis::cmd("PING"),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+            )
+            .await
+            .map(drop),
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
+            .field("cluster", &matches!(self.backend, Backend::Cluster { .. }))
             .finish()
     }
 }
@@ -58,6 +198,42 @@ fn err(key: &str, e: redis::RedisError) -> StoreError {
     } else {
         StoreError::Redis(e.to_string())
     }
+}
+
+/// Parses a Redis URL into connection info with TCP_NODELAY, trusting `ca_pem` for TLS.
+fn connection_info(url: &str, ca_pem: Option<&[u8]>) -> StoreResult<ConnectionInfo> {
+    let shown = redacted(url);
+    let bad = |e: &dyn std::fmt::Display| {
+        StoreError::Redis(format!(
+            "bad redis url {shown}: {}",
+            redact_in(&e.to_string(), url)
+        ))
+    };
+    // redis-rs leaves Nagle's algorithm on by default: small requests then wait for
+    // delayed ACKs (~40 ms stalls, seen in `starling bench fanout`). Turn it off.
+    let mut info = url
+        .into_connection_info()
+        .map_err(|e| bad(&e))?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    if let Some(ca) = ca_pem {
+        if !url.starts_with("rediss://") {
+            return Err(StoreError::Redis(format!(
+                "a CA for redis was given but {shown} is not a rediss:// (TLS) URL"
+            )));
+        }
+        // The client made with the certificates carries them in its connection info.
+        info = redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.to_vec()),
+            },
+        )
+        .map_err(|e| bad(&e))?
+        .get_connection_info()
+        .clone();
+    }
+    Ok(info)
 }
 
 impl RedisStore {
@@ -75,60 +251,109 @@ impl RedisStore {
         ca_pem: Option<Vec<u8>>,
     ) -> StoreResult<Self> {
         let shown = redacted(url);
-        let url = url.to_string();
+        let info = connection_info(url, ca_pem.as_deref())?;
         let bad = |e: &dyn std::fmt::Display| {
             StoreError::Redis(format!(
                 "bad redis url {shown}: {}",
-                redact_in(&e.to_string(), &url)
+                redact_in(&e.to_string(), url)
             ))
         };
-        // redis-rs leaves Nagle's algorithm on by default: small requests then wait for
-        // delayed ACKs (~40 ms stalls, seen in `starling bench fanout`). Turn it off.
-        let mut info = url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| bad(&e))?
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        if let Some(ca) = ca_pem {
-            if !url.starts_with("rediss://") {
-                return Err(StoreError::Redis(format!(
-                    "a CA for redis was given but {shown} is not a rediss:// (TLS) URL"
-                )));
-            }
-            // The client made with the certificates carries them in its connection info.
-            info = redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca),
-                },
-            )
-            .map_err(|e| bad(&e))?
-            .get_connection_info()
-            .clone();
-        }
         let client = redis::Client::open(info.clone()).map_err(|e| bad(&e))?;
-        let manager = Manager::new(info).map_err(|e| bad(&e))?;
-        let pool = Pool::builder(manager)
-            // One connection is shared by every command; the outbox relay's blocking
-            // read needs one of its own.
-            .max_size(pool_size.max(2))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| bad(&e))?;
+        let build = |size: usize| {
+            Pool::builder(Manager::new(info.clone()).map_err(|e| bad(&e))?)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .build()
+                .map_err(|e| bad(&e))
+        };
         let store = Self {
-            pool,
-            client,
+            backend: Backend::Single {
+                // One connection is shared by every command; the others replace it when
+                // it dies.
+                pool: build(pool_size.max(2))?,
+                blocking: build(BLOCKING_READS)?,
+                client: Box::new(client),
+            },
             prefix: prefix.to_string(),
             current: Arc::new(Mutex::new(None)),
         };
-        let mut conn = store.conn().await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map_err(|e| StoreError::Redis(format!("redis at {shown} does not answer: {e}")))?;
+        store.check_answers(&shown).await?;
         tokio::spawn(retire_dead_connections(Arc::downgrade(&store.current)));
         Ok(store)
+    }
+
+    /// A Redis Cluster, found through `seeds` (comma-separated URLs of some of its nodes);
+    /// otherwise as [`RedisStore::connect_with_ca`]. Commands go to the master of their
+    /// key's slot; the redis crate follows MOVED answers and retries through a failover.
+    pub async fn connect_cluster(
+        seeds: &str,
+        prefix: &str,
+        pool_size: usize,
+        ca_pem: Option<Vec<u8>>,
+    ) -> StoreResult<Self> {
+        let shown: Vec<String> = seeds.split(',').map(|u| redacted(u.trim())).collect();
+        let shown = shown.join(",");
+        if prefix.contains(['{', '}']) {
+            return Err(StoreError::Redis(format!(
+                "the key prefix {prefix:?} holds a brace: on a Redis Cluster it would \
+                 become the hash tag of every key"
+            )));
+        }
+        let infos = seeds
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| connection_info(u, ca_pem.as_deref()))
+            .collect::<StoreResult<Vec<_>>>()?;
+        if infos.is_empty() {
+            return Err(StoreError::Redis("no redis cluster node given".into()));
+        }
+        let build = |response_timeout: Duration, size: usize| {
+            let mut builder = ClusterClientBuilder::new(infos.clone())
+                .tcp_settings(TcpSettings::default().set_nodelay(true))
+                .connection_timeout(Duration::from_secs(1))
+                .response_timeout(response_timeout)
+                // A failover takes the cluster a few node timeouts: keep retrying
+                // (with backoff up to 1 s) for about that long rather than failing.
+                .retries(8)
+                .max_retry_wait(1_000);
+            if let Some(ca) = &ca_pem {
+                builder = builder.certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                });
+            }
+            let client = builder
+                .build()
+                .map_err(|e| StoreError::Redis(format!("bad redis cluster nodes {shown}: {e}")))?;
+            ClusterPool::builder(ClusterManager { client })
+                .max_size(size)
+                .runtime(deadpool::Runtime::Tokio1)
+                .build()
+                .map_err(|e| StoreError::Redis(format!("redis cluster pool: {e}")))
+        };
+        let store = Self {
+            backend: Backend::Cluster {
+                pool: build(CLUSTER_RESPONSE_TIMEOUT, pool_size.max(2))?,
+                blocking: build(CLUSTER_BLOCK_LIMIT + Duration::from_secs(2), BLOCKING_READS)?,
+                seeds: infos,
+            },
+            prefix: prefix.to_string(),
+            current: Arc::new(Mutex::new(None)),
+        };
+        store.check_answers(&shown).await?;
+        Ok(store)
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
+    }
+
+    async fn check_answers(&self, shown: &str) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        ping(&mut conn)
+            .await
+            .map_err(|e| StoreError::Redis(format!("redis at {shown} does not answer: {e}")))
     }
 
     /// Runs a read-only command; if the shared connection turns out to be dead (Redis
@@ -146,32 +371,41 @@ impl RedisStore {
         }
     }
 
-    async fn conn(&self) -> StoreResult<MultiplexedConnection> {
+    async fn conn(&self) -> StoreResult<Conn> {
         if let Some(c) = self
             .current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            return Ok((**c).clone());
+            return Ok(c.handle());
         }
-        let fresh = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Redis(format!("no redis connection: {e}")))?;
-        let handle = (*fresh).clone();
+        let fresh = match &self.backend {
+            Backend::Single { pool, .. } => Pooled::Single(
+                pool.get()
+                    .await
+                    .map_err(|e| StoreError::Redis(format!("no redis connection: {e}")))?,
+            ),
+            Backend::Cluster { pool, .. } => Pooled::Cluster(
+                pool.get()
+                    .await
+                    .map_err(|e| StoreError::Redis(format!("no redis cluster connection: {e}")))?,
+            ),
+        };
+        let handle = fresh.handle();
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
         Ok(handle)
     }
 
     /// Maps an error, and drops the current connection if it is broken, so the next
-    /// command takes a validated one from the pool.
+    /// command takes a validated one from the pool. (A cluster connection mends itself:
+    /// it reconnects to nodes and follows the slots when they move.)
     fn fail(&self, key: &str, e: redis::RedisError) -> StoreError {
-        if e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_timeout()
+        if !self.is_cluster()
+            && (e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_timeout())
         {
             self.current
                 .lock()
@@ -243,26 +477,97 @@ impl RedisStore {
     /// every other request on the shared multiplexed connection.
     /// The pooled object must be kept until the command is answered, so the pool does not
     /// hand the same socket to anyone else meanwhile.
-    async fn blocking_conn(
-        &self,
-        block: Duration,
-    ) -> StoreResult<(deadpool_redis::Connection, MultiplexedConnection)> {
-        let conn = tokio::time::timeout(Duration::from_secs(2), self.pool.get())
+    async fn blocking_conn(&self, block: Duration) -> StoreResult<(Pooled, Conn)> {
+        let no_free = || StoreError::Redis("no free redis connection within 2 s".into());
+        let pooled = match &self.backend {
+            Backend::Single { blocking, .. } => Pooled::Single(
+                tokio::time::timeout(Duration::from_secs(2), blocking.get())
+                    .await
+                    .map_err(|_| no_free())?
+                    .map_err(|e| StoreError::Redis(format!("no redis connection: {e}")))?,
+            ),
+            Backend::Cluster { blocking, .. } => {
+                if block > CLUSTER_BLOCK_LIMIT {
+                    return Err(StoreError::Redis(format!(
+                        "a blocking read of {block:?} is longer than the {CLUSTER_BLOCK_LIMIT:?} \
+                         a cluster connection waits"
+                    )));
+                }
+                Pooled::Cluster(
+                    tokio::time::timeout(Duration::from_secs(2), blocking.get())
+                        .await
+                        .map_err(|_| no_free())?
+                        .map_err(|e| {
+                            StoreError::Redis(format!("no redis cluster connection: {e}"))
+                        })?,
+                )
+            }
+        };
+        let mut handle = pooled.handle();
+        if let Conn::Single(c) = &mut handle {
+            // The default response timeout (500 ms) would cut a longer block short.
+            c.set_response_timeout(block + Duration::from_secs(2));
+        }
+        Ok((pooled, handle))
+    }
+
+    /// Sends a pipelined batch. On a cluster, a pipeline must stay in one slot: the batch
+    /// is split per slot (keeping each key's writes in order) and the parts run in
+    /// parallel, so a fan-out spreads over the masters.
+    async fn pipelined(&self, writes: &[Write]) -> StoreResult<()> {
+        let mut c = self.conn().await?;
+        if !self.is_cluster() {
+            for chunk in writes.chunks(PIPELINE_CHUNK) {
+                let pipe = self.pipeline(chunk.iter());
+                self.send_pipeline(&mut c, pipe).await?;
+            }
+            return Ok(());
+        }
+        let mut by_slot: HashMap<u16, Vec<&Write>> = HashMap::new();
+        for w in writes {
+            by_slot
+                .entry(hash_slot(self.k(w.key()).as_bytes()))
+                .or_default()
+                .push(w);
+        }
+        let mut pipes = Vec::new();
+        for part in by_slot.values() {
+            for chunk in part.chunks(PIPELINE_CHUNK) {
+                pipes.push(self.pipeline(chunk.iter().copied()));
+            }
+        }
+        let mut sends = futures::stream::iter(pipes.into_iter().map(|pipe| {
+            let mut c = c.clone();
+            async move { self.send_pipeline(&mut c, pipe).await }
+        }))
+        .buffer_unordered(SLOTS_IN_FLIGHT);
+        let mut first_error = None;
+        while let Some(sent) = sends.next().await {
+            if let Err(e) = sent {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn pipeline<'w>(&self, writes: impl Iterator<Item = &'w Write>) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        for w in writes {
+            pipe.add_command(self.write_cmd(w)).ignore();
+        }
+        pipe
+    }
+
+    async fn send_pipeline(&self, c: &mut Conn, pipe: redis::Pipeline) -> StoreResult<()> {
+        pipe.query_async::<()>(c)
             .await
-            .map_err(|_| StoreError::Redis("no free redis connection within 2 s".into()))?
-            .map_err(|e| StoreError::Redis(format!("no redis connection: {e}")))?;
-        let mut handle = (*conn).clone();
-        // The default response timeout (500 ms) would cut a longer block short.
-        handle.set_response_timeout(block + Duration::from_secs(2));
-        Ok((conn, handle))
+            .map_err(|e| self.fail("<pipeline>", e))
     }
 }
 
 /// Every second, pings the store's shared connection and retires it if it is dead, so
 /// the next command takes a fresh one (see the module docs). Ends with the store.
-async fn retire_dead_connections(
-    current: std::sync::Weak<Mutex<Option<deadpool_redis::Connection>>>,
-) {
+async fn retire_dead_connections(current: std::sync::Weak<Mutex<Option<Pooled>>>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let Some(shared) = current.upgrade() else {
@@ -272,13 +577,13 @@ async fn retire_dead_connections(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|c| (**c).clone());
+            .map(Pooled::handle);
         drop(shared);
         let Some(mut handle) = handle else {
             continue;
         };
-        let dead = match redis::cmd("PING").query_async::<String>(&mut handle).await {
-            Ok(_) => false,
+        let dead = match ping(&mut handle).await {
+            Ok(()) => false,
             Err(e) => e.is_connection_dropped() || e.is_io_error(),
         };
         if dead {
@@ -478,23 +783,14 @@ impl Store for RedisStore {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut c = self.conn().await?;
-        for chunk in writes.chunks(PIPELINE_CHUNK) {
-            let mut pipe = redis::pipe();
-            for w in chunk {
-                pipe.add_command(self.write_cmd(w)).ignore();
-            }
-            pipe.query_async::<()>(&mut c)
-                .await
-                .map_err(|e| self.fail("<pipeline>", e))?;
-        }
-        Ok(())
+        self.pipelined(&writes).await
     }
 
     async fn apply_atomic(&self, writes: Vec<Write>) -> StoreResult<()> {
         if writes.is_empty() {
             return Ok(());
         }
+        super::check_one_slot(&writes)?;
         let mut c = self.conn().await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -596,11 +892,7 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> StoreResult<()> {
         let mut c = self.conn().await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut c)
-            .await
-            .map_err(|e| self.fail("<ping>", e))?;
-        Ok(())
+        ping(&mut c).await.map_err(|e| self.fail("<ping>", e))
     }
 
     async fn publish(&self, channel: &str, payload: &[u8]) -> StoreResult<()> {
@@ -616,13 +908,38 @@ impl Store for RedisStore {
     }
 
     async fn subscribe(&self, channel: &str) -> StoreResult<super::Subscription> {
-        use futures::StreamExt as _;
         let channel = format!("{}{channel}", self.prefix);
-        let mut pubsub = self
-            .client
-            .get_async_pubsub()
-            .await
-            .map_err(|e| err(&channel, e))?;
+        let mut pubsub = match &self.backend {
+            Backend::Single { client, .. } => client
+                .get_async_pubsub()
+                .await
+                .map_err(|e| err(&channel, e))?,
+            // A cluster forwards every PUBLISH to all its nodes: any one that answers does.
+            Backend::Cluster { seeds, .. } => {
+                let mut last = None;
+                let mut found = None;
+                for seed in seeds {
+                    let attempt = match redis::Client::open(seed.clone()) {
+                        Ok(client) => client.get_async_pubsub().await,
+                        Err(e) => Err(e),
+                    };
+                    match attempt {
+                        Ok(p) => {
+                            found = Some(p);
+                            break;
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                match (found, last) {
+                    (Some(p), _) => p,
+                    (None, Some(e)) => return Err(err(&channel, e)),
+                    (None, None) => {
+                        return Err(StoreError::Redis("no redis cluster node given".into()))
+                    }
+                }
+            }
+        };
         pubsub
             .subscribe(&channel)
             .await

@@ -1,7 +1,10 @@
 //! Logs and traces: what a process writes about its work, and how one request is followed
 //! across processes.
 //!
-//! * **Logs** go to stderr, filtered by `STARLING_LOG` (or `RUST_LOG`, default `info`), as
+//! * **Logs** go to stderr, filtered by `STARLING_LOG` (or `RUST_LOG`, default `info`, with
+//!   the redis crate's cluster connection at `error`: it warns once per command and node
+//!   while a master fails over, over a thousand lines in three seconds, where the store's
+//!   own errors say what failed), as
 //!   text or, with `STARLING_LOG_FORMAT=json`, one JSON object per line. A line written
 //!   inside a traced call or event carries that span's fields, `trace_id` among them.
 //! * **Traces** are `tracing` spans turned into OpenTelemetry spans by
@@ -83,14 +86,17 @@ fn otlp_endpoint() -> Option<String> {
     .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
 }
 
+/// The log filter when none is given (see the module docs).
+const DEFAULT_FILTER: &str = "info,redis::cluster_handling=error";
+
 /// Installs the process's logging and, where configured, tracing (see the module docs).
 /// Call once, inside the tokio runtime (the OTLP exporter needs it).
 pub fn init(config: TelemetryConfig) -> Telemetry {
     let filter = std::env::var("STARLING_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".into());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|| DEFAULT_FILTER.into());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // The request spans reach the log formatter whatever the level, so that a line logged
     // inside one (a warning, say, under STARLING_LOG=warn) carries its trace id.
     let filter = filter.or(tracing_subscriber::filter::filter_fn(|m| {
