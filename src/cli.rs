@@ -511,6 +511,18 @@ pub struct BackendArgs {
     /// through a failover.
     #[arg(long, env = "STARLING_REDIS_CLUSTER", requires = "redis")]
     pub redis_cluster: bool,
+    /// Replicas that must hold a write before it is acknowledged (Redis WAIT, up to 400 ms;
+    /// else the call fails UNAVAILABLE). Redis replicates asynchronously: with 0, a master
+    /// that dies just after a write can lose it when its replica takes over. With N, a
+    /// master with fewer than N live replicas refuses writes (after a failover, until the
+    /// old master is back as a replica).
+    #[arg(
+        long,
+        env = "STARLING_REDIS_REPLICA_ACKS",
+        default_value_t = 0,
+        requires = "redis"
+    )]
+    pub redis_replica_acks: usize,
     /// Most Redis connections one process opens for commands (at least 2). Every command
     /// shares one multiplexed connection; the others replace a connection that died. (The
     /// outbox relays' blocking reads have connections of their own, one per stream.)

@@ -47,7 +47,7 @@ pub async fn context_with_tls(
                 None => None,
             };
             let prefix = format!("{}:", mesh.namespace);
-            Arc::new(if backends.redis_cluster {
+            let store = if backends.redis_cluster {
                 RedisStore::connect_cluster(url, &prefix, backends.redis_pool, ca)
                     .await
                     .context("connecting to the redis cluster")?
@@ -55,7 +55,8 @@ pub async fn context_with_tls(
                 RedisStore::connect_with_ca(url, &prefix, backends.redis_pool, ca)
                     .await
                     .context("connecting to redis")?
-            })
+            };
+            Arc::new(store.with_replica_acks(backends.redis_replica_acks))
         }
         None => Arc::new(MemoryStore::new()),
     };

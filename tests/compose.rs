@@ -77,9 +77,31 @@ fn port(addr: &str) -> &str {
 #[test]
 fn compose_file_matches_the_program() {
     let services = compose();
-    for infra in ["etcd-1", "etcd-2", "etcd-3", "kafka", "redis"] {
+    for infra in ["etcd-1", "etcd-2", "etcd-3", "kafka", "redis-cluster"] {
         assert!(services.contains_key(infra), "{infra} missing");
     }
+    // Six Redis Cluster nodes (three masters with a replica each), made into one cluster.
+    let redis_nodes: Vec<String> = (1..=6).map(|n| format!("redis-{n}")).collect();
+    for node in &redis_nodes {
+        let command = strings(services.get(node.as_str()).and_then(|s| s.get("command")));
+        assert!(
+            command
+                .windows(2)
+                .any(|w| w == ["--cluster-enabled", "yes"]),
+            "{node} is a cluster node: {command:?}"
+        );
+        assert!(
+            command
+                .windows(2)
+                .any(|w| w[0] == "--cluster-announce-hostname" && w[1] == *node),
+            "{node} announces its own name"
+        );
+    }
+    let create = strings(services["redis-cluster"].get("entrypoint")).join(" ");
+    assert!(
+        create.contains("--cluster create") && create.contains("--cluster-replicas 1"),
+        "redis-cluster makes the cluster: {create}"
+    );
     // The etcd members form one cluster, and every process lists all of them.
     let members: Vec<String> = (1..=3).map(|n| format!("etcd-{n}")).collect();
     let etcd_urls: Vec<String> = members.iter().map(|m| format!("http://{m}:2379")).collect();
@@ -165,10 +187,18 @@ fn compose_file_matches_the_program() {
             Some(etcd_urls.clone()),
             "{name}: STARLING_ETCD lists every etcd member"
         );
+        let seeds = vars.get("STARLING_REDIS").cloned().unwrap_or_default();
         assert!(
-            vars.get("STARLING_REDIS")
-                .is_some_and(|v| v.starts_with("redis://redis:")),
-            "{name}: STARLING_REDIS"
+            !seeds.is_empty()
+                && seeds
+                    .split(',')
+                    .all(|u| redis_nodes.iter().any(|n| u == format!("redis://{n}:6379"))),
+            "{name}: STARLING_REDIS names nodes of the cluster: {seeds}"
+        );
+        assert_eq!(
+            vars.get("STARLING_REDIS_CLUSTER").map(String::as_str),
+            Some("true"),
+            "{name}: STARLING_REDIS_CLUSTER"
         );
         assert!(
             vars.get("STARLING_KAFKA")

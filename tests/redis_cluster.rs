@@ -18,7 +18,7 @@ use starling_proto::timeline::v1::GetHomeTimelineRequest;
 use starling_proto::tweet::v1::tweet_service_client::TweetServiceClient;
 use starling_proto::tweet::v1::{CreateTweetRequest, ListUserTweetsRequest};
 use starling_runtime::store::slot::hash_slot;
-use starling_runtime::store::RedisStore;
+use starling_runtime::store::{RedisStore, Store as _};
 
 async fn cluster(dir: &std::path::Path) -> Option<RedisCluster> {
     require_binary("redis-server")?;
@@ -237,4 +237,103 @@ async fn the_app_runs_on_a_redis_cluster_and_survives_a_master_failover() {
         assert!(i.exited().is_none(), "no instance exited");
         i.terminate().await;
     }
+}
+
+/// With replica acknowledgements, a write is acknowledged only once the master's replica
+/// has it, so killing the master loses none: writes to its slots fail from the kill until
+/// the old master is back as the new master's replica, and every acknowledged write is
+/// then read back.
+#[tokio::test]
+async fn with_replica_acks_a_failover_loses_no_acknowledged_write() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let Some(mut cluster) = cluster(dir.path()).await else {
+        return;
+    };
+    let store = RedisStore::connect_cluster(&cluster.seeds(), "acks:", 4, None)
+        .await
+        .expect("connect to the cluster")
+        .with_replica_acks(1);
+    // One shard's keys: one slot, one master.
+    let key = |i: u32| {
+        format!(
+            "{}:w{i}",
+            starling_runtime::store::slot::user_key("k", "writer")
+        )
+    };
+    let slot = hash_slot(format!("acks:{}", key(0)).as_bytes());
+    let write = |i: u32| {
+        let store = &store;
+        let k = key(i);
+        async move {
+            store
+                .apply_atomic(vec![starling_runtime::store::Write::Set {
+                    key: k,
+                    value: i.to_be_bytes().to_vec(),
+                }])
+                .await
+        }
+    };
+    let mut acked = Vec::new();
+    let mut i = 0;
+    while acked.len() < 200 {
+        i += 1;
+        write(i).await.expect("a write before the failover");
+        acked.push(i);
+    }
+    let port = cluster.kill_master_of(slot).expect("kill the master");
+    let killed = Instant::now();
+    let mut failed = 0;
+    let mut restarted = false;
+    let mut back: Option<Duration> = None;
+    while killed.elapsed() < Duration::from_secs(60) {
+        i += 1;
+        match write(i).await {
+            Ok(()) => {
+                acked.push(i);
+                back.get_or_insert(killed.elapsed());
+                if acked.len() >= 400 {
+                    break;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if failed % 50 == 1 {
+                    eprintln!("refused at {:?}: {e}", killed.elapsed());
+                }
+            }
+        }
+        // Once the replica has taken over, bring the old master back: it rejoins as the
+        // new master's replica, and writes are acknowledged again.
+        if !restarted
+            && cluster.topology().is_ok_and(|t| {
+                t.iter().any(|n| {
+                    n.master
+                        && !n.failed
+                        && n.port != port
+                        && n.slots.iter().any(|&(a, b)| a <= slot && slot <= b)
+                })
+            })
+        {
+            eprintln!("replica promoted {:?} after the kill", killed.elapsed());
+            cluster.restart(port).await.expect("restart the old master");
+            restarted = true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let back = back.expect("writes are acknowledged again");
+    eprintln!(
+        "replica acks: writes acknowledged again {back:?} after the kill ({failed} refused meanwhile); {} acknowledged in all",
+        acked.len()
+    );
+    assert!(restarted, "the replica was promoted");
+    let keys: Vec<String> = acked.iter().map(|&i| key(i)).collect();
+    let values = store.mget(&keys).await.expect("read back");
+    let lost: Vec<u32> = acked
+        .iter()
+        .zip(&values)
+        .filter(|(i, v)| v.as_deref() != Some(&i.to_be_bytes()[..]))
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }

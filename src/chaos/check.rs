@@ -278,7 +278,10 @@ async fn check_engagements(
             if *like { "like" } else { "click" }
         );
         let recorded = store
-            .zcontains(&format!("rec:engagements:{user}"), &member)
+            .zcontains(
+                &starling_recommendation::storage::engagements_key(user),
+                &member,
+            )
             .await?;
         if !recorded {
             found.push(Violation {

@@ -95,6 +95,7 @@ pub async fn embedded_app(
     let backends = starling::cli::BackendArgs {
         redis: None,
         redis_cluster: false,
+        redis_replica_acks: 0,
         redis_pool: 1,
         redis_ca: None,
         kafka: None,

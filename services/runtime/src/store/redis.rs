@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use deadpool_redis::redis::cluster_async::ClusterConnection;
-use deadpool_redis::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use deadpool_redis::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use deadpool_redis::redis::io::tcp::TcpSettings;
 use deadpool_redis::redis::{ConnectionInfo, IntoConnectionInfo};
 use deadpool_redis::{redis, Manager, Pool, Runtime};
@@ -57,13 +57,24 @@ const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// per outbox stream a process relays (`outbox::SHARDS` per service it runs).
 const BLOCKING_READS: usize = 64;
 
+/// Times an atomic step refused whole by a cluster (EXECABORT) is sent again after the
+/// client has followed the slot's move (see `apply_atomic`).
+const EXECABORT_RETRIES: u32 = 3;
+
 /// The longest blocking read the cluster's blocking connections allow for.
 const CLUSTER_BLOCK_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a write waits for its replicas ([`RedisStore::with_replica_acks`]): below the
+/// connections' response timeouts (500 ms on one Redis), so the WAIT itself never times out.
+pub const REPLICA_ACK_TIMEOUT: Duration = Duration::from_millis(400);
 
 #[derive(Clone)]
 pub struct RedisStore {
     backend: Backend,
     prefix: String,
+    /// Replicas that must hold a write before it is acknowledged (see
+    /// [`RedisStore::with_replica_acks`]); 0: the master's answer is enough.
+    replica_acks: usize,
     /// The connection in use (see the module docs).
     current: Arc<Mutex<Option<Pooled>>>,
 }
@@ -275,6 +286,7 @@ impl RedisStore {
                 client: Box::new(client),
             },
             prefix: prefix.to_string(),
+            replica_acks: 0,
             current: Arc::new(Mutex::new(None)),
         };
         store.check_answers(&shown).await?;
@@ -339,10 +351,63 @@ impl RedisStore {
                 seeds: infos,
             },
             prefix: prefix.to_string(),
+            replica_acks: 0,
             current: Arc::new(Mutex::new(None)),
         };
         store.check_answers(&shown).await?;
         Ok(store)
+    }
+
+    /// Acknowledges a write only once `replicas` replicas of its master hold it (Redis
+    /// `WAIT`, up to [`REPLICA_ACK_TIMEOUT`]); otherwise the write fails, though the master
+    /// may have applied it (as with any timeout: a caller retries with its idempotency
+    /// key). Redis replicates asynchronously, so without this a master that dies right
+    /// after acknowledging a write can take the write with it when its replica takes over.
+    /// The price: while a master has fewer live replicas than this (after a failover, until
+    /// the old master returns as a replica), writes to its slots fail.
+    pub fn with_replica_acks(mut self, replicas: usize) -> Self {
+        self.replica_acks = replicas;
+        self
+    }
+
+    /// Waits until the writes sent so far on `c` to the master of `key` are on
+    /// [`Self::with_replica_acks`] replicas (nothing to do when that is 0).
+    async fn replicated(&self, c: &mut Conn, key: &str) -> StoreResult<()> {
+        if self.replica_acks == 0 {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(self.replica_acks)
+            .arg(REPLICA_ACK_TIMEOUT.as_millis() as u64);
+        let got: redis::RedisResult<i64> = match c {
+            Conn::Single(c) => cmd.query_async(c).await,
+            // The master of the key's slot, on the connection the writes went over.
+            Conn::Cluster(c) => {
+                let slot = hash_slot(self.k(key).as_bytes());
+                match c
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                            slot,
+                            SlotAddr::Master,
+                        ))),
+                    )
+                    .await
+                {
+                    Ok(v) => redis::from_redis_value(v).map_err(redis::RedisError::from),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let got = got.map_err(|e| self.fail(key, e))?;
+        if (got.max(0) as usize) < self.replica_acks {
+            return Err(StoreError::Redis(format!(
+                "a write to {key:?} reached {got} of the {} replicas required within {:?}; \
+                 not acknowledged",
+                self.replica_acks, REPLICA_ACK_TIMEOUT
+            )));
+        }
+        Ok(())
     }
 
     fn is_cluster(&self) -> bool {
@@ -521,7 +586,10 @@ impl RedisStore {
                 let pipe = self.pipeline(chunk.iter());
                 self.send_pipeline(&mut c, pipe).await?;
             }
-            return Ok(());
+            return match writes.first() {
+                Some(w) => self.replicated(&mut c, w.key()).await,
+                None => Ok(()),
+            };
         }
         let mut by_slot: HashMap<u16, Vec<&Write>> = HashMap::new();
         for w in writes {
@@ -533,12 +601,18 @@ impl RedisStore {
         let mut pipes = Vec::new();
         for part in by_slot.values() {
             for chunk in part.chunks(PIPELINE_CHUNK) {
-                pipes.push(self.pipeline(chunk.iter().copied()));
+                pipes.push((
+                    chunk[0].key().to_string(),
+                    self.pipeline(chunk.iter().copied()),
+                ));
             }
         }
-        let mut sends = futures::stream::iter(pipes.into_iter().map(|pipe| {
+        let mut sends = futures::stream::iter(pipes.into_iter().map(|(key, pipe)| {
             let mut c = c.clone();
-            async move { self.send_pipeline(&mut c, pipe).await }
+            async move {
+                self.send_pipeline(&mut c, pipe).await?;
+                self.replicated(&mut c, &key).await
+            }
         }))
         .buffer_unordered(SLOTS_IN_FLIGHT);
         let mut first_error = None;
@@ -711,6 +785,7 @@ impl Store for RedisStore {
             .query_async(&mut c)
             .await
             .map_err(|e| self.fail(key, e))?;
+        self.replicated(&mut c, key).await?;
         Ok(added == 1)
     }
 
@@ -722,6 +797,7 @@ impl Store for RedisStore {
             .query_async(&mut c)
             .await
             .map_err(|e| self.fail(key, e))?;
+        self.replicated(&mut c, key).await?;
         Ok(removed == 1)
     }
 
@@ -791,15 +867,37 @@ impl Store for RedisStore {
             return Ok(());
         }
         super::check_one_slot(&writes)?;
+        let key = writes[0].key();
         let mut c = self.conn().await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
         for w in &writes {
             pipe.add_command(self.write_cmd(w)).ignore();
         }
-        pipe.query_async::<()>(&mut c)
-            .await
-            .map_err(|e| self.fail("<multi>", e))
+        let mut attempt = 0;
+        loop {
+            match pipe.query_async::<()>(&mut c).await {
+                Ok(()) => break,
+                // A transaction whose commands were refused (MOVED after a failover, say)
+                // was aborted whole, so sending it again is safe. The redis crate does not
+                // learn a new slot map from a refused transaction: a plain command to the
+                // same key does (it follows the MOVED), then the step is sent again.
+                Err(e)
+                    if self.is_cluster()
+                        && attempt < EXECABORT_RETRIES
+                        && e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::ExecAbort) =>
+                {
+                    attempt += 1;
+                    let _ = redis::cmd("EXISTS")
+                        .arg(self.k(key))
+                        .query_async::<i64>(&mut c)
+                        .await;
+                }
+                Err(e) => return Err(self.fail("<multi>", e)),
+            }
+        }
+        self.replicated(&mut c, key).await
     }
 
     async fn xread(
@@ -868,7 +966,7 @@ impl Store for RedisStore {
         ttl: Option<Duration>,
     ) -> StoreResult<Option<Vec<u8>>> {
         let mut c = self.conn().await?;
-        redis::cmd("EVAL")
+        let held: Option<Vec<u8>> = redis::cmd("EVAL")
             .arg(CLAIM_SCRIPT)
             .arg(1)
             .arg(self.k(key))
@@ -877,7 +975,12 @@ impl Store for RedisStore {
             .arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64))
             .query_async(&mut c)
             .await
-            .map_err(|e| self.fail(key, e))
+            .map_err(|e| self.fail(key, e))?;
+        if held.is_none() {
+            // This call set it: acknowledged only once replicated, like any write.
+            self.replicated(&mut c, key).await?;
+        }
+        Ok(held)
     }
 
     async fn lease_holders(&self, keys: &[String]) -> StoreResult<Vec<Option<String>>> {
