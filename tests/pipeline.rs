@@ -59,7 +59,7 @@ async fn fan_out_to_100k_followers_survives_kill_9_and_resumes() {
             users
                 .iter()
                 .map(|u| Write::ZAdd {
-                    key: "followers:celeb".into(),
+                    key: starling_follower::storage::followers_key_of(u, "celeb"),
                     member: u.clone(),
                 })
                 .collect(),

@@ -167,13 +167,13 @@ impl RecStorage {
             .collect())
     }
 
-    /// Files a tagged tweet under its tags and `rec:recent`, then stores it, in one
-    /// pipelined batch; `previous` is what was stored before (re-tagging removes the tweet
-    /// from the tags it lost). Not one atomic step: its keys are in many slots of a Redis
-    /// Cluster. Every write is idempotent and the tweet itself is written last, so a batch
-    /// cut short is simply applied again when the event is redelivered (`previous` is then
-    /// still the old tagging), and a tag never lists a tweet whose tagging is unknown for
-    /// long: readers skip ids without a stored tweet.
+    /// Files a tagged tweet under its tags and `rec:recent` (one pipelined batch), then,
+    /// once all of that succeeded, stores it; `previous` is what was stored before
+    /// (re-tagging removes the tweet from the tags it lost). Not one atomic step: its keys
+    /// are in many slots of a Redis Cluster. Every write is idempotent and the tweet itself
+    /// is written last, so a batch cut short is simply applied again when the event is
+    /// redelivered (`previous` is then still the old tagging); readers skip ids without a
+    /// stored tweet.
     pub async fn put_tagged(
         &self,
         id: u64,
@@ -208,11 +208,16 @@ impl RecStorage {
             key: RECENT_KEY.to_string(),
             keep: RECENT_CAP,
         });
-        writes.push(Write::Set {
-            key: tweet_key(id),
-            value: encode_meta(meta),
-        });
-        self.store.apply(writes).await
+        // Only once every list write succeeded: on a Redis Cluster the batch is sent in
+        // parts, and a stored tweet with a missing list entry would never be repaired (a
+        // redelivery finds the tagging already stored and does nothing).
+        self.store.apply(writes).await?;
+        self.store
+            .apply(vec![Write::Set {
+                key: tweet_key(id),
+                value: encode_meta(meta),
+            }])
+            .await
     }
 
     /// True if this engagement was counted already.

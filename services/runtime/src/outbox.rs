@@ -222,17 +222,45 @@ pub async fn relay(
     bus_health: Component,
     shutdown: watch::Receiver<bool>,
 ) {
+    let health = StreamsHealth {
+        component: bus_health,
+        failing: Arc::default(),
+    };
     join_all((0..SHARDS).map(|shard| {
         relay_stream(
             store.clone(),
             bus.clone(),
             outbox.stream(shard),
             holder.clone(),
-            bus_health.clone(),
+            (health.clone(), shard),
             shutdown.clone(),
         )
     }))
     .await;
+}
+
+/// The broker's health as the relays of one outbox see it: failing while any of the
+/// streams they relay fails, so one stream's success does not hide another's failure.
+#[derive(Clone)]
+struct StreamsHealth {
+    component: Component,
+    failing: Arc<std::sync::Mutex<std::collections::HashSet<usize>>>,
+}
+
+impl StreamsHealth {
+    fn ok(&self, shard: usize) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        failing.remove(&shard);
+        if failing.is_empty() {
+            self.component.ok();
+        }
+    }
+
+    fn failing(&self, shard: usize, reason: &str) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        failing.insert(shard);
+        self.component.failing(reason);
+    }
 }
 
 /// [`relay`] for one stream.
@@ -241,7 +269,7 @@ async fn relay_stream(
     bus: Arc<dyn EventBus>,
     outbox: Stream,
     holder: String,
-    bus_health: Component,
+    (bus_health, shard): (StreamsHealth, usize),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let lease = format!("{}:relay", outbox.key);
@@ -337,10 +365,10 @@ async fn relay_stream(
             match failure {
                 None => {
                     pause = Duration::from_millis(100);
-                    bus_health.ok();
+                    bus_health.ok(shard);
                 }
                 Some(e) => {
-                    bus_health.failing(&e);
+                    bus_health.failing(shard, &e);
                     warn!(%stream, error = %e, "cannot publish; the outbox keeps the events");
                     wait(&mut shutdown, pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
@@ -356,7 +384,7 @@ async fn relay_stream(
             break;
         }
         warn!(%stream, "relay lease lost; another instance relays");
-        bus_health.ok();
+        bus_health.ok(shard);
     }
 }
 
@@ -509,6 +537,23 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 #[cfg(test)]
 mod tests {
+    /// One stream's success does not hide another's failure: the broker is reported fine
+    /// only once no stream fails.
+    #[test]
+    fn streams_report_the_broker_failing_while_any_fails() {
+        let health = StreamsHealth {
+            component: Component::new("broker"),
+            failing: Arc::default(),
+        };
+        health.failing(1, "no leader");
+        health.failing(2, "no leader");
+        health.ok(3);
+        health.ok(1);
+        assert!(health.component.failing_for().is_some());
+        health.ok(2);
+        assert!(health.component.failing_for().is_none());
+    }
+
     use super::*;
     use crate::events::{BusError, MemoryBus};
     use crate::store::MemoryStore;

@@ -1,7 +1,7 @@
 //! The tweet service: creates, stores and serves tweets.
 //!
-//! * [`handlers`]: the gRPC API (validation, Snowflake ids, the tweet and its
-//!   `TweetCreated` stored in one atomic step with the outbox);
+//! * [`handlers`]: the gRPC API (validation, Snowflake ids, the tweet stored, then listed
+//!   with its `TweetCreated` in the outbox in one atomic step);
 //! * [`text`]: what a tweet's text may be (normalised, counted as people see it);
 //! * [`storage`]: tweets and per-author lists in the store;
 //! * [`events`]: consumes `TweetTagged` to store the tagger's tags on the tweet.

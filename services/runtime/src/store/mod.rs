@@ -204,7 +204,7 @@ pub trait Store: Send + Sync + 'static {
     async fn ztop(&self, key: &str, limit: usize) -> StoreResult<Vec<(String, f64)>>;
     async fn hgetall(&self, key: &str) -> StoreResult<Vec<(String, Vec<u8>)>>;
     /// Applies writes in order, pipelined (one round trip per chunk; on a Redis Cluster, one
-    /// per slot, in parallel); not atomic. Writes to one key keep their order.
+    /// per master, in parallel); not atomic. Writes to one key keep their order.
     async fn apply(&self, writes: Vec<Write>) -> StoreResult<()>;
     /// Applies writes in order as one atomic step (Redis MULTI/EXEC): no reader sees a part
     /// of them, and a crash of the caller or a lost connection cannot leave a part applied.

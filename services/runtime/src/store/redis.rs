@@ -16,8 +16,13 @@
 //! **Redis Cluster** ([`RedisStore::connect_cluster`]). The same commands go through the
 //! redis crate's cluster connection, which sends each to the master of its key's slot,
 //! follows slots that move and retries through a failover. Two things differ: a pipelined
-//! batch is split per slot and the parts run in parallel ([`Store::apply`]), and an atomic
-//! step must stay in one slot, which every store enforces (see `slot`). Blocking reads get
+//! batch is split per master (by the slot map, `CLUSTER SLOTS`) and the parts run in
+//! parallel ([`Store::apply`]), what a master refuses going again slot by slot; and an
+//! atomic step must stay in one slot, which every store enforces (see `slot`). A step the
+//! cluster refused whole after a failover (MOVED) is sent again once the client has
+//! followed the move. The redis crate retries a command whose connection failed, so on a
+//! cluster a write whose answer was lost may be applied twice (a duplicate outbox event,
+//! which consumers tolerate; a popularity increment counted twice). Blocking reads get
 //! cluster connections of their own, and a subscription is a plain connection to one node.
 //!
 //! **TLS and passwords.** `rediss://` URLs connect over TLS (rustls), checking the server
@@ -53,8 +58,9 @@ const SLOTS_IN_FLIGHT: usize = 64;
 /// died is retried (by the redis crate) once the cluster has promoted its replica.
 const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Blocking reads (XREAD BLOCK) in flight at once, each on a connection of its own: one
-/// per outbox stream a process relays (`outbox::SHARDS` per service it runs).
+/// Blocking commands in flight at once, each on a connection of its own: XREAD BLOCK (one
+/// per outbox stream a process relays, `outbox::SHARDS` per service it runs) and writes
+/// that wait for replicas ([`RedisStore::with_replica_acks`]).
 const BLOCKING_READS: usize = 64;
 
 /// Times an atomic step refused whole by a cluster (EXECABORT) is sent again after the
@@ -64,8 +70,7 @@ const EXECABORT_RETRIES: u32 = 3;
 /// The longest blocking read the cluster's blocking connections allow for.
 const CLUSTER_BLOCK_LIMIT: Duration = Duration::from_secs(30);
 
-/// How long a write waits for its replicas ([`RedisStore::with_replica_acks`]): below the
-/// connections' response timeouts (500 ms on one Redis), so the WAIT itself never times out.
+/// How long a write waits for its replicas ([`RedisStore::with_replica_acks`]).
 pub const REPLICA_ACK_TIMEOUT: Duration = Duration::from_millis(400);
 
 #[derive(Clone)]
@@ -97,8 +102,21 @@ enum Backend {
         /// The seed nodes: a subscription is a plain connection to one of them (a cluster
         /// forwards every PUBLISH to all its nodes).
         seeds: Vec<ConnectionInfo>,
+        /// Which master serves which slots, as last read, for sending a batch per node.
+        masters: Arc<Mutex<Option<Masters>>>,
     },
 }
+
+/// The masters of a cluster's slot ranges (`CLUSTER SLOTS`), and when that was read.
+#[derive(Clone)]
+struct Masters {
+    read_at: std::time::Instant,
+    ranges: Arc<Vec<(u16, u16, String, u16)>>,
+}
+
+/// How long a read slot map is trusted before it is read again (a move shows sooner: a
+/// write it misroutes is refused and sent again by slot, and the map is dropped).
+const MASTERS_TTL: Duration = Duration::from_secs(5);
 
 /// A pooled connection, kept while its handle is in use.
 enum Pooled {
@@ -349,6 +367,7 @@ impl RedisStore {
                 pool: build(CLUSTER_RESPONSE_TIMEOUT, pool_size.max(2))?,
                 blocking: build(CLUSTER_BLOCK_LIMIT + Duration::from_secs(2), BLOCKING_READS)?,
                 seeds: infos,
+                masters: Arc::default(),
             },
             prefix: prefix.to_string(),
             replica_acks: 0,
@@ -368,6 +387,18 @@ impl RedisStore {
     pub fn with_replica_acks(mut self, replicas: usize) -> Self {
         self.replica_acks = replicas;
         self
+    }
+
+    /// The connection for a write: the shared one, or, when writes wait for replicas, one
+    /// of its own (from the blocking reads' pool), on which the write and its WAIT go: a
+    /// WAIT blocks its connection, and every command queued behind it on the shared one
+    /// would wait too. Keep the pooled object until the WAIT is answered.
+    async fn write_conn(&self) -> StoreResult<(Option<Pooled>, Conn)> {
+        if self.replica_acks == 0 {
+            return Ok((None, self.conn().await?));
+        }
+        let (pooled, conn) = self.blocking_conn(REPLICA_ACK_TIMEOUT).await?;
+        Ok((Some(pooled), conn))
     }
 
     /// Waits until the writes sent so far on `c` to the master of `key` are on
@@ -580,7 +611,7 @@ impl RedisStore {
     /// is split per slot (keeping each key's writes in order) and the parts run in
     /// parallel, so a fan-out spreads over the masters.
     async fn pipelined(&self, writes: &[Write]) -> StoreResult<()> {
-        let mut c = self.conn().await?;
+        let (_held, mut c) = self.write_conn().await?;
         if !self.is_cluster() {
             for chunk in writes.chunks(PIPELINE_CHUNK) {
                 let pipe = self.pipeline(chunk.iter());
@@ -591,6 +622,109 @@ impl RedisStore {
                 None => Ok(()),
             };
         }
+        let Conn::Cluster(cluster) = &c else {
+            return self.per_slot(&c, writes.iter().collect()).await;
+        };
+        // One pipeline per master, in parallel; what a master refuses (a slot that moved
+        // since the map was read) goes again slot by slot, routed by the redis crate.
+        let masters = self.masters(cluster).await;
+        // Indices into `writes` (a closure over borrowed writes trips async-trait's
+        // lifetimes).
+        let mut by_node: HashMap<(String, u16), Vec<usize>> = HashMap::new();
+        let mut unplaced: Vec<usize> = Vec::new();
+        for (i, w) in writes.iter().enumerate() {
+            let slot = hash_slot(self.k(w.key()).as_bytes());
+            match masters.as_ref().and_then(|m| master_of(m, slot)) {
+                Some(node) => by_node.entry(node).or_default().push(i),
+                None => unplaced.push(i),
+            }
+        }
+        let mut parts: Vec<((String, u16), Vec<usize>)> = Vec::new();
+        for (node, ws) in by_node {
+            for chunk in ws.chunks(PIPELINE_CHUNK) {
+                parts.push((node.clone(), chunk.to_vec()));
+            }
+        }
+        let mut sends = futures::stream::iter(parts.into_iter().map(|(node, part)| {
+            let mut c = cluster.clone();
+            async move { self.to_node(&mut c, node, writes, part).await }
+        }))
+        .buffer_unordered(SLOTS_IN_FLIGHT);
+        let mut first_error = None;
+        while let Some(sent) = sends.next().await {
+            match sent {
+                Ok(refused) => unplaced.extend(refused),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        drop(sends);
+        if first_error.is_some() || !unplaced.is_empty() {
+            self.forget_masters();
+        }
+        if !unplaced.is_empty() {
+            let resend = unplaced.iter().map(|&i| &writes[i]).collect();
+            if let Err(e) = self.per_slot(&c, resend).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Sends `writes[part]` as one pipeline to the master at `node` and waits for its
+    /// replicas; answers the indices of the writes it refused.
+    async fn to_node(
+        &self,
+        c: &mut ClusterConnection,
+        (host, port): (String, u16),
+        writes: &[Write],
+        part: Vec<usize>,
+    ) -> StoreResult<Vec<usize>> {
+        let mut pipe = redis::pipe();
+        for &i in &part {
+            pipe.add_command(self.write_cmd(&writes[i]));
+        }
+        let route = || SingleNodeRoutingInfo::ByAddress {
+            host: host.clone(),
+            port,
+        };
+        let answers = match c.route_pipeline(pipe, 0, part.len(), route()).await {
+            Ok(answers) => answers,
+            // Nothing was sent: the crate holds no connection to that node (the map names
+            // a node it has not met yet). They go slot by slot.
+            Err(e) if e.kind() == redis::ErrorKind::ClusterConnectionNotFound => return Ok(part),
+            Err(e) => return Err(self.fail("<pipeline>", e)),
+        };
+        let refused: Vec<usize> = part
+            .iter()
+            .zip(&answers)
+            .filter(|(_, a)| matches!(a, redis::Value::ServerError(_)))
+            .map(|(&i, _)| i)
+            .collect();
+        if self.replica_acks > 0 && refused.len() < part.len() {
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(self.replica_acks)
+                .arg(REPLICA_ACK_TIMEOUT.as_millis() as u64);
+            let got: i64 = c
+                .route_command(wait, RoutingInfo::SingleNode(route()))
+                .await
+                .and_then(|v| redis::from_redis_value(v).map_err(redis::RedisError::from))
+                .map_err(|e| self.fail("<pipeline>", e))?;
+            if (got.max(0) as usize) < self.replica_acks {
+                return Err(StoreError::Redis(format!(
+                    "writes to {host}:{port} reached {got} of the {} replicas required \
+                     within {REPLICA_ACK_TIMEOUT:?}; not acknowledged",
+                    self.replica_acks
+                )));
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Sends `writes` as one pipeline per slot (the redis crate routes each, following
+    /// moves), in parallel.
+    async fn per_slot(&self, c: &Conn, writes: Vec<&Write>) -> StoreResult<()> {
         let mut by_slot: HashMap<u16, Vec<&Write>> = HashMap::new();
         for w in writes {
             by_slot
@@ -622,6 +756,38 @@ impl RedisStore {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// The cluster's slot map, read again when older than [`MASTERS_TTL`]; `None` if it
+    /// cannot be read (the batch then goes slot by slot).
+    async fn masters(&self, c: &ClusterConnection) -> Option<Masters> {
+        let Backend::Cluster { masters, .. } = &self.backend else {
+            return None;
+        };
+        let cached = masters.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(m) = cached.filter(|m| m.read_at.elapsed() < MASTERS_TTL) {
+            return Some(m);
+        }
+        let reply = c
+            .clone()
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+            )
+            .await
+            .ok()?;
+        let fresh = Masters {
+            read_at: std::time::Instant::now(),
+            ranges: Arc::new(parse_cluster_slots(reply)),
+        };
+        *masters.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
+        Some(fresh)
+    }
+
+    fn forget_masters(&self) {
+        if let Backend::Cluster { masters, .. } = &self.backend {
+            masters.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
     }
 
     fn pipeline<'w>(&self, writes: impl Iterator<Item = &'w Write>) -> redis::Pipeline {
@@ -666,6 +832,51 @@ async fn retire_dead_connections(current: std::sync::Weak<Mutex<Option<Pooled>>>
             }
         }
     }
+}
+
+/// The master (host, port) that serves `slot`, by the map.
+fn master_of(masters: &Masters, slot: u16) -> Option<(String, u16)> {
+    masters
+        .ranges
+        .iter()
+        .find(|(start, end, _, _)| *start <= slot && slot <= *end)
+        .map(|(_, _, host, port)| (host.clone(), *port))
+}
+
+/// `CLUSTER SLOTS`: `[[start, end, [host, port, id, ...], replicas...], ...]`.
+fn parse_cluster_slots(reply: redis::Value) -> Vec<(u16, u16, String, u16)> {
+    use redis::Value;
+    let int = |v: &Value| match v {
+        Value::Int(i) => u16::try_from(*i).ok(),
+        _ => None,
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let Value::Array(ranges) = reply else {
+        return Vec::new();
+    };
+    ranges
+        .iter()
+        .filter_map(|r| {
+            let Value::Array(r) = r else { return None };
+            let Value::Array(master) = r.get(2)? else {
+                return None;
+            };
+            let host = text(master.first()?)?;
+            if host.is_empty() || host == "?" {
+                return None;
+            }
+            Some((
+                int(r.first()?)?,
+                int(r.get(1)?)?,
+                host,
+                int(master.get(1)?)?,
+            ))
+        })
+        .collect()
 }
 
 /// Entries of an XREAD reply (RESP2 arrays or RESP3 maps), for one stream.
@@ -777,7 +988,7 @@ impl Store for RedisStore {
     }
 
     async fn zadd(&self, key: &str, member: &str) -> StoreResult<bool> {
-        let mut c = self.conn().await?;
+        let (_held, mut c) = self.write_conn().await?;
         let added: u64 = redis::cmd("ZADD")
             .arg(self.k(key))
             .arg(0)
@@ -790,7 +1001,7 @@ impl Store for RedisStore {
     }
 
     async fn zrem(&self, key: &str, member: &str) -> StoreResult<bool> {
-        let mut c = self.conn().await?;
+        let (_held, mut c) = self.write_conn().await?;
         let removed: u64 = redis::cmd("ZREM")
             .arg(self.k(key))
             .arg(member)
@@ -868,7 +1079,7 @@ impl Store for RedisStore {
         }
         super::check_one_slot(&writes)?;
         let key = writes[0].key();
-        let mut c = self.conn().await?;
+        let (_held, mut c) = self.write_conn().await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
         for w in &writes {
@@ -965,7 +1176,7 @@ impl Store for RedisStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> StoreResult<Option<Vec<u8>>> {
-        let mut c = self.conn().await?;
+        let (_held, mut c) = self.write_conn().await?;
         let held: Option<Vec<u8>> = redis::cmd("EVAL")
             .arg(CLAIM_SCRIPT)
             .arg(1)
@@ -1087,6 +1298,41 @@ fn redact_in(text: &str, url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_slots_are_parsed() {
+        use redis::Value;
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("127.0.0.1", 7001),
+                node("127.0.0.1", 7004),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                node("redis-2", 6379),
+            ]),
+            // A range whose master is unknown is left out.
+            Value::Array(vec![Value::Int(1), Value::Int(2), node("?", 0)]),
+        ]);
+        let masters = Masters {
+            read_at: std::time::Instant::now(),
+            ranges: Arc::new(parse_cluster_slots(reply)),
+        };
+        assert_eq!(masters.ranges.len(), 2);
+        assert_eq!(master_of(&masters, 0), Some(("127.0.0.1".into(), 7001)));
+        assert_eq!(master_of(&masters, 5460), Some(("127.0.0.1".into(), 7001)));
+        assert_eq!(master_of(&masters, 16383), Some(("redis-2".into(), 6379)));
+    }
 
     #[test]
     fn passwords_never_reach_a_message() {

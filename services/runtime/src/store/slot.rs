@@ -70,7 +70,8 @@ pub fn user_key(kind: &str, user: &str) -> String {
 }
 
 /// [`user_key`] for a given shard rather than the user's own: for data kept in parts, one
-/// per shard of someone else (see the follower service's `following` lists).
+/// per shard of someone else (see the follower service's `followers` lists, one part per
+/// shard of the followers).
 pub fn shard_key(kind: &str, shard: usize, name: &str) -> String {
     format!("{kind}:{}:{name}", tag(shard))
 }
