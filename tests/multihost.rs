@@ -1,11 +1,15 @@
-//! Three hosts in two zones, as network namespaces: an etcd member on each; Redis and the
-//! broker on the first; every service on every host, each replica in its host's zone.
+//! Three hosts in two zones, as network namespaces: an etcd member on each; a Redis Cluster
+//! of six nodes, two on each host (its three masters on the first two hosts, a replica of
+//! each spread so that every host holds one); the broker on the first; every service on
+//! every host, each replica in its host's zone.
 //! The test (a fourth host, in zone a) checks zone preference while both zones are healthy,
 //! then cuts the zone-b host off for several lease TTLs while posts keep coming, and checks
 //! that calls from the healthy side keep succeeding, that the cut-off replicas leave
 //! rotation within the lease TTL and come back after healing, and that no acknowledged
-//! post is lost. It needs root and network namespaces: without them it says so and fails
-//! under `CI=true`.
+//! post is lost. The cut-off host holds only replicas of the Redis Cluster, so its masters
+//! stay with the healthy side (the failover of a master under load is
+//! `tests/redis_cluster.rs`'s). It needs root and network namespaces: without them it says
+//! so and fails under `CI=true`.
 //!
 //! Inter-zone latency is not injected: this kernel has no `netem` queueing discipline
 //! (`tc qdisc add ... netem` says "Specified qdisc kind is unknown").
@@ -124,14 +128,8 @@ async fn a_host_cut_off_leaves_rotation_returns_and_loses_no_acknowledged_post()
         return;
     };
     let h1 = &net.hosts[0].address;
-    let redis = Daemon(
-        net.command(0, "redis-server")
-            .args(["--bind", h1, "--port", "6379", "--protected-mode", "no"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server"),
-    );
+    let redis_dir = tempfile::tempdir().expect("temp dir");
+    let (redis, redis_url) = redis_cluster(&net, redis_dir.path()).await;
     let broker_url = format!("tcp://{h1}:9092");
     let broker = Daemon(
         net.command(0, &tansu)
@@ -143,9 +141,8 @@ async fn a_host_cut_off_leaves_rotation_returns_and_loses_no_acknowledged_post()
             .spawn()
             .expect("tansu"),
     );
-    let redis_url = format!("redis://{h1}:6379");
     let kafka = format!("{h1}:9092");
-    for (what, addr) in [("redis", format!("{h1}:6379")), ("broker", kafka.clone())] {
+    for (what, addr) in [("broker", kafka.clone())] {
         assert!(
             eventually(Duration::from_secs(20), || async {
                 tokio::net::TcpStream::connect(&addr).await.is_ok()
@@ -168,7 +165,7 @@ async fn a_host_cut_off_leaves_rotation_returns_and_loses_no_acknowledged_post()
                 .args(["serve", service, "--listen", &format!("{}:0", host.address)])
                 .args(["--etcd", &cluster.urls(), "--namespace", &ns])
                 .args(["--lease-ttl", &ttl, "--zone", ZONES[h], "--insecure"])
-                .args(["--redis", &redis_url, "--kafka", &kafka])
+                .args(["--redis", &redis_url, "--redis-cluster", "--kafka", &kafka])
                 .env("STARLING_LOG", "info")
                 .stderr(logs.file(&format!("{}-{service}", host.name)));
             instances.push((h, service, Instance::launch(command).await));
@@ -396,6 +393,114 @@ async fn a_host_cut_off_leaves_rotation_returns_and_loses_no_acknowledged_post()
     );
     drop(instances);
     drop((broker, redis));
+}
+
+/// A Redis Cluster over the hosts: masters on hosts 0, 1 and 0 (ports 6379, 6379, 6380),
+/// and a replica of each on hosts 1, 2 and 2, so the last host (the one the test cuts off)
+/// holds replicas only. Answers the nodes and the seed URLs for `--redis`.
+async fn redis_cluster(net: &Network, dir: &std::path::Path) -> (Vec<Daemon>, String) {
+    let nodes: [(usize, u16); 6] = [
+        (0, 6379),
+        (1, 6379),
+        (0, 6380),
+        (1, 6380),
+        (2, 6379),
+        (2, 6380),
+    ];
+    let mut daemons = Vec::new();
+    for (h, port) in nodes {
+        let addr = &net.hosts[h].address;
+        let node_dir = dir.join(format!("h{h}-{port}"));
+        std::fs::create_dir_all(&node_dir).expect("node dir");
+        daemons.push(Daemon(
+            net.command(h, "redis-server")
+                .args([
+                    "--bind",
+                    addr,
+                    "--port",
+                    &port.to_string(),
+                    "--protected-mode",
+                    "no",
+                ])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .args([
+                    "--cluster-replica-validity-factor",
+                    "0",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server"),
+        ));
+    }
+    let address = |(h, port): (usize, u16)| format!("{}:{port}", net.hosts[h].address);
+    for node in nodes {
+        let addr = address(node);
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                tokio::net::TcpStream::connect(&addr).await.is_ok()
+            })
+            .await,
+            "redis did not start on {addr}"
+        );
+    }
+    // redis-cli (run from the test's own namespace, which reaches every host) makes the
+    // three masters one cluster, then gives each its replica.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let masters: Vec<String> = nodes[..3].iter().map(|&n| address(n)).collect();
+    let mut create = vec!["--cluster", "create"];
+    create.extend(masters.iter().map(String::as_str));
+    create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    cli(&create);
+    for (master, replica) in masters.iter().zip(nodes[3..].iter().map(|&n| address(n))) {
+        let (host, port) = master.split_once(':').expect("host:port");
+        let id = cli(&["-h", host, "-p", port, "cluster", "myid"]);
+        cli(&[
+            "--cluster",
+            "add-node",
+            &replica,
+            master,
+            "--cluster-slave",
+            "--cluster-master-id",
+            &id,
+        ]);
+    }
+    // Every replica has its copy and every node sees the cluster whole.
+    let settled = eventually(Duration::from_secs(30), || async {
+        nodes.iter().all(|&n| {
+            let a = address(n);
+            let (host, port) = a.split_once(':').expect("host:port");
+            let info = cli(&["-h", host, "-p", port, "cluster", "info"]);
+            let repl = cli(&["-h", host, "-p", port, "info", "replication"]);
+            info.contains("cluster_state:ok")
+                && (repl.contains("role:master") || repl.contains("master_link_status:up"))
+        })
+    })
+    .await;
+    assert!(settled, "the redis cluster did not settle");
+    let seeds = masters
+        .iter()
+        .map(|m| format!("redis://{m}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (daemons, seeds)
 }
 
 /// Each process's log in a temporary directory; their tails are printed if the test fails.
