@@ -97,10 +97,10 @@ pub async fn run(args: PostBenchArgs) -> anyhow::Result<()> {
     now.sort();
     for (name, d) in [
         ("store + awaited publish (before)", &before),
-        ("one atomic step with the outbox", &now),
+        ("body, then an atomic step with the outbox", &now),
     ] {
         println!(
-            "  {name:<34} p50 {:>7.3} ms  p99 {:>7.3} ms  ({} calls)",
+            "  {name:<42} p50 {:>7.3} ms  p99 {:>7.3} ms  ({} calls)",
             ms(percentile(d, 0.5)),
             ms(percentile(d, 0.99)),
             d.len()
