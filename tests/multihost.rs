@@ -11,8 +11,10 @@
 //! `tests/redis_cluster.rs`'s). It needs root and network namespaces: without them it says
 //! so and fails under `CI=true`.
 //!
-//! Inter-zone latency is not injected: this kernel has no `netem` queueing discipline
-//! (`tc qdisc add ... netem` says "Specified qdisc kind is unknown").
+//! Zone b is 20 ms away (each way): its host sits behind a link that delays every frame
+//! (`common/delay.rs`), since this kernel has no `netem` queueing discipline (`tc qdisc add
+//! ... netem` says "Specified qdisc kind is unknown"). The test checks that calls to zone b
+//! do take that long, and that a zone-a caller, which stays in its zone, does not pay it.
 
 mod common;
 
@@ -35,8 +37,10 @@ use starling_proto::tweet::v1::{CreateTweetRequest, GetTweetRequest};
 
 const SERVICES: [&str; 5] = ["tweet", "follower", "timeline", "tagger", "recommendation"];
 const ZONES: [&str; 3] = ["a", "a", "b"];
-/// The cut-off host.
+/// The cut-off host, alone in zone b.
 const CUT: usize = 2;
+/// One-way latency between the zones.
+const INTER_ZONE: Duration = Duration::from_millis(20);
 
 /// A backend process in a host (Redis, the broker).
 struct Daemon(Child);
@@ -59,10 +63,17 @@ async fn caller(urls: &[String], namespace: &str, zone: Option<&str>) -> (Mesh, 
     (Mesh::new(registry.clone(), mesh_config), registry)
 }
 
-/// Which host answered each of `n` `ListTags` calls.
-async fn spread(channel: &MeshChannel, host_of: &HashMap<String, usize>, n: usize) -> [u32; 3] {
+/// Which host answered each of `n` `ListTags` calls, and the median time a call to each
+/// host took (zero for a host no call went to).
+async fn spread(
+    channel: &MeshChannel,
+    host_of: &HashMap<String, usize>,
+    n: usize,
+) -> ([u32; 3], [Duration; 3]) {
     let mut hosts = [0u32; 3];
+    let mut took: [Vec<Duration>; 3] = Default::default();
     for _ in 0..n {
+        let started = Instant::now();
         let resp = TaggerServiceClient::new(channel.clone())
             .list_tags(ListTagsRequest {})
             .await
@@ -73,9 +84,15 @@ async fn spread(channel: &MeshChannel, host_of: &HashMap<String, usize>, n: usiz
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        hosts[*host_of.get(&id).expect("an instance of the test's")] += 1;
+        let host = *host_of.get(&id).expect("an instance of the test's");
+        hosts[host] += 1;
+        took[host].push(started.elapsed());
     }
-    hosts
+    let median = |mut t: Vec<Duration>| {
+        t.sort();
+        t.get(t.len() / 2).copied().unwrap_or_default()
+    };
+    (hosts, took.map(median))
 }
 
 /// Every tweet id in `user`'s home timeline, page by page.
@@ -102,7 +119,10 @@ async fn home(timeline: &MeshChannel, user: &str) -> Result<HashSet<u64>, tonic:
 #[tokio::test]
 async fn a_host_cut_off_leaves_rotation_returns_and_loses_no_acknowledged_post() {
     let _serial = serial().await;
-    let net = match Network::create(&["h1", "h2", "h3"]) {
+    let net = match Network::create(&["h1", "h2", "h3"]).and_then(|mut net| {
+        net.delay(&[CUT], INTER_ZONE)?;
+        Ok(net)
+    }) {
         Ok(net) => net,
         Err(e) if ci() => panic!("network namespaces are needed under CI=true: {e}"),
         Err(e) => {
@@ -197,8 +217,17 @@ async fn a_host_cut_off_leaves_rotation_returns_and_loses_no_acknowledged_post()
 
     // Zone preference while both zones are healthy: no call leaves zone a; without a zone,
     // a third go to zone b.
-    let with = spread(&zoned.channel("tagger"), &host_of, 300).await;
-    let without = spread(&anywhere.channel("tagger"), &host_of, 300).await;
+    let (with, with_took) = spread(&zoned.channel("tagger"), &host_of, 300).await;
+    let (without, without_took) = spread(&anywhere.channel("tagger"), &host_of, 300).await;
+    // Zone b is a round trip of 2 × 20 ms away; zone a (and the test) is not.
+    assert!(
+        without_took[CUT] >= INTER_ZONE * 2 * 9 / 10,
+        "calls to zone b take the inter-zone round trip: {without_took:?}"
+    );
+    assert!(
+        with_took[0] < INTER_ZONE && with_took[1] < INTER_ZONE,
+        "a zone-a caller's calls stay fast: {with_took:?}"
+    );
     assert_eq!(with[CUT], 0, "a zone-a caller's calls to zone b: {with:?}");
     assert!(
         with[0] > 0 && with[1] > 0,
@@ -382,8 +411,9 @@ async fn a_host_cut_off_leaves_rotation_returns_and_loses_no_acknowledged_post()
         );
     }
     eprintln!(
-        "zone preference: a zone-a caller sent {with:?} calls to hosts [a, a, b], a caller \
-         without a zone {without:?}; host cut off: its replicas out of rotation after \
+        "zone preference: a zone-a caller sent {with:?} calls to hosts [a, a, b] (median \
+         {with_took:?}), a caller without a zone {without:?} (median {without_took:?}); \
+         zone b {INTER_ZONE:?} away each way; host cut off: its replicas out of rotation after \
          {left:?} (lease TTL {LEASE_TTL:?}), back {returned:?} after healing; \
          {} posts acknowledged ({} refused), all read back and in both timelines; \
          {} reads from zone a, none failed",

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod delay;
 pub mod etcd_cluster;
 pub mod netns;
 pub mod up;

@@ -19,6 +19,9 @@ pub struct Network {
     pub hosts: Vec<Host>,
     /// The test's own address on the bridge.
     pub gateway: String,
+    /// The far bridge of [`Network::delay`] and the link to it.
+    far: Option<(String, super::delay::DelayLink)>,
+    tag: String,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -55,6 +58,8 @@ impl Network {
             bridge: format!("stb{tag}"),
             hosts: Vec::new(),
             gateway: format!("{subnet}.254"),
+            far: None,
+            tag: tag.clone(),
         };
         ip(&["link", "add", &net.bridge, "type", "bridge"])?;
         ip(&[
@@ -115,6 +120,34 @@ impl Network {
         c
     }
 
+    /// Puts hosts `far` behind a link that delays every frame by `delay` each way (see
+    /// `delay.rs`): between them and the rest (the other hosts and the test), a round trip
+    /// takes `2 × delay` more; among themselves, nothing more. Call once, before traffic.
+    pub fn delay(&mut self, far: &[usize], delay: std::time::Duration) -> Result<(), String> {
+        let bridge = format!("stc{}", self.tag);
+        let (near_tap, far_tap) = (format!("stta{}", self.tag), format!("sttb{}", self.tag));
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        let link = super::delay::DelayLink::start(&near_tap, &far_tap, delay)
+            .map_err(|e| format!("delay link: {e}"));
+        let link = match link {
+            Ok(link) => link,
+            Err(e) => {
+                let _ = ip(&["link", "del", &bridge]);
+                return Err(e);
+            }
+        };
+        self.far = Some((bridge.clone(), link));
+        ip(&["link", "set", &near_tap, "master", &self.bridge])?;
+        ip(&["link", "set", &far_tap, "master", &bridge])?;
+        for dev in [&near_tap, &far_tap, &bridge] {
+            ip(&["link", "set", dev, "up"])?;
+        }
+        for &i in far {
+            ip(&["link", "set", &self.hosts[i].outer, "master", &bridge])?;
+        }
+        Ok(())
+    }
+
     /// Cuts host `i` off from every other host and from the test.
     pub fn cut(&self, i: usize) {
         ip(&["link", "set", &self.hosts[i].outer, "down"]).expect("cut a host off");
@@ -134,5 +167,10 @@ impl Drop for Network {
             let _ = ip(&["netns", "del", &h.netns]);
         }
         let _ = ip(&["link", "del", &self.bridge]);
+        // The link's TAP devices go with it.
+        if let Some((bridge, link)) = self.far.take() {
+            drop(link);
+            let _ = ip(&["link", "del", &bridge]);
+        }
     }
 }
