@@ -66,23 +66,14 @@ impl RedisCluster {
             node.start().await?;
             nodes.push(node);
         }
-        let mut create = Command::new(&cli);
-        create.arg("--cluster").arg("create");
-        for n in &nodes {
-            create.arg(format!("127.0.0.1:{}", n.port));
-        }
-        let out = create
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .context("running redis-cli --cluster create")?;
-        if !out.status.success() {
-            bail!(
-                "redis-cli --cluster create failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut create = vec!["--cluster", "create"];
+        create.extend(addresses.iter().map(String::as_str));
+        create.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        run_cli(&cli, &create)?;
         let cluster = RedisCluster { nodes, cli };
         cluster
             .until_healthy(Duration::from_secs(30))
@@ -101,19 +92,10 @@ impl RedisCluster {
     }
 
     fn cli(&self, port: u16, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(&self.cli)
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running redis-cli")?;
-        if !out.status.success() {
-            bail!(
-                "redis-cli {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let port = port.to_string();
+        let mut all = vec!["-h", "127.0.0.1", "-p", &port];
+        all.extend_from_slice(args);
+        run_cli(&self.cli, &all)
     }
 
     /// The cluster as the first live node sees it.
@@ -194,6 +176,23 @@ impl RedisCluster {
             .context("not one of our nodes")?;
         node.restart().await
     }
+}
+
+/// Runs redis-cli with `args`; its output, or what it printed when it failed.
+fn run_cli(cli: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(cli)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running redis-cli")?;
+    if !out.status.success() {
+        bail!(
+            "redis-cli {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Parses `CLUSTER NODES`: `<id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch>

@@ -230,14 +230,18 @@ fn err(key: &str, e: redis::RedisError) -> StoreError {
 }
 
 /// Parses a Redis URL into connection info with TCP_NODELAY, trusting `ca_pem` for TLS.
+/// A URL the redis crate refused, named without its password.
+fn bad_url(url: &str, e: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Redis(format!(
+        "bad redis url {}: {}",
+        redacted(url),
+        redact_in(&e.to_string(), url)
+    ))
+}
+
 fn connection_info(url: &str, ca_pem: Option<&[u8]>) -> StoreResult<ConnectionInfo> {
     let shown = redacted(url);
-    let bad = |e: &dyn std::fmt::Display| {
-        StoreError::Redis(format!(
-            "bad redis url {shown}: {}",
-            redact_in(&e.to_string(), url)
-        ))
-    };
+    let bad = |e: &dyn std::fmt::Display| bad_url(url, e);
     // redis-rs leaves Nagle's algorithm on by default: small requests then wait for
     // delayed ACKs (~40 ms stalls, seen in `starling bench fanout`). Turn it off.
     let mut info = url
@@ -281,12 +285,7 @@ impl RedisStore {
     ) -> StoreResult<Self> {
         let shown = redacted(url);
         let info = connection_info(url, ca_pem.as_deref())?;
-        let bad = |e: &dyn std::fmt::Display| {
-            StoreError::Redis(format!(
-                "bad redis url {shown}: {}",
-                redact_in(&e.to_string(), url)
-            ))
-        };
+        let bad = |e: &dyn std::fmt::Display| bad_url(url, e);
         let client = redis::Client::open(info.clone()).map_err(|e| bad(&e))?;
         let build = |size: usize| {
             Pool::builder(Manager::new(info.clone()).map_err(|e| bad(&e))?)
@@ -404,6 +403,24 @@ impl RedisStore {
     /// Waits until the writes sent so far on `c` to the master of `key` are on
     /// [`Self::with_replica_acks`] replicas (nothing to do when that is 0).
     async fn replicated(&self, c: &mut Conn, key: &str) -> StoreResult<()> {
+        // On a cluster, the master of the key's slot, on the connection the writes went
+        // over.
+        let master = SingleNodeRoutingInfo::SpecificNode(Route::new(
+            hash_slot(self.k(key).as_bytes()),
+            SlotAddr::Master,
+        ));
+        self.replicated_at(c, master, &format!("a write to {key:?}"))
+            .await
+    }
+
+    /// [`Self::replicated`] for the writes sent to the node `node` picks (on one Redis,
+    /// the connection's own server); `what` names them in the error.
+    async fn replicated_at(
+        &self,
+        c: &mut Conn,
+        node: SingleNodeRoutingInfo,
+        what: &str,
+    ) -> StoreResult<()> {
         if self.replica_acks == 0 {
             return Ok(());
         }
@@ -412,30 +429,17 @@ impl RedisStore {
             .arg(REPLICA_ACK_TIMEOUT.as_millis() as u64);
         let got: redis::RedisResult<i64> = match c {
             Conn::Single(c) => cmd.query_async(c).await,
-            // The master of the key's slot, on the connection the writes went over.
-            Conn::Cluster(c) => {
-                let slot = hash_slot(self.k(key).as_bytes());
-                match c
-                    .route_command(
-                        cmd,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
-                            slot,
-                            SlotAddr::Master,
-                        ))),
-                    )
-                    .await
-                {
-                    Ok(v) => redis::from_redis_value(v).map_err(redis::RedisError::from),
-                    Err(e) => Err(e),
-                }
-            }
+            Conn::Cluster(c) => c
+                .route_command(cmd, RoutingInfo::SingleNode(node))
+                .await
+                .and_then(|v| redis::from_redis_value(v).map_err(redis::RedisError::from)),
         };
-        let got = got.map_err(|e| self.fail(key, e))?;
+        let got = got.map_err(|e| self.fail(what, e))?;
         if (got.max(0) as usize) < self.replica_acks {
             return Err(StoreError::Redis(format!(
-                "a write to {key:?} reached {got} of the {} replicas required within {:?}; \
-                 not acknowledged",
-                self.replica_acks, REPLICA_ACK_TIMEOUT
+                "{what} reached {got} of the {} replicas required within \
+                 {REPLICA_ACK_TIMEOUT:?}; not acknowledged",
+                self.replica_acks
             )));
         }
         Ok(())
@@ -703,21 +707,12 @@ impl RedisStore {
             .map(|(&i, _)| i)
             .collect();
         if self.replica_acks > 0 && refused.len() < part.len() {
-            let mut wait = redis::cmd("WAIT");
-            wait.arg(self.replica_acks)
-                .arg(REPLICA_ACK_TIMEOUT.as_millis() as u64);
-            let got: i64 = c
-                .route_command(wait, RoutingInfo::SingleNode(route()))
-                .await
-                .and_then(|v| redis::from_redis_value(v).map_err(redis::RedisError::from))
-                .map_err(|e| self.fail("<pipeline>", e))?;
-            if (got.max(0) as usize) < self.replica_acks {
-                return Err(StoreError::Redis(format!(
-                    "writes to {host}:{port} reached {got} of the {} replicas required \
-                     within {REPLICA_ACK_TIMEOUT:?}; not acknowledged",
-                    self.replica_acks
-                )));
-            }
+            self.replicated_at(
+                &mut Conn::Cluster(c.clone()),
+                route(),
+                &format!("writes to {host}:{port}"),
+            )
+            .await?;
         }
         Ok(refused)
     }
@@ -1230,7 +1225,7 @@ impl Store for RedisStore {
                 .map_err(|e| err(&channel, e))?,
             // A cluster forwards every PUBLISH to all its nodes: any one that answers does.
             Backend::Cluster { seeds, .. } => {
-                let mut last = None;
+                let mut tried = StoreError::Redis("no redis cluster node given".into());
                 let mut found = None;
                 for seed in seeds {
                     let attempt = match redis::Client::open(seed.clone()) {
@@ -1242,16 +1237,10 @@ impl Store for RedisStore {
                             found = Some(p);
                             break;
                         }
-                        Err(e) => last = Some(e),
+                        Err(e) => tried = err(&channel, e),
                     }
                 }
-                match (found, last) {
-                    (Some(p), _) => p,
-                    (None, Some(e)) => return Err(err(&channel, e)),
-                    (None, None) => {
-                        return Err(StoreError::Redis("no redis cluster node given".into()))
-                    }
-                }
+                found.ok_or(tried)?
             }
         };
         pubsub
