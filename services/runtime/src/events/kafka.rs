@@ -80,6 +80,17 @@ impl Brokers {
         config.set("bootstrap.servers", &self.servers);
         config
     }
+
+    /// The operator's value of a tuning setting Starling has a default for (`--kafka-option
+    /// key=value` wins); settings Starling depends on (acks, idempotence, offsets) are
+    /// always Starling's.
+    fn tuned<'a>(&'a self, key: &str, default: &'a str) -> &'a str {
+        self.options
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map_or(default, |(_, v)| v.as_str())
+    }
 }
 
 impl Brokers {
@@ -166,15 +177,21 @@ fn kafka(e: impl std::fmt::Display) -> BusError {
     BusError::Kafka(e.to_string())
 }
 
-fn new_producer(brokers: &Brokers, down: Arc<Notify>) -> Result<ProducerSlot, BusError> {
-    let producer = brokers
-        .config()
+/// The producer's settings: the operator's, then Starling's (which win but for tuning).
+fn producer_config(brokers: &Brokers) -> ClientConfig {
+    let mut config = brokers.config();
+    config
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "1")
+        .set("linger.ms", brokers.tuned("linger.ms", "1"))
         // The outbox keeps what could not be published, so waiting long helps nobody.
         .set("message.timeout.ms", "5000")
-        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
+    config
+}
+
+fn new_producer(brokers: &Brokers, down: Arc<Notify>) -> Result<ProducerSlot, BusError> {
+    let producer = producer_config(brokers)
         .create_with_context(Watch { down })
         .map_err(|e| BusError::Kafka(brokers.scrub(e.to_string())))?;
     Ok(ProducerSlot {
@@ -479,8 +496,14 @@ impl EventBus for KafkaBus {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             // librdkafka long-polls the broker for up to 500 ms by default; the pipeline's
-            // end-to-end delay is dominated by it unless the broker answers early.
-            .set("fetch.wait.max.ms", "20")
+            // end-to-end delay is dominated by it unless the broker answers early, which
+            // Tansu does not (it holds every fetch the whole wait). `--kafka-option
+            // fetch.wait.max.ms=N` changes it; on Tansu a shorter wait cost the broker more
+            // CPU than it saved in delay (ARCHITECTURE.md, "Measured").
+            .set(
+                "fetch.wait.max.ms",
+                self.brokers.tuned("fetch.wait.max.ms", "20"),
+            )
             .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
             // For the offset-lag metric (see `LagContext`).
             .set("statistics.interval.ms", "5000")
@@ -806,6 +829,26 @@ mod option_tests {
                     .collect(),
             ),
         }
+    }
+
+    #[test]
+    fn the_operator_tunes_waits_but_not_guarantees() {
+        let b = brokers(&[("fetch.wait.max.ms", "50"), ("fetch.wait.max.ms", "5")]);
+        assert_eq!(
+            b.tuned("fetch.wait.max.ms", "20"),
+            "5",
+            "the last one given wins"
+        );
+        assert_eq!(
+            b.tuned("linger.ms", "1"),
+            "1",
+            "Starling's default otherwise"
+        );
+        // acks is set after the operator's options, so theirs cannot weaken it.
+        let b = brokers(&[("acks", "0"), ("linger.ms", "7")]);
+        let config = producer_config(&b);
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("linger.ms"), Some("7"));
     }
 
     #[tokio::test]
