@@ -30,11 +30,13 @@ fn stdout_of(out: &Output) -> String {
     text
 }
 
-/// The number in `max rate with p99 < 50 ms: N req/s`, the last line of `bench load`.
+/// N in `max rate with p99 < T ms: N req/s`, the last line of `bench load` (T is
+/// `--p99-ms`, 50 by default).
 fn max_rate(text: &str) -> f64 {
     let last = text.lines().last().unwrap_or_default();
-    last.strip_prefix("max rate with p99 < 50 ms: ")
-        .and_then(|r| r.strip_suffix(" req/s"))
+    last.strip_prefix("max rate with p99 < ")
+        .and_then(|r| r.split_once(" ms: "))
+        .and_then(|(_, r)| r.strip_suffix(" req/s"))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("last line {last:?} of:\n{text}"))
 }
@@ -64,6 +66,10 @@ fn bench_load_runs_on_the_embedded_system() {
     let text = stdout_of(&bench(&[
         "load",
         "--embedded",
+        // A debug build on a busy CI machine may take 100 ms for a cold call: the
+        // threshold here checks that a rate is found and reported, not a speed.
+        "--p99-ms",
+        "10000",
         "--users",
         "200",
         "--follows",
@@ -100,6 +106,10 @@ fn bench_load_runs_through_the_gateway_on_real_backends() {
         "load",
         "--door",
         "http",
+        // A debug build on a busy CI machine may take 100 ms for a cold call: the
+        // threshold here checks that a rate is found and reported, not a speed.
+        "--p99-ms",
+        "10000",
         "--users",
         "200",
         "--follows",
