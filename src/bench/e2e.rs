@@ -15,18 +15,15 @@ use starling_proto::tweet::v1::tweet_service_client::TweetServiceClient;
 use starling_proto::tweet::v1::CreateTweetRequest;
 use starling_runtime::store::{id_member, Store};
 use starling_runtime::ServiceKind;
+use starling_timeline::storage::home_key;
 
 use crate::cli::{E2eBenchArgs, MeshArgs};
 
-/// Waits until `tweet_id` is in every one of `followers`' home timelines. The fan-out
-/// writes followers in name order, so the last one is watched first (one read per poll);
-/// then every follower is checked at once, and any still missing are watched until they
-/// have it.
-/// How the bench looks into the timelines. On a single Redis: one pipeline of `ZSCORE`s per
-/// look, on a connection of its own. The instrument must not be the load: asking for 1,000
-/// followers as 1,000 separate reads, at 200 tweets a second, made this process and Redis
-/// do about as much work checking as fanning out. Otherwise (the embedded store, a
-/// cluster): the store's own reads, one per follower.
+/// How the bench looks into the timelines. On a single Redis (`redis://`): one pipeline
+/// of `ZSCORE`s per look, on a connection of its own. The instrument must not be the
+/// load: asking for 1,000 followers as 1,000 separate reads, at 200 tweets a second, made
+/// this process and Redis do about as much work checking as fanning out. Otherwise (the
+/// embedded store, TLS, a cluster): the store's own reads, one per follower.
 #[derive(Clone)]
 enum Probe {
     Pipelined {
@@ -61,25 +58,26 @@ impl Probe {
         followers: &[&'a String],
         member: &str,
     ) -> anyhow::Result<Vec<&'a String>> {
-        let found: Vec<bool> =
-            match self {
-                Probe::Pipelined { conn, prefix } => {
-                    let mut pipe = deadpool_redis::redis::pipe();
-                    for f in followers {
-                        pipe.cmd("ZSCORE")
-                            .arg(format!("{prefix}home:{f}"))
-                            .arg(member);
-                    }
-                    let scores: Vec<Option<f64>> = pipe.query_async(&mut conn.clone()).await?;
-                    scores.into_iter().map(|s| s.is_some()).collect()
+        let found: Vec<bool> = match self {
+            Probe::Pipelined { conn, prefix } => {
+                let mut pipe = deadpool_redis::redis::pipe();
+                for f in followers {
+                    pipe.cmd("ZSCORE")
+                        .arg(format!("{prefix}{}", home_key(f)))
+                        .arg(member);
                 }
-                Probe::Store(store) => {
-                    futures::future::try_join_all(followers.iter().map(|f| async move {
-                        store.zcontains(&format!("home:{f}"), member).await
-                    }))
-                    .await?
-                }
-            };
+                let scores: Vec<Option<f64>> = pipe.query_async(&mut conn.clone()).await?;
+                scores.into_iter().map(|s| s.is_some()).collect()
+            }
+            Probe::Store(store) => {
+                futures::future::try_join_all(
+                    followers
+                        .iter()
+                        .map(|f| async move { store.zcontains(&home_key(f), member).await }),
+                )
+                .await?
+            }
+        };
         anyhow::ensure!(
             found.len() == followers.len(),
             "short answer from the store"
@@ -92,6 +90,10 @@ impl Probe {
     }
 }
 
+/// Waits until `tweet_id` is in every one of `followers`' home timelines. The fan-out
+/// writes followers in name order, so the last one is watched first (one read per poll);
+/// then every follower is checked at once (one look), and any still missing are watched
+/// until they have it.
 async fn visible_to_all(
     probe: &Probe,
     followers: &[String],
@@ -100,7 +102,6 @@ async fn visible_to_all(
 ) -> anyhow::Result<()> {
     let member = id_member(tweet_id);
     let until = Instant::now() + timeout;
-    // The last follower by name is in the fan-out's last page: poll it alone first.
     if let Some(last) = followers.iter().max() {
         while !probe.lacking(&[last], &member).await?.is_empty() {
             anyhow::ensure!(
