@@ -63,8 +63,15 @@ async fn a_celebritys_tweets_are_merged_in_at_read_time() {
     starling::users::register_users(&ctx.mesh.channel("follower"), &names)
         .await
         .expect("register users");
+    // A follow merges the followee's recent tweets into the follower's stored timeline
+    // when its event is handled; handled after the post below, it would store that tweet
+    // too. So star posts once first, and the post waits until fan0, following last, has
+    // that earlier tweet stored: fan0's follow was handled (a fan-out of the earlier
+    // tweet cannot have put it there: before fan0 followed, fan0 was not a follower;
+    // after, star had three followers and was not fanned out).
+    let earlier = post(&ctx, "star", "Before anyone followed").await;
     let mut follows = FollowerServiceClient::new(ctx.mesh.channel("follower"));
-    for fan in &fans {
+    for fan in fans.iter().rev() {
         follows
             .follow(FollowRequest {
                 follower: fan.clone(),
@@ -73,6 +80,17 @@ async fn a_celebritys_tweets_are_merged_in_at_read_time() {
             .await
             .expect("follow");
     }
+    let merged = eventually(Duration::from_secs(10), || async {
+        ctx.store
+            .zcontains(
+                &starling_timeline::storage::home_key("fan0"),
+                &starling_runtime::store::id_member(earlier),
+            )
+            .await
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(merged, "fan0's follow merged star's earlier tweet");
     let id = post(&ctx, "star", "Three followers make a celebrity here").await;
     // The fan-out marks the author a celebrity instead of writing three timelines.
     let marked = eventually(Duration::from_secs(10), || async {
